@@ -1,0 +1,94 @@
+"""The one error tree of edge-uploader.
+
+Every error the agent raises on purpose is an ``AgentError``. The tree decides what
+happens next, so callers catch by branch, not by message::
+
+    AgentError
+    ├── ConfigError          bad config or arguments: exit status 78 (EX_CONFIG), nothing runs
+    ├── SecretError          a secret file or variable is missing or unreadable (a ConfigError)
+    ├── InputError           untrusted input refused: a sidecar, an MQTT payload, an info file
+    │   └── SidecarError     a ``<file>.meta.json`` that cannot be used: the file is held back
+    ├── QueueError           the local queue cannot be opened or written (disk full, corrupt)
+    ├── CaptureError         a capture source failed (port unplugged, garbage lines, timeout)
+    └── RemoteError          the ingestion or Studio service refused or failed a request
+        ├── TransientError   worth retrying later (network, timeouts, 408, 429, 5xx)
+        ├── PermanentError   never worth retrying as is (400, 404, 413, parse errors)
+        └── AuthError        the API key is wrong or lacks rights: pause, do not dead-letter
+
+Messages name the file, key or field and the reason, and never contain a secret: secrets
+are only ever held in ``agent.secrets.Secret`` objects, whose ``repr`` is redacted.
+"""
+
+from __future__ import annotations
+
+EX_CONFIG = 78
+"""sysexits.h: configuration error. systemd's ``RestartPreventExitStatus=78`` stops a loop."""
+
+
+class AgentError(Exception):
+    """Base of every error edge-uploader raises on purpose."""
+
+
+class ConfigError(AgentError):
+    """The configuration (file, environment or arguments) is invalid.
+
+    ``source`` is the file (or "environment"/"command line"), ``key`` the dotted key path.
+    """
+
+    def __init__(self, source: str, key: str, message: str) -> None:
+        self.source = source
+        self.key = key
+        self.message = message
+        where = f"{source}: {key}" if key else source
+        super().__init__(f"{where}: {message}")
+
+
+class SecretError(ConfigError):
+    """A secret could not be read from its file or environment variable."""
+
+
+class InputError(AgentError):
+    """Untrusted input was refused; ``field`` names the offending part."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}" if field else message)
+
+
+class SidecarError(InputError):
+    """A sidecar ``<file>.meta.json`` is malformed; its data file is held back."""
+
+
+class QueueError(AgentError):
+    """The durable queue could not be opened or written."""
+
+
+class CaptureError(AgentError):
+    """A capture source failed; nothing half-written is queued."""
+
+
+class RemoteError(AgentError):
+    """A remote service refused or failed a request."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+class TransientError(RemoteError):
+    """Worth retrying later; ``retry_after`` is the server's hint in seconds, if any."""
+
+    def __init__(
+        self, message: str, *, status: int | None = None, retry_after: float | None = None
+    ) -> None:
+        self.retry_after = retry_after
+        super().__init__(message, status=status)
+
+
+class PermanentError(RemoteError):
+    """The service will never accept this request as it is."""
+
+
+class AuthError(RemoteError):
+    """The API key is missing, wrong or lacks rights."""
