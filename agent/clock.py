@@ -1,0 +1,51 @@
+"""Time as a dependency: backoff and schedules take a clock, so tests need not sleep."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+
+Clock = Callable[[], float]
+"""Seconds since the epoch, like ``time.time``."""
+
+system_clock: Clock = time.time
+
+
+class FakeClock:
+    """A settable clock for unit tests: ``advance`` moves time without sleeping."""
+
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
+        self.now = start
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self._lock:
+            return self.now
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self.now += seconds
+
+
+def backoff_delay(
+    attempt: int, base: float, cap: float, rng: Callable[[], float] = random.random
+) -> float:
+    """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**attempt)).
+
+    Full jitter spreads a fleet's retries after an outage instead of having every device
+    knock at the same instant ("thundering herd").
+    """
+    ceiling = min(cap, base * (2.0 ** min(attempt, 62)))
+    return rng() * ceiling
+
+
+def retry_delay(
+    attempt: int, base: float, cap: float, retry_after: float | None,
+    rng: Callable[[], float] = random.random,
+) -> float:  # fmt: skip
+    """The wait before the next attempt: the server's ``Retry-After`` wins, within 1 hour."""
+    if retry_after is not None:
+        return min(max(retry_after, 0.0), 3600.0)
+    return backoff_delay(attempt, base, cap, rng)

@@ -1,0 +1,48 @@
+"""Logging set-up: journald-friendly under systemd, plain timestamped text elsewhere.
+
+Under systemd (``JOURNAL_STREAM`` set) each line starts with a ``<N>`` priority prefix that
+journald turns into the entry's level, and carries no timestamp of its own (journald adds
+one). Elsewhere lines get a UTC timestamp and the level name.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+
+_PRIORITY = {
+    logging.CRITICAL: 2,
+    logging.ERROR: 3,
+    logging.WARNING: 4,
+    logging.INFO: 6,
+    logging.DEBUG: 7,
+}
+
+
+class JournalFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        prio = _PRIORITY.get(record.levelno, 6)
+        text = super().format(record)
+        return "\n".join(f"<{prio}>{line}" for line in text.splitlines())
+
+
+def under_journald() -> bool:
+    return bool(os.environ.get("JOURNAL_STREAM"))
+
+
+def setup_logging(level: str = "info") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if under_journald():
+        handler.setFormatter(JournalFormatter("%(name)s: %(message)s"))
+    else:
+        fmt = logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+                                "%Y-%m-%dT%H:%M:%SZ")  # fmt: skip
+        fmt.converter = time.gmtime
+        handler.setFormatter(fmt)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(getattr(logging, level.upper(), logging.INFO))
+    for noisy in ("httpx", "httpcore", "watchdog"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

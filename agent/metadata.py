@@ -1,0 +1,65 @@
+"""Metadata rules shared by config, sidecars, commands and the wire format.
+
+The ingestion service takes ``x-metadata`` as a JSON object of strings in one HTTP header.
+Header size is bounded by proxies and servers (often 8-16 KiB in all), so the encoded
+object is kept under ``MAX_METADATA_BYTES``; values are strings, keys are short printable
+names. Everything that produces metadata goes through ``check_metadata`` before a file is
+queued, so a sample is never sent with metadata the service might refuse.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+from agent.errors import InputError
+
+MAX_KEYS = 64
+MAX_KEY_CHARS = 64
+MAX_VALUE_CHARS = 1024
+MAX_METADATA_BYTES = 4096
+
+
+def encode_metadata(metadata: Mapping[str, str]) -> str:
+    """The exact ``x-metadata`` header value: compact JSON, ASCII only, keys sorted."""
+    return json.dumps(dict(metadata), ensure_ascii=True, separators=(",", ":"), sort_keys=True)
+
+
+def check_key(key: object, field: str) -> str:
+    if not isinstance(key, str):
+        raise InputError(field, f"metadata keys must be strings, got {type(key).__name__}")
+    if not key or len(key) > MAX_KEY_CHARS:
+        raise InputError(field, f"metadata key must be 1 to {MAX_KEY_CHARS} characters")
+    if not key.isprintable() or key != key.strip():
+        raise InputError(field, f"metadata key {key!r} has control characters or edge spaces")
+    return key
+
+
+def check_value(value: object, field: str) -> str:
+    if not isinstance(value, str):
+        raise InputError(field, f"metadata values must be strings, got {type(value).__name__}")
+    if len(value) > MAX_VALUE_CHARS:
+        raise InputError(field, f"metadata value longer than {MAX_VALUE_CHARS} characters")
+    if any(ch in value for ch in "\x00\r\n"):
+        raise InputError(field, "metadata value has a NUL or line break")
+    return value
+
+
+def check_metadata(metadata: object, field: str = "metadata") -> dict[str, str]:
+    """Validate an untrusted metadata object; the error names the offending key."""
+    if not isinstance(metadata, Mapping):
+        raise InputError(field, f"expected an object of strings, got {type(metadata).__name__}")
+    if len(metadata) > MAX_KEYS:
+        raise InputError(field, f"more than {MAX_KEYS} keys")
+    out: dict[str, str] = {}
+    for key, value in metadata.items():
+        check_key(key, field)
+        out[key] = check_value(value, f"{field}.{key}")
+    check_size(out, field)
+    return out
+
+
+def check_size(metadata: Mapping[str, str], field: str = "metadata") -> None:
+    size = len(encode_metadata(metadata))
+    if size > MAX_METADATA_BYTES:
+        raise InputError(field, f"encoded metadata is {size} bytes, over {MAX_METADATA_BYTES}")

@@ -1,0 +1,357 @@
+"""The delivery loop: lease due rows, upload them on a few workers, settle the results.
+
+One dispatcher thread owns every queue write of the delivery side; ``concurrency`` worker
+threads each hold one request at a time on the shared ``httpx.Client``. The dispatcher
+sleeps on an event until a result arrives, a file is queued, or the next retry is due:
+idle means idle, not a polling loop.
+
+Two kinds of waiting:
+
+- per row: a transient failure sets the row's ``next_attempt_at`` (exponential backoff with
+  full jitter, ``Retry-After`` honoured);
+- for the whole service: when the service is unreachable (network errors, 429, 503) or
+  refuses the key (401/403), the dispatcher stops leasing and later sends a single probe
+  before opening up again, so a day offline costs a handful of requests, not one per file.
+
+A local delete or move (``after_upload``) happens only after the delivered state was
+committed with a full sync.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue as stdqueue
+import random
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.clock import Clock, retry_delay, system_clock
+from agent.config import IngestionConfig
+from agent.errors import QueueError
+from agent.events import Event, Stats
+from agent.queue import Queue, Result, Row, State
+from agent.tagger import sidecar_path
+from agent.uploader import Answer, Outcome, Sample, Uploader
+
+log = logging.getLogger("agent.pipeline")
+
+Hook = Callable[[Row, Answer], None]
+
+
+@dataclass
+class _Done:
+    row: Row
+    answer: Answer
+    latency: float
+
+
+def row_sample(row: Row) -> Sample:
+    extra = row.extra or {}
+    parts = tuple(
+        (str(p["name"]), str(p["content"]).encode("utf-8"), str(p.get("type", "application/json")))
+        for p in extra.get("parts", [])
+    )
+    return Sample(
+        path=Path(row.path),
+        file_name=row.file_name,
+        category=row.category,
+        label=row.label,
+        metadata=row.metadata,
+        allow_duplicates=row.allow_duplicates,
+        extra_parts=parts,
+        expect_size=row.size,
+        expect_mtime_ns=row.mtime_ns,
+    )
+
+
+class Pipeline:
+    """Delivers the queue. ``start``/``stop`` from the service; ``wake`` from sources."""
+
+    def __init__(
+        self,
+        queue: Queue,
+        uploader: Uploader,
+        config: IngestionConfig,
+        stats: Stats,
+        *,
+        clock: Clock = system_clock,
+        rng: Callable[[], float] = random.random,
+        watch_roots: dict[str, Path] | None = None,
+    ) -> None:
+        self.queue = queue
+        self.uploader = uploader
+        self.config = config
+        self.stats = stats
+        self.clock = clock
+        self.rng = rng
+        self.watch_roots = watch_roots or {}
+        self.hooks: list[Hook] = []
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._work: stdqueue.SimpleQueue[Row | None] = stdqueue.SimpleQueue()
+        self._done: stdqueue.SimpleQueue[_Done] = stdqueue.SimpleQueue()
+        self._inflight: dict[int, Row] = {}
+        self._hold_until = 0.0
+        self._probe = False
+        self._failures = 0
+        self._paused_reason: str | None = None
+        self._threads: list[threading.Thread] = []
+        self.hung = False
+        """Test seam: a hung uploader (workers stop taking work) for watchdog tests."""
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def start(self) -> None:
+        state = self.queue.get_state()
+        if state.get("paused"):
+            self._paused_reason = str(state["paused"])
+        for i in range(self.config.concurrency):
+            t = threading.Thread(target=self._worker, name=f"upload-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        self._dispatcher = threading.Thread(target=self._run, name="dispatcher", daemon=True)
+        self._dispatcher.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop leasing, let in-flight uploads finish within ``timeout``, requeue the rest."""
+        self._stopping.set()
+        self._wake.set()
+        self._dispatcher.join(timeout)
+        for _ in self._threads:
+            self._work.put(None)
+        leftover = list(self._inflight)
+        if leftover:
+            log.info("stop: %d upload(s) did not finish in time; they stay queued", len(leftover))
+            self.queue.requeue(leftover)
+            self._inflight.clear()
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    @property
+    def paused(self) -> str | None:
+        return self._paused_reason
+
+    def retry_now(self) -> None:
+        """Drop every wait (used by ``retry-now`` and a reload with a new key)."""
+        self._hold_until = 0.0
+        self.wake()
+
+    # -- threads -------------------------------------------------------------------------
+    def _worker(self) -> None:
+        while True:
+            row = self._work.get()
+            if row is None:
+                return
+            while self.hung and not self._stopping.is_set():
+                time.sleep(0.05)
+            started = time.monotonic()
+            try:
+                answer = self.uploader.upload(row_sample(row))
+            except Exception as exc:
+                log.exception("upload of %s failed unexpectedly", row.path)
+                answer = Answer(Outcome.RETRY, f"internal error: {type(exc).__name__}: {exc}")
+            self._done.put(_Done(row, answer, time.monotonic() - started))
+            self._wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                self._settle_done()
+                if self._stopping.is_set():
+                    break
+                timeout = self._dispatch()
+            except QueueError as exc:
+                log.error("queue error: %s; retrying in 5 s", exc)
+                timeout = 5.0
+            self._wake.wait(timeout)
+        deadline = time.monotonic() + 5.0
+        while self._inflight and time.monotonic() < deadline:
+            self._wake.wait(max(0.0, deadline - time.monotonic()))
+            self._wake.clear()
+            try:
+                self._settle_done()
+            except QueueError as exc:
+                log.error("queue error while stopping: %s", exc)
+                break
+
+    def _dispatch(self) -> float | None:
+        """Lease and hand out work; return how long to sleep (None: until woken)."""
+        now = self.clock()
+        if now < self._hold_until:
+            return self._hold_until - now
+        limit = self.config.concurrency - len(self._inflight)
+        if self._probe or self._paused_reason:
+            limit = min(limit, 1 - len(self._inflight))
+        if limit <= 0:
+            return None
+        rows = self.queue.lease(limit, now)
+        for row in rows:
+            self._inflight[row.id] = row
+            self._work.put(row)
+        if len(rows) < limit:
+            due = self.queue.next_due()
+            if due is not None:
+                return max(0.0, due - self.clock()) + 0.001
+        return None
+
+    # -- results -------------------------------------------------------------------------
+    def _settle_done(self) -> None:
+        done: list[_Done] = []
+        while True:
+            try:
+                done.append(self._done.get_nowait())
+            except stdqueue.Empty:
+                break
+        done = [d for d in done if self._inflight.pop(d.row.id, None) is not None]
+        if not done:
+            return
+        now = self.clock()
+        results: list[Result] = []
+        requeue: list[int] = []
+        local: list[Row] = []
+        for d in done:
+            result = self._result(d, now)
+            if result is None:
+                requeue.append(d.row.id)
+                continue
+            results.append(result)
+            if result.state is State.DELIVERED and d.row.after_upload != "keep":
+                local.append(d.row)
+        self.queue.settle(results, durable=bool(local))
+        if requeue:
+            self.queue.requeue(requeue)
+        self.stats.progress()
+        for d in done:
+            self._report(d)
+        if local:
+            self.queue.mark_local_done(r.id for r in local if self.finish_local(r))
+
+    def _result(self, d: _Done, now: float) -> Result | None:
+        a, row = d.answer, d.row
+        if a.outcome in (Outcome.DELIVERED, Outcome.DUPLICATE):
+            self._failures = 0
+            self._probe = False
+            if self._paused_reason:
+                self._paused_reason = None
+                self.queue.set_state(paused=None)
+                log.warning("uploads resumed: the service accepts the key again")
+                self.stats.emit(Event.RESUMED)
+            return Result(row.id, State.DELIVERED, None, 0.0, a.sha256, a.sample_id,
+                          bytes_sent=a.bytes_sent)  # fmt: skip
+        if a.outcome is Outcome.DEAD:
+            return Result(row.id, State.DEAD, a.reason, 0.0, a.sha256)
+        if a.outcome is Outcome.GONE:
+            return Result(row.id, State.GONE, a.reason, 0.0, a.sha256, count_attempt=False)
+        if a.outcome is Outcome.PAUSE:
+            self._pause(a.reason, now)
+            return None
+        # RETRY
+        attempt = row.attempts + 1
+        delay = retry_delay(attempt, self.config.retry_base_seconds,
+                            self.config.retry_max_seconds, a.retry_after, self.rng)  # fmt: skip
+        if a.status is None or a.status in (429, 503):
+            self._failures += 1
+            self._probe = True
+            hold = retry_delay(self._failures, self.config.retry_base_seconds,
+                               self.config.retry_max_seconds, a.retry_after, self.rng)  # fmt: skip
+            self._hold_until = max(self._hold_until, now + hold)
+        return Result(row.id, State.PENDING, a.reason, now + delay, a.sha256)
+
+    def _pause(self, reason: str, now: float) -> None:
+        self._hold_until = max(self._hold_until, now + self.config.auth_pause_seconds)
+        if self._paused_reason != reason:
+            self._paused_reason = reason
+            self.queue.set_state(paused=reason)
+            self.stats.emit(Event.PAUSED, reason=reason)
+        log.error(
+            "uploads paused: the service refused the request (%s). Check the API key and the"
+            " URL %s; nothing is dead-lettered; next try in %.0f s",
+            reason, self.uploader.url, self.config.auth_pause_seconds,
+        )  # fmt: skip
+
+    def _report(self, d: _Done) -> None:
+        a, row = d.answer, d.row
+        info: dict[str, Any] = {"path": row.path, "row_id": row.id, "reason": a.reason,
+                                "latency": d.latency}  # fmt: skip
+        if a.outcome in (Outcome.DELIVERED, Outcome.DUPLICATE):
+            event = Event.DELIVERED if a.outcome is Outcome.DELIVERED else Event.DUPLICATE
+            info.update(sample_id=a.sample_id, bytes=row.size)
+            log.info("%s %s sample_id=%s category=%s", event.value, row.path, a.sample_id,
+                     row.category)  # fmt: skip
+            self.queue.set_state(last_delivery_at=self.clock())
+        elif a.outcome is Outcome.DEAD:
+            event = Event.DEAD
+            log.warning("dead-lettered %s: %s", row.path, a.reason)
+        elif a.outcome is Outcome.GONE:
+            event = Event.GONE
+            log.info("skipped %s: %s", row.path, a.reason)
+        elif a.outcome is Outcome.PAUSE:
+            return
+        else:
+            event = Event.RETRY
+            log.info("will retry %s: %s", row.path, a.reason)
+            self.queue.set_state(last_error=a.reason)
+        self.stats.emit(event, **info)
+        for hook in self.hooks:
+            try:
+                hook(row, a)
+            except Exception:
+                log.exception("delivery hook failed")
+
+    # -- after_upload --------------------------------------------------------------------
+    def finish_local(self, row: Row) -> bool:
+        """Delete or move a delivered file (and its sidecar). True when done or moot."""
+        src = Path(row.path)
+        try:
+            if row.after_upload == "delete":
+                for p in (src, sidecar_path(src)):
+                    try:
+                        p.unlink()
+                    except FileNotFoundError:
+                        pass
+                log.info("deleted %s after delivery", src)
+            elif row.after_upload == "move" and row.move_to:
+                dest = self._move_target(row, src)
+                if src.exists():
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.move(str(src), str(dest))
+                    side = sidecar_path(src)
+                    if side.exists():
+                        shutil.move(str(side), str(sidecar_path(dest)))
+                    log.info("moved %s to %s after delivery", src, dest)
+        except OSError as exc:
+            log.error("after delivery, could not %s %s: %s", row.after_upload, src,
+                      exc.strerror or exc)  # fmt: skip
+            return False
+        return True
+
+    def _move_target(self, row: Row, src: Path) -> Path:
+        root = self.watch_roots.get(row.source)
+        base = Path(row.move_to or "")
+        try:
+            rel = src.relative_to(root) if root else Path(src.name)
+        except ValueError:
+            rel = Path(src.name)
+        dest = base / rel
+        n = 1
+        while dest.exists():
+            dest = dest.with_name(f"{src.stem}.{n}{src.suffix}")
+            n += 1
+        return dest
+
+
+def finish_pending_local(queue: Queue, pipeline: Pipeline) -> None:
+    """At start-up: complete deletes/moves a crash interrupted after delivery."""
+    rows = queue.unfinished_local_actions()
+    if rows:
+        queue.mark_local_done(r.id for r in rows if pipeline.finish_local(r))

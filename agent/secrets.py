@@ -1,0 +1,122 @@
+"""Secrets (API key, HMAC key, MQTT password): read from a file or the environment, never shown.
+
+A secret never travels on a command line and never reaches a log line: it is held in a
+``Secret`` whose ``str``/``repr`` are redacted, and revealed only at the point of use.
+Under systemd, ``LoadCredential=NAME:...`` puts the file in ``$CREDENTIALS_DIRECTORY``;
+``SecretSource`` looks there by name as a last resort.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.errors import SecretError
+
+MAX_SECRET_BYTES = 4096
+
+
+class Secret:
+    """A string that will not print itself."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('<redacted>')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class SecretSource:
+    """Where one secret comes from, in order: a file, an environment variable, a credential."""
+
+    what: str
+    """Human name for messages ("API key")."""
+    config_key: str
+    """The config key that names the file, for error messages ("ingestion.api_key_file")."""
+    file: Path | None = None
+    env: str | None = None
+    credential: str | None = None
+    config_source: str = "config"
+
+    def configured(self) -> bool:
+        """True when a file is named, the variable is set or the credential exists."""
+        if self.file is not None:
+            return True
+        if self.env and os.environ.get(self.env):
+            return True
+        return self._credential_path() is not None
+
+    def load(self) -> Secret:
+        """Read the secret; raise ``SecretError`` naming where it was looked for."""
+        if self.file is not None:
+            return Secret(read_secret_file(self.file, self.config_source, self.config_key))
+        if self.env:
+            value = os.environ.get(self.env, "").strip()
+            if value:
+                return Secret(value)
+        cred = self._credential_path()
+        if cred is not None:
+            return Secret(read_secret_file(cred, self.config_source, self.config_key))
+        places = [f"set {self.config_key}"]
+        if self.env:
+            places.append(f"the environment variable {self.env}")
+        if self.credential:
+            places.append(f"a systemd credential named {self.credential}")
+        raise SecretError(
+            self.config_source, self.config_key, f"no {self.what}: " + ", or ".join(places)
+        )
+
+    def load_optional(self) -> Secret | None:
+        return self.load() if self.configured() else None
+
+    def _credential_path(self) -> Path | None:
+        directory = os.environ.get("CREDENTIALS_DIRECTORY")
+        if not (directory and self.credential):
+            return None
+        path = Path(directory) / self.credential
+        return path if path.is_file() else None
+
+
+def read_secret_file(path: Path, source: str, key: str) -> str:
+    """Read a one-line secret file; the message names the file, never its content."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_SECRET_BYTES + 1)
+    except OSError as exc:
+        raise SecretError(source, key, f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(raw) > MAX_SECRET_BYTES:
+        raise SecretError(source, key, f"{path} is larger than {MAX_SECRET_BYTES} bytes")
+    try:
+        value = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise SecretError(source, key, f"{path} is not UTF-8 text") from None
+    if not value:
+        raise SecretError(source, key, f"{path} is empty")
+    if "\n" in value:
+        value = value.splitlines()[0].strip()
+    return value
+
+
+def readable_by_others(path: Path) -> bool:
+    """True when group or other users can read ``path`` (worth a warning for key files)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    return bool(mode & (stat.S_IRGRP | stat.S_IROTH))

@@ -1,0 +1,188 @@
+"""The directory watcher: watchdog's inotify observer, acting when a file is complete.
+
+With inotify a file is complete when a writer closes it after writing (``IN_CLOSE_WRITE``,
+watchdog's ``FileClosedEvent``) or when it is renamed into place (``FileMovedEvent``);
+``created``/``modified`` are ignored there, so a half-written file is never queued. A folder
+moved or created inside a watch is walked, since its files bring no events of their own.
+
+Where only polling works (network file systems, ``force_polling = true``), there are no
+close events: a file is taken once its size and modification time have not changed for
+``settle_seconds``. The settle timer only runs while some file is settling.
+
+The reconciliation scan (``scan``) catches everything events missed: files written while
+the agent was down, or during a crash.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from watchdog.events import (
+    DirCreatedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
+
+from agent.config import WatchConfig
+from agent.intake import ignored_name, matches, walk
+from agent.tagger import is_sidecar
+
+log = logging.getLogger("agent.watcher")
+
+OnFile = Callable[[Path, WatchConfig], None]
+
+
+def wanted(path: Path, watch: WatchConfig) -> bool:
+    """Would this path be a sample of ``watch`` (or a sidecar that may release one)?"""
+    if is_sidecar(path) and not path.name.startswith("."):
+        return True
+    if ignored_name(path.name) or not matches(path.name, watch.patterns):
+        return False
+    try:
+        rel = path.relative_to(watch.path)
+    except ValueError:
+        return False
+    if any(part.startswith(".") for part in rel.parts[:-1]):
+        return False
+    return watch.recursive or len(rel.parts) == 1
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, watcher: Watcher, watch: WatchConfig, polling: bool) -> None:
+        self.watcher = watcher
+        self.watch = watch
+        self.polling = polling
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        try:
+            self._handle(event)
+        except Exception:
+            log.exception("while handling %s", event)
+
+    def _handle(self, event: FileSystemEvent) -> None:
+        if isinstance(event, FileClosedEvent):
+            self.watcher.found(Path(_s(event.src_path)), self.watch)
+        elif isinstance(event, FileMovedEvent):
+            self.watcher.found(Path(_s(event.dest_path)), self.watch)
+        elif isinstance(event, DirMovedEvent | DirCreatedEvent):
+            folder = Path(
+                _s(event.dest_path if isinstance(event, DirMovedEvent) else event.src_path)
+            )
+            if self.watch.recursive and folder.is_dir():
+                self.watcher.found_folder(folder, self.watch)
+        elif self.polling and isinstance(event, FileCreatedEvent | FileModifiedEvent):
+            self.watcher.settling(Path(_s(event.src_path)), self.watch)
+
+
+def _s(value: str | bytes) -> str:
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
+
+
+class Watcher:
+    """Watches every ``[[watch]]`` folder and calls ``on_file`` for each complete file."""
+
+    def __init__(self, watches: tuple[WatchConfig, ...], on_file: OnFile) -> None:
+        self.watches = watches
+        self.on_file = on_file
+        self._observers: list[BaseObserver] = []
+        self._settle: dict[Path, tuple[WatchConfig, float, tuple[int, int]]] = {}
+        self._settle_cv = threading.Condition()
+        self._stopping = False
+        self._settle_thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        inotify = Observer()
+        polling: BaseObserver | None = None
+        for w in self.watches:
+            if w.force_polling:
+                polling = polling or PollingObserver(timeout=max(0.5, min(w.settle_seconds, 5.0)))
+                polling.schedule(_Handler(self, w, True), str(w.path), recursive=w.recursive)
+            else:
+                inotify.schedule(_Handler(self, w, False), str(w.path), recursive=w.recursive)
+        for obs in (inotify, polling):
+            if obs is not None and obs.emitters:
+                obs.start()
+                self._observers.append(obs)
+        if polling is not None:
+            self._settle_thread = threading.Thread(target=self._settler, name="settle", daemon=True)
+            self._settle_thread.start()
+        names = ", ".join(
+            f"{w.path}{' (polling)' if w.force_polling else ''}" for w in self.watches
+        )
+        if names:
+            log.info("watching %s", names)
+
+    def stop(self) -> None:
+        with self._settle_cv:
+            self._stopping = True
+            self._settle_cv.notify_all()
+        for obs in self._observers:
+            obs.stop()
+        for obs in self._observers:
+            obs.join(5)
+        self._observers.clear()
+
+    def found(self, path: Path, watch: WatchConfig) -> None:
+        if wanted(path, watch):
+            self.on_file(path, watch)
+
+    def found_folder(self, folder: Path, watch: WatchConfig) -> None:
+        for path in walk(folder, watch.recursive):
+            self.found(path, watch)
+
+    # -- polling fallback ----------------------------------------------------------------
+    def settling(self, path: Path, watch: WatchConfig) -> None:
+        if not wanted(path, watch):
+            return
+        sig = _signature(path)
+        if sig is None:
+            return
+        with self._settle_cv:
+            self._settle[path] = (watch, time.monotonic() + watch.settle_seconds, sig)
+            self._settle_cv.notify()
+
+    def _settler(self) -> None:
+        with self._settle_cv:
+            while not self._stopping:
+                if not self._settle:
+                    self._settle_cv.wait()
+                    continue
+                now = time.monotonic()
+                ready = [(p, w, s) for p, (w, due, s) in self._settle.items() if due <= now]
+                for p, w, s in ready:
+                    del self._settle[p]
+                    current = _signature(p)
+                    if current is None:
+                        continue
+                    if current != s:
+                        self._settle[p] = (w, now + w.settle_seconds, current)
+                    else:
+                        self._settle_cv.release()
+                        try:
+                            self.found(p, w)
+                        finally:
+                            self._settle_cv.acquire()
+                if self._settle:
+                    next_due = min(due for _, due, _ in self._settle.values())
+                    self._settle_cv.wait(max(0.01, next_due - time.monotonic()))
+
+
+def _signature(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
