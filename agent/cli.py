@@ -8,6 +8,7 @@ Secrets are never accepted as arguments: they come from files or the environment
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -58,6 +59,10 @@ def cmd_local_ingestion(args: argparse.Namespace) -> int:
     return int(run(args))
 
 
+COMMAND_MODULES: tuple[str, ...] = ()
+"""Modules that add subcommands: each has ``register(subparsers) -> None``."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edge-uploader",
@@ -86,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     else:
         add_arguments(p)
     p.set_defaults(func=cmd_local_ingestion)
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
     return parser
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 
 from agent.clock import Clock, system_clock
+from agent.components import Component, build_components
 from agent.config import Config, WatchConfig
 from agent.events import Stats
 from agent.intake import Intake, Item, ignored_name, matches, walk
@@ -71,6 +72,7 @@ class Service:
         self.intake: Intake | None = None
         self.watcher: Watcher | None = None
         self._scanner: threading.Thread | None = None
+        self.components: list[Component] = build_components(config)
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -92,6 +94,8 @@ class Service:
             self.watcher.start()
         self._scanner = threading.Thread(target=self._scan_loop, name="scan", daemon=True)
         self._scanner.start()
+        for component in self.components:
+            component.start(self)
         log.info(
             "edge-uploader running: device %s, %d watch folder(s), queue %s, ingestion %s",
             cfg.device_id, len(cfg.watches), cfg.queue.path, cfg.ingestion.url,
@@ -100,6 +104,11 @@ class Service:
     def stop(self, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
         self._stop_requested.set()
         self._scan_now.set()
+        for component in reversed(self.components):
+            try:
+                component.stop()
+            except Exception:
+                log.exception("stopping %s failed", component.name)
         if self.watcher is not None:
             self.watcher.stop()
         if self._scanner is not None:
