@@ -37,6 +37,8 @@ DEFAULT_PATTERNS = (
 
 DEFAULT_URL = "https://ingestion.edgeimpulse.com"
 DEFAULT_STUDIO_URL = "https://studio.edgeimpulse.com/v1"
+URL_ENV = "EI_INGESTION_URL"
+"""Ingestion URL used when ``[ingestion] url`` is not set (e.g. ``upload`` without a config)."""
 
 AfterUpload = Literal["keep", "delete", "move"]
 
@@ -328,6 +330,10 @@ def _check_plain(table: Table, name: str, value: str) -> None:
 
 def _ingestion(t: Table, source: str) -> IngestionConfig:
     url = (t.get_str("url") or DEFAULT_URL).rstrip("/")
+    if not t.has("url") and os.environ.get(URL_ENV, "").strip():
+        url = os.environ[URL_ENV].strip().rstrip("/")  # the config file wins over the variable
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError("environment", URL_ENV, f"expected an http(s):// URL, got {url!r}")
     if not url.startswith(("http://", "https://")):
         raise t.error("url", f"expected an http:// or https:// URL, got {url!r}")
     api_key_file = t.get_path("api_key_file")

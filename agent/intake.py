@@ -81,6 +81,67 @@ def walk(root: Path, recursive: bool) -> Iterator[Path]:
                 continue
 
 
+VANISHED = "vanished before it could be queued"
+
+
+def stat_sample(path: Path) -> os.stat_result | str:
+    """The file's status if it can be a sample (regular, non-empty, readable), else why not."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return VANISHED
+    except OSError as exc:
+        return f"cannot stat: {exc.strerror or exc}"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    if st.st_size == 0:
+        return "empty file"
+    if not os.access(path, os.R_OK):
+        return "not readable by the agent"
+    return st
+
+
+def new_file(item: Item, config: Config, st: os.stat_result) -> NewFile:
+    """The row a checked file would become: sidecar read and tagger run, no queue I/O.
+
+    A sidecar or metadata that cannot be used gives a *held* row with the reason. The
+    ``upload --dry-run`` preview calls this too, so it shows exactly what would be queued.
+    """
+    path, watch = item.path, item.watch
+    state, error = State.PENDING, None
+    label: str | None = None
+    category = config.ingestion.category
+    metadata: dict[str, str] = {}
+    try:
+        sidecar = read_sidecar(path)
+        tagged = tag(path, config, mtime=st.st_mtime, watch=watch, sidecar=sidecar,
+                     context=item.context)  # fmt: skip
+        label, category, metadata = tagged.label, tagged.category, tagged.metadata
+    except InputError as exc:
+        state, error = State.HELD, str(exc)
+    return NewFile(
+        path=str(path),
+        size=st.st_size,
+        mtime_ns=st.st_mtime_ns,
+        source=item.source or (watch.key if watch else "upload"),
+        label=label,
+        category=category if category != "split-by-group" else "training",
+        metadata=metadata,
+        state=state,
+        last_error=error,
+        after_upload=item.after_upload or (watch.after_upload if watch else "keep"),
+        move_to=item.move_to or (str(watch.move_to) if watch and watch.move_to else None),
+        allow_duplicates=(
+            item.allow_duplicates
+            if item.allow_duplicates is not None
+            else config.ingestion.allow_duplicates
+        ),
+        upload_name=item.upload_name,
+        extra=item.extra,
+        batch=item.batch,
+    )
+
+
 class Intake:
     """Thread-safe front door of the queue. ``submit`` never blocks on I/O."""
 
@@ -155,14 +216,17 @@ class Intake:
         """Decide a batch synchronously; returns the ids of newly queued rows."""
         new: list[NewFile] = []
         callbacks: list[tuple[Item, NewFile]] = []
+        adopt: list[tuple[str, int, int, str]] = []
         for item in items:
-            decided = self._decide(item)
+            decided = self._decide(item, adopt)
             if decided is None:
                 continue
             if decided.path in {n.path for n in new}:
                 continue
             new.append(decided)
             callbacks.append((item, decided))
+        for batch in {a[3] for a in adopt}:
+            self.queue.adopt([a[:3] for a in adopt if a[3] == batch], batch)
         if not new:
             return []
         ids = self.queue.enqueue_many(new)
@@ -181,67 +245,24 @@ class Intake:
             self.on_queued()
         return ids
 
-    def _decide(self, item: Item) -> NewFile | None:
+    def _decide(self, item: Item, adopt: list[tuple[str, int, int, str]]) -> NewFile | None:
         path = item.path
         if is_sidecar(path):
             self._sidecar_changed(path)
             return None
         self.stats.emit(Event.SEEN, path=str(path))
-        try:
-            st = os.stat(path, follow_symlinks=False)
-        except FileNotFoundError:
-            self._skip(item, "vanished before it could be queued", quiet=True)
-            return None
-        except OSError as exc:
-            self._skip(item, f"cannot stat: {exc.strerror or exc}")
-            return None
-        if not stat.S_ISREG(st.st_mode):
-            self._skip(item, "not a regular file")
-            return None
-        if st.st_size == 0:
-            self._skip(item, "empty file")
-            return None
-        if not os.access(path, os.R_OK):
-            self._skip(item, "not readable by the agent")
+        st = stat_sample(path)
+        if isinstance(st, str):
+            self._skip(item, st, quiet=st == VANISHED)
             return None
         if self.queue.known(str(path), st.st_size, st.st_mtime_ns):
+            if item.batch is not None:
+                adopt.append((str(path), st.st_size, st.st_mtime_ns, item.batch))
             if item.on_queued is not None:
                 row = self.queue.latest_for_path(str(path))
                 item.on_queued(row.id if row else None, None)
             return None
-        watch = item.watch
-        state, error = State.PENDING, None
-        label: str | None = None
-        category = self.config.ingestion.category
-        metadata: dict[str, str] = {}
-        try:
-            sidecar = read_sidecar(path)
-            tagged = tag(path, self.config, mtime=st.st_mtime, watch=watch, sidecar=sidecar,
-                         context=item.context)  # fmt: skip
-            label, category, metadata = tagged.label, tagged.category, tagged.metadata
-        except InputError as exc:
-            state, error = State.HELD, str(exc)
-        return NewFile(
-            path=str(path),
-            size=st.st_size,
-            mtime_ns=st.st_mtime_ns,
-            source=item.source or (watch.key if watch else "upload"),
-            label=label,
-            category=category if category != "split-by-group" else "training",
-            metadata=metadata,
-            state=state,
-            last_error=error,
-            after_upload=item.after_upload or (watch.after_upload if watch else "keep"),
-            move_to=item.move_to or (str(watch.move_to) if watch and watch.move_to else None),
-            allow_duplicates=(
-                item.allow_duplicates
-                if item.allow_duplicates is not None
-                else self.config.ingestion.allow_duplicates
-            ),
-            upload_name=item.upload_name,
-            extra=item.extra,
-            batch=item.batch,
-        )
+        return new_file(item, self.config, st)
 
     def _skip(self, item: Item, reason: str, *, quiet: bool = False) -> None:
         (log.debug if quiet else log.warning)("skipped %s: %s", item.path, reason)

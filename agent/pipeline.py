@@ -82,8 +82,11 @@ class Pipeline:
         clock: Clock = system_clock,
         rng: Callable[[], float] = random.random,
         watch_roots: dict[str, Path] | None = None,
+        batch: str | None = None,
     ) -> None:
         self.queue = queue
+        self.batch = batch
+        """Deliver only this batch's rows (the ``upload`` command); None: every row (daemon)."""
         self.uploader = uploader
         self.config = config
         self.stats = stats
@@ -194,12 +197,12 @@ class Pipeline:
             limit = min(limit, 1 - len(self._inflight))
         if limit <= 0:
             return None
-        rows = self.queue.lease(limit, now)
+        rows = self.queue.lease(limit, now, batch=self.batch)
         for row in rows:
             self._inflight[row.id] = row
             self._work.put(row)
         if len(rows) < limit:
-            due = self.queue.next_due()
+            due = self.queue.next_due(batch=self.batch)
             if due is not None:
                 return max(0.0, due - self.clock()) + 0.001
         return None
@@ -260,7 +263,11 @@ class Pipeline:
         delay = retry_delay(attempt, self.config.retry_base_seconds,
                             self.config.retry_max_seconds, a.retry_after, self.rng)  # fmt: skip
         if a.status is None or a.status in (429, 503):
-            self._failures += 1
+            if now >= self._hold_until:
+                # One outage step per probe: the other uploads that were in flight when the
+                # link went down fail inside the hold and must not escalate it (20 of them
+                # would otherwise make a one-second blip a five-minute wait).
+                self._failures += 1
             self._probe = True
             hold = retry_delay(self._failures, self.config.retry_base_seconds,
                                self.config.retry_max_seconds, a.retry_after, self.rng)  # fmt: skip

@@ -69,6 +69,8 @@ CREATE INDEX IF NOT EXISTS files_due ON files (state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS files_path ON files (path);
 CREATE INDEX IF NOT EXISTS files_delivered ON files (delivered_at) WHERE delivered_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS files_batch ON files (batch) WHERE batch IS NOT NULL;
+CREATE INDEX IF NOT EXISTS files_batch_due ON files (batch, state, next_attempt_at)
+    WHERE batch IS NOT NULL;
 CREATE TABLE IF NOT EXISTS agent_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
@@ -215,11 +217,17 @@ class Queue:
             return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])
 
     # -- start-up --------------------------------------------------------------------
-    def recover(self) -> int:
-        """Return rows left ``uploading`` by a crash to ``pending``; how many there were."""
+    def recover(self, batch: str | None = None) -> int:
+        """Return rows left ``uploading`` by a crash to ``pending``; how many there were.
+
+        With ``batch``, only that batch's rows (an ``upload`` command recovering its own
+        run while a daemon may be uploading other rows of the same file).
+        """
+        scope, args = ("", ()) if batch is None else (" AND batch=?", (batch,))
         with self._write() as db:
             cur = db.execute(
-                "UPDATE files SET state=? WHERE state=?", (State.PENDING, State.UPLOADING)
+                f"UPDATE files SET state=? WHERE state=?{scope}",
+                (State.PENDING, State.UPLOADING, *args),
             )
             return cur.rowcount
 
@@ -292,17 +300,21 @@ class Queue:
             return [_row(r) for r in cur.fetchall()]
 
     # -- delivery ------------------------------------------------------------------------
-    def lease(self, limit: int, now: float | None = None) -> list[Row]:
-        """Mark up to ``limit`` due pending rows as uploading and return them, oldest due first."""
+    def lease(self, limit: int, now: float | None = None, *, batch: str | None = None) -> list[Row]:
+        """Mark up to ``limit`` due pending rows as uploading and return them, oldest due first.
+
+        With ``batch``, only rows of that batch (the ``upload`` command's own run).
+        """
         if limit <= 0:
             return []
         now = self._clock() if now is None else now
+        scope, args = ("", ()) if batch is None else (" AND batch=?", (batch,))
         with self._write() as db:
             cur = db.execute(
                 f"UPDATE files SET state=? WHERE id IN (SELECT id FROM files WHERE state=?"
-                f" AND next_attempt_at<=? ORDER BY next_attempt_at, id LIMIT ?)"
+                f"{scope} AND next_attempt_at<=? ORDER BY next_attempt_at, id LIMIT ?)"
                 f" RETURNING {_ROW_COLUMNS}",
-                (State.UPLOADING, State.PENDING, now, limit),
+                (State.UPLOADING, State.PENDING, *args, now, limit),
             )
             rows = [_row(r) for r in cur.fetchall()]
         rows.sort(key=lambda r: (r.next_attempt_at, r.id))
@@ -339,11 +351,13 @@ class Queue:
             ),
         )  # fmt: skip
 
-    def next_due(self) -> float | None:
-        """When the earliest pending row becomes due (None when nothing is pending)."""
+    def next_due(self, *, batch: str | None = None) -> float | None:
+        """When the earliest pending row (of ``batch``, if given) becomes due; None if none."""
+        scope, args = ("", ()) if batch is None else (" AND batch=?", (batch,))
         with self._lock:
             value = self._db.execute(
-                "SELECT min(next_attempt_at) FROM files WHERE state=?", (State.PENDING,)
+                f"SELECT min(next_attempt_at) FROM files WHERE state=?{scope}",
+                (State.PENDING, *args),
             ).fetchone()[0]
             return None if value is None else float(value)
 
@@ -357,9 +371,9 @@ class Queue:
 
     # -- operator care -------------------------------------------------------------------
     def retry(self, *, state: State, row_ids: Sequence[int] | None = None,
-              reason_contains: str | None = None) -> int:  # fmt: skip
+              reason_contains: str | None = None, batch: str | None = None) -> int:  # fmt: skip
         """Make rows of ``state`` pending and due now; returns how many."""
-        where, args = self._select(state, row_ids, reason_contains)
+        where, args = self._select(state, row_ids, reason_contains, batch)
         with self._write() as db:
             cur = db.execute(
                 f"UPDATE files SET state=?, next_attempt_at=?, attempts=0 WHERE {where}",
@@ -368,26 +382,32 @@ class Queue:
             return cur.rowcount
 
     def drop(self, *, state: State, row_ids: Sequence[int] | None = None,
-             reason_contains: str | None = None) -> int:  # fmt: skip
-        where, args = self._select(state, row_ids, reason_contains)
+             reason_contains: str | None = None, batch: str | None = None) -> int:  # fmt: skip
+        where, args = self._select(state, row_ids, reason_contains, batch)
         with self._write() as db:
             return db.execute(f"DELETE FROM files WHERE {where}", args).rowcount
 
-    def retry_now(self) -> int:
-        """Skip every backoff wait: all pending rows become due now."""
+    def retry_now(self, *, batch: str | None = None) -> int:
+        """Skip every backoff wait: all pending rows (of ``batch``, if given) become due now."""
+        scope, args = ("", ()) if batch is None else (" AND batch=?", (batch,))
+        now = self._clock()
         with self._write() as db:
             cur = db.execute(
-                "UPDATE files SET next_attempt_at=? WHERE state=? AND next_attempt_at>?",
-                (self._clock(), State.PENDING, self._clock()),
+                f"UPDATE files SET next_attempt_at=? WHERE state=? AND next_attempt_at>?{scope}",
+                (now, State.PENDING, now, *args),
             )
             return cur.rowcount
 
     @staticmethod
     def _select(
-        state: State, row_ids: Sequence[int] | None, reason_contains: str | None
-    ) -> tuple[str, tuple[Any, ...]]:
+        state: State, row_ids: Sequence[int] | None, reason_contains: str | None,
+        batch: str | None = None,
+    ) -> tuple[str, tuple[Any, ...]]:  # fmt: skip
         where = "state=?"
         args: list[Any] = [int(state)]
+        if batch is not None:
+            where += " AND batch=?"
+            args.append(batch)
         if row_ids is not None:
             where += f" AND id IN ({','.join('?' * len(row_ids))})"
             args.extend(row_ids)
@@ -450,6 +470,33 @@ class Queue:
                 f"SELECT {_ROW_COLUMNS} FROM files WHERE path=? ORDER BY id DESC LIMIT 1", (path,)
             ).fetchone()
             return _row(r) if r else None
+
+    def adopt(self, files: Sequence[tuple[str, int, int]], batch: str) -> int:
+        """Put known ``(path, size, mtime_ns)`` rows into ``batch``; their state and tags stay.
+
+        An ``upload`` re-run (or a run naming files the daemon already queued) then counts
+        them as part of its batch: delivered ones are not sent again, pending ones are sent.
+        """
+        if not files:
+            return 0
+        with self._write() as db:
+            cur = db.executemany(
+                "UPDATE files SET batch=? WHERE path=? AND size=? AND mtime_ns=?"
+                " AND batch IS NOT ?",
+                [(batch, p, s, m, batch) for p, s, m in files],
+            )
+            return cur.rowcount
+
+    def batch_totals(self, batch: str) -> dict[str, tuple[int, int]]:
+        """Per state: (files, bytes) of one batch; every state is present."""
+        with self._lock:
+            cur = self._db.execute(
+                "SELECT state, count(*), coalesce(sum(size), 0) FROM files WHERE batch=?"
+                " GROUP BY state",
+                (batch,),
+            )
+            got = {State(s).label: (int(n), int(b)) for s, n, b in cur.fetchall()}
+        return {s.label: got.get(s.label, (0, 0)) for s in State}
 
     def batch_counts(self, batch: str) -> dict[str, int]:
         with self._lock:
