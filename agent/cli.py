@@ -59,7 +59,11 @@ def cmd_local_ingestion(args: argparse.Namespace) -> int:
     return int(run(args))
 
 
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "agent.commands.upload",
+    "agent.commands.queue_care",
+    "agent.commands.check_config",
+)
 """Modules that add subcommands: each has ``register(subparsers) -> None``."""
 
 
@@ -78,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("status", help="what the queue holds: counts, backlog, dead letters")
-    _config_arg(p)
+    _config_arg(p, required=False)  # without: the per-user queue of `upload`
     p.add_argument("--json", action="store_true", help="stable machine-readable output")
     p.add_argument("--limit", type=int, default=20, help="dead letters and held files to list")
     p.set_defaults(func=cmd_status)

@@ -26,5 +26,8 @@ class Component(Protocol):
 
 def build_components(config: Config) -> list[Component]:
     """The components this config asks for, in start order."""
+    from agent.wake import WakeOnSignal
+
     components: list[Component] = []
+    components.append(WakeOnSignal())  # SIGUSR1: `retry-now` / `dead retry` wake the daemon
     return components
