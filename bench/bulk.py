@@ -1,0 +1,185 @@
+"""Bulk upload benchmark: ``edge-uploader upload`` versus a naive sequential httpx loop.
+
+    python bench/bulk.py [--files 5000] [--size 2048] [--concurrency N] [--latency-ms 0]
+
+Creates a folder of small files, starts the local ingestion server (a subprocess, fresh
+data dir), uploads the folder with ``python -m agent upload`` (a subprocess; its peak RSS is
+read from ``wait4``), then restarts the server with a fresh data dir and uploads the same
+folder with one ``httpx.Client`` in a plain loop (same headers, one file per request).
+Prints files/s for both, the ratio and the agent's peak RSS, and checks that every file
+arrived exactly once both times. Targets: ratio >= 1.0, peak RSS < 60 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+API_KEY = "ei_bench_key"
+
+
+def make_folder(folder: Path, n: int, size: int) -> None:
+    for i in range(n):
+        sub = folder / f"s{i // 1000:03d}"
+        if i % 1000 == 0:
+            sub.mkdir(parents=True, exist_ok=True)
+        body = os.urandom(size)
+        (sub / f"idle.{i:06d}.wav").write_bytes(body)
+
+
+class Server:
+    def __init__(self, data_dir: Path, latency_ms: int) -> None:
+        key_file = data_dir.parent / f"{data_dir.name}.keys"
+        key_file.write_text(API_KEY + "\n")
+        cmd = [
+            sys.executable,
+            "-m",
+            "agent.localserver",
+            "--port",
+            "0",
+            "--data-dir",
+            str(data_dir),
+            "--api-key-file",
+            str(key_file),
+            "--quiet",
+            "--latency-ms",
+            str(latency_ms),
+        ]
+        self.data_dir = data_dir
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line.startswith("local-ingestion listening on"):
+            raise SystemExit(f"server did not start: {line!r}")
+        self.url = line.split()[3]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+    def count(self) -> tuple[int, int]:
+        """(index lines, distinct file names)."""
+        lines = (self.data_dir / "index.jsonl").read_text().splitlines()
+        names = {json.loads(line)["originalFileName"] for line in lines if line.strip()}
+        return len(lines), len(names)
+
+
+def run_agent(
+    folder: Path, state: Path, url: str, concurrency: int | None
+) -> tuple[float, float, int]:
+    """(seconds, peak RSS in MB, exit status) of ``python -m agent upload FOLDER``."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "EI_API_KEY": API_KEY,
+        "EI_INGESTION_URL": url,
+        "XDG_STATE_HOME": str(state),
+    }
+    cmd = [sys.executable, "-m", "agent", "upload", str(folder), "--no-progress"]
+    if concurrency:
+        cmd += ["--concurrency", str(concurrency)]
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    assert proc.stdout is not None
+    output = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        print(output.decode(errors="replace"), file=sys.stderr)
+    return elapsed, usage.ru_maxrss / 1024, proc.returncode
+
+
+def run_naive(folder: Path, url: str) -> float:
+    """One client, one request per file, in order: what a short script would do."""
+    files = sorted(p for p in folder.rglob("*.wav"))
+    metadata = json.dumps(
+        {"agent_version": "0.1.0", "captured_at": "2026-01-01T00:00:00.000Z", "device_id": "bench"},
+        separators=(",", ":"),
+    )
+    headers = {"x-api-key": API_KEY, "x-disallow-duplicates": "1", "x-metadata": metadata}
+    started = time.perf_counter()
+    with httpx.Client(timeout=60) as client:
+        for path in files:
+            with open(path, "rb") as handle:
+                response = client.post(
+                    f"{url}/api/training/files",
+                    headers=headers,
+                    files={"data": (path.name, handle, "audio/wav")},
+                )
+            response.raise_for_status()
+    return time.perf_counter() - started
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--files", type=int, default=5000)
+    parser.add_argument("--size", type=int, default=2048, help="bytes per file")
+    parser.add_argument("--concurrency", type=int, help="the agent's --concurrency")
+    parser.add_argument("--latency-ms", type=int, default=0, help="server delay per upload")
+    parser.add_argument("--skip-naive", action="store_true")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="bench-bulk-") as tmp:
+        base = Path(tmp)
+        folder = base / "data"
+        t0 = time.perf_counter()
+        make_folder(folder, args.files, args.size)
+        print(
+            f"folder: {args.files} files of {args.size} bytes "
+            f"({time.perf_counter() - t0:.1f} s to create)"
+        )
+
+        server = Server(base / "server-agent", args.latency_ms)
+        try:
+            agent_s, rss_mb, status = run_agent(
+                folder, base / "state", server.url, args.concurrency
+            )
+            lines, names = server.count()
+        finally:
+            server.stop()
+        ok = status == 0 and lines == names == args.files
+        agent_rate = args.files / agent_s
+        print(
+            f"agent upload: {agent_s:.2f} s, {agent_rate:.0f} files/s, peak RSS {rss_mb:.1f} MB,"
+            f" exit {status}, {lines} stored ({names} distinct)"
+        )
+
+        if args.skip_naive:
+            return 0 if ok and rss_mb < 60 else 1
+        server = Server(base / "server-naive", args.latency_ms)
+        try:
+            naive_s = run_naive(folder, server.url)
+            n_lines, n_names = server.count()
+            ok = ok and n_lines == n_names == args.files
+        finally:
+            server.stop()
+        naive_rate = args.files / naive_s
+        print(f"naive loop:   {naive_s:.2f} s, {naive_rate:.0f} files/s, {n_lines} stored")
+        ratio = agent_rate / naive_rate
+        print(
+            f"ratio agent/naive: {ratio:.2f}x (target >= 1.0); agent peak RSS {rss_mb:.1f} MB "
+            "(target < 60)"
+        )
+        return 0 if ok and ratio >= 1.0 and rss_mb < 60 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
