@@ -294,9 +294,10 @@ def store_files(
     label_parts = [p for p in parts if (p.filename or "").endswith(".labels")]
     extras = _side_labels(label_parts)
     attached = {
-        safe_filename(a.get("filename") if isinstance(a, dict) else a)
+        safe_filename(name)
         for value in extras.values()
-        for a in value.get("attachments", [])
+        for item in value.get("attachments", [])
+        if isinstance(name := item.get("filename") if isinstance(item, dict) else item, str)
     }
     samples = [
         p

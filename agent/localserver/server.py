@@ -23,6 +23,7 @@ import socket
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -234,6 +235,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._linger_close()
         except (OSError, TimeoutError):
             self.close_connection = True  # the client went away mid-request
+        except Exception:
+            # A bug here must still produce an answer, and the traceback, not a silent hang-up.
+            traceback.print_exc(file=sys.stderr)
+            if not self._status:
+                with contextlib.suppress(OSError):
+                    self._json(500, {"success": False, "error": "Internal error"}, close=True)
+            self._linger_close()
         finally:
             self._log_line(started)
 

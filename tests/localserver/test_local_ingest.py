@@ -344,3 +344,22 @@ def test_python_sdk_bounding_boxes_header(
     assert r.status_code == 200
     assert server.index_lines()[0]["boundingBoxes"] == boxes
     assert upload(client, "d2.jpg", b"k", headers={"x-bounding-boxes": "{"}).status_code == 400
+
+
+def test_attachment_parts_are_not_samples(
+    client: httpx.Client, server: LocalIngestionServer
+) -> None:
+    doc = {
+        "version": 1,
+        "type": "attachments",
+        "attachments": {"a.jpg": [{"filename": "b.png"}, 7]},
+    }
+    r = upload(
+        client,
+        "a.jpg",
+        b"main",
+        extra_parts=[("attachments.labels", json.dumps(doc).encode()), ("b.png", b"extra")],
+    )
+    assert r.status_code == 200
+    assert [f["fileName"] for f in r.json()["files"]] == ["a.jpg"]
+    assert [s.filename for s in server.samples()] == ["a.jpg"]
