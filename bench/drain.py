@@ -117,7 +117,8 @@ def wait_done(proc: subprocess.Popen[bytes], index: Path, want: int, timeout: fl
     deadline = time.monotonic() + timeout
     while count_lines(index) < want:
         if proc.poll() is not None and count_lines(index) < want:
-            raise SystemExit(f"process exited early ({proc.returncode}); {count_lines(index)} stored")
+            stored = count_lines(index)
+            raise SystemExit(f"process exited early ({proc.returncode}); {stored} stored")
         if time.monotonic() > deadline:
             raise SystemExit(f"timed out: {count_lines(index)}/{want} stored")
         time.sleep(0.02)
@@ -219,8 +220,8 @@ def main() -> None:
     print(f"agent peak RSS: {agent['rss'] / 2**20:.1f} MB  (target < 60 MB)")
     if "idle_cpu_pct" in agent:
         print(
-            f"agent idle CPU over {args.idle_seconds:.0f} s: {agent['idle_cpu_pct']:.2f}% of one core"
-            "  (target < 1%)"
+            f"agent idle CPU over {args.idle_seconds:.0f} s: "
+            f"{agent['idle_cpu_pct']:.2f}% of one core  (target < 1%)"
         )
 
 
