@@ -230,7 +230,13 @@ class Pipeline:
             results.append(result)
             if result.state is State.DELIVERED and d.row.after_upload != "keep":
                 local.append(d.row)
-        self.queue.settle(results, durable=bool(local))
+        facts: dict[str, object] = {}  # for `status`, written with the results
+        for d in done:
+            if d.answer.outcome in (Outcome.DELIVERED, Outcome.DUPLICATE):
+                facts["last_delivery_at"] = now
+            elif d.answer.outcome is Outcome.RETRY:
+                facts["last_error"] = d.answer.reason
+        self.queue.settle(results, durable=bool(local), state=facts)
         if requeue:
             self.queue.requeue(requeue)
         self.stats.progress()
@@ -295,7 +301,6 @@ class Pipeline:
             info.update(sample_id=a.sample_id, bytes=row.size)
             log.info("%s %s sample_id=%s category=%s", event.value, row.path, a.sample_id,
                      row.category)  # fmt: skip
-            self.queue.set_state(last_delivery_at=self.clock())
         elif a.outcome is Outcome.DEAD:
             event = Event.DEAD
             log.warning("dead-lettered %s: %s", row.path, a.reason)
@@ -307,7 +312,6 @@ class Pipeline:
         else:
             event = Event.RETRY
             log.info("will retry %s: %s", row.path, a.reason)
-            self.queue.set_state(last_error=a.reason)
         self.stats.emit(event, **info)
         for hook in self.hooks:
             try:

@@ -320,8 +320,14 @@ class Queue:
         rows.sort(key=lambda r: (r.next_attempt_at, r.id))
         return rows
 
-    def settle(self, results: Sequence[Result], *, durable: bool = False) -> None:
-        """Write back a round of results in one transaction; ``durable`` syncs it first."""
+    def settle(
+        self, results: Sequence[Result], *, durable: bool = False,
+        state: dict[str, object] | None = None,
+    ) -> None:  # fmt: skip
+        """Write back a round of results in one transaction; ``durable`` syncs it first.
+
+        ``state``: ``set_state`` values (last delivery, last error) in the same transaction.
+        """
         if not results:
             return
         now = self._clock()
@@ -332,6 +338,8 @@ class Queue:
                 with self._write() as db:
                     for r in results:
                         self._settle_one(db, r, now)
+                    if state:
+                        self._set_state(db, state)
             finally:
                 if durable:
                     self._db.execute("PRAGMA synchronous=NORMAL")
@@ -518,15 +526,19 @@ class Queue:
     # -- small key/value state shared with `status` --------------------------------------
     def set_state(self, **values: object) -> None:
         with self._write() as db:
-            for key, value in values.items():
-                if value is None:
-                    db.execute("DELETE FROM agent_state WHERE key=?", (key,))
-                else:
-                    db.execute(
-                        "INSERT INTO agent_state (key, value) VALUES (?, ?)"
-                        " ON CONFLICT(key) DO UPDATE SET value=excluded.value",
-                        (key, json.dumps(value)),
-                    )
+            self._set_state(db, values)
+
+    @staticmethod
+    def _set_state(db: sqlite3.Connection, values: dict[str, object]) -> None:
+        for key, value in values.items():
+            if value is None:
+                db.execute("DELETE FROM agent_state WHERE key=?", (key,))
+            else:
+                db.execute(
+                    "INSERT INTO agent_state (key, value) VALUES (?, ?)"
+                    " ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                    (key, json.dumps(value)),
+                )
 
     def get_state(self) -> dict[str, Any]:
         with self._lock:

@@ -68,9 +68,12 @@ class Server:
             raise SystemExit(f"server did not start: {line!r}")
         self.url = line.split()[3]
 
-    def stop(self) -> None:
+    def stop(self) -> float:
+        """Stop; returns the server's CPU seconds."""
         self.proc.terminate()
-        self.proc.wait(10)
+        _, status, usage = os.wait4(self.proc.pid, 0)
+        self.proc.returncode = os.waitstatus_to_exitcode(status)
+        return usage.ru_utime + usage.ru_stime
 
     def count(self) -> tuple[int, int]:
         """(index lines, distinct file names)."""
@@ -104,10 +107,11 @@ def run_agent(
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         print(output.decode(errors="replace"), file=sys.stderr)
-    return elapsed, usage.ru_maxrss / 1024, proc.returncode
+    cpu = usage.ru_utime + usage.ru_stime
+    return elapsed, cpu, usage.ru_maxrss / 1024, proc.returncode
 
 
-def run_naive(folder: Path, url: str) -> float:
+def run_naive(folder: Path, url: str) -> tuple[float, float]:
     """One client, one request per file, in order: what a short script would do."""
     files = sorted(p for p in folder.rglob("*.wav"))
     metadata = json.dumps(
@@ -116,6 +120,7 @@ def run_naive(folder: Path, url: str) -> float:
     )
     headers = {"x-api-key": API_KEY, "x-disallow-duplicates": "1", "x-metadata": metadata}
     started = time.perf_counter()
+    cpu = time.process_time()
     with httpx.Client(timeout=60) as client:
         for path in files:
             with open(path, "rb") as handle:
@@ -125,7 +130,7 @@ def run_naive(folder: Path, url: str) -> float:
                     files={"data": (path.name, handle, "audio/wav")},
                 )
             response.raise_for_status()
-    return time.perf_counter() - started
+    return time.perf_counter() - started, time.process_time() - cpu
 
 
 def main() -> int:
@@ -149,30 +154,34 @@ def main() -> int:
 
         server = Server(base / "server-agent", args.latency_ms)
         try:
-            agent_s, rss_mb, status = run_agent(
+            agent_s, agent_cpu, rss_mb, status = run_agent(
                 folder, base / "state", server.url, args.concurrency
             )
             lines, names = server.count()
         finally:
-            server.stop()
+            server_cpu = server.stop()
         ok = status == 0 and lines == names == args.files
         agent_rate = args.files / agent_s
         print(
             f"agent upload: {agent_s:.2f} s, {agent_rate:.0f} files/s, peak RSS {rss_mb:.1f} MB,"
-            f" exit {status}, {lines} stored ({names} distinct)"
+            f" exit {status}, {lines} stored ({names} distinct); CPU agent {agent_cpu:.1f} s,"
+            f" server {server_cpu:.1f} s"
         )
 
         if args.skip_naive:
             return 0 if ok and rss_mb < 60 else 1
         server = Server(base / "server-naive", args.latency_ms)
         try:
-            naive_s = run_naive(folder, server.url)
+            naive_s, naive_cpu = run_naive(folder, server.url)
             n_lines, n_names = server.count()
             ok = ok and n_lines == n_names == args.files
         finally:
-            server.stop()
+            server_cpu = server.stop()
         naive_rate = args.files / naive_s
-        print(f"naive loop:   {naive_s:.2f} s, {naive_rate:.0f} files/s, {n_lines} stored")
+        print(
+            f"naive loop:   {naive_s:.2f} s, {naive_rate:.0f} files/s, {n_lines} stored;"
+            f" CPU client {naive_cpu:.1f} s, server {server_cpu:.1f} s"
+        )
         ratio = agent_rate / naive_rate
         print(
             f"ratio agent/naive: {ratio:.2f}x (target >= 1.0); agent peak RSS {rss_mb:.1f} MB "
