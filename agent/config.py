@@ -337,10 +337,8 @@ def _check_sendable(
     try:
         check_metadata(merged, key)
     except InputError as exc:
-        raise ConfigError(
-            source, key, f"{exc.message} (with device_id, captured_at and agent_version, which"
-            " every file gets)",
-        ) from None
+        every = "with device_id, captured_at and agent_version, which every file gets"
+        raise ConfigError(source, key, f"{exc.message} ({every})") from None
 
 
 def _check_plain(table: Table, name: str, value: str) -> None:
