@@ -288,6 +288,12 @@ def test_drop(q: Queue, dead_rows: list[int]) -> None:
     assert q.counts()["pending"] == 1
 
 
+def test_empty_id_lists_select_nothing(q: Queue, dead_rows: list[int]) -> None:
+    assert q.retry(state=State.DEAD, row_ids=[]) == 0
+    assert q.drop(state=State.DEAD, row_ids=[]) == 0
+    assert q.counts()["dead"] == 3
+
+
 def test_retry_now_skips_waits(q: Queue, dead_rows: list[int], clock: FakeClock) -> None:
     clock.advance(1)
     assert q.retry_now() == 1
