@@ -266,6 +266,13 @@ class Queue:
                 )  # fmt: skip
                 if cur.rowcount:
                     ids.append(int(cur.lastrowid or 0))
+                    # an older version still held for its sidecar will never be sent
+                    db.execute(
+                        "UPDATE files SET state=?, last_error=? WHERE path=? AND state=?"
+                        " AND id<?",
+                        (State.GONE, "superseded by a newer version of the file", f.path,
+                         State.HELD, cur.lastrowid),
+                    )  # fmt: skip
                 elif f.batch is not None:
                     db.execute(
                         "UPDATE files SET batch=? WHERE path=? AND size=? AND mtime_ns=?",

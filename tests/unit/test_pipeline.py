@@ -142,11 +142,11 @@ def test_500_goes_back_to_pending_with_backoff(rig: Rig, clock: FakeClock) -> No
     rig.start()
     wait_for(lambda: rig.row(rid).attempts == 1)
     row = rig.row(rid)
-    # attempt 1: full jitter over min(cap, base * 2**1) = 2 s, rng = 0.5
+    # first retry: full jitter over min(cap, base * 2**0) = 1 s, rng = 0.5
     assert (row.state, row.last_error, row.next_attempt_at) == (
         State.PENDING,
         "HTTP 500: boom",
-        T0 + 1.0,
+        T0 + 0.5,
     )
     assert rig.queue.counts()["dead"] == 0
     assert rig.named(Event.RETRY)[0]["reason"] == "HTTP 500: boom"

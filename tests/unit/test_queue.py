@@ -477,3 +477,12 @@ def test_100k_pending_rows_stay_fast(tmp_path: Path, clock: FakeClock) -> None:
         assert filtered < 2.5 * plain + 0.05, (filtered, plain)
     finally:
         q.close()
+
+
+def test_a_newer_version_supersedes_a_held_row(q: Queue) -> None:
+    (held,) = q.enqueue_many([nf(1, state=State.HELD, last_error="bad sidecar")])
+    (newer,) = q.enqueue_many([nf(1, size=999)])
+    old = q.get(held)
+    assert old is not None
+    assert (old.state, old.last_error) == (State.GONE, "superseded by a newer version of the file")
+    assert state_of(q, newer) is State.PENDING

@@ -394,3 +394,14 @@ def test_large_error_bodies_are_cut(uploader: Uploader, rec: Recorder, wav: Path
     a = uploader.upload(sample(wav))
     assert a.outcome is Outcome.RETRY
     assert len(a.reason) < 400
+
+
+def test_duplicate_text_in_a_server_error_is_retried() -> None:
+    a = classify(503, {}, b"An item with this hash already exists (cache miss)", NOW)
+    assert a.outcome is Outcome.RETRY
+
+
+def test_retry_after_date_without_zone_is_gmt() -> None:
+    when = datetime.fromtimestamp(NOW + 30, UTC).strftime("%a, %d %b %Y %H:%M:%S")
+    a = classify(503, {"retry-after": when}, b"", NOW)
+    assert a.retry_after == pytest.approx(30, abs=1)
