@@ -256,6 +256,9 @@ class Intake:
         if is_sidecar(path):
             self._sidecar_changed(path)
             return None
+        if ignored_name(path.name):
+            self._skip(item, "hidden or temporary name", quiet=True)
+            return None
         self.stats.emit(Event.SEEN, path=str(path))
         st = stat_sample(path)
         if isinstance(st, str):
