@@ -47,6 +47,8 @@ from agent.service import build_uploader
 log = logging.getLogger("agent.bulk")
 
 STOP_TIMEOUT_SECONDS = 5.0
+PREFETCH = 32
+"""Rows leased ahead of the workers: leases and settles come in batches (bench/bulk.py)."""
 MAX_REMEMBERED = 100
 """Refused inputs remembered for the summary (all are printed as they happen)."""
 _FINAL = (Event.DELIVERED, Event.DUPLICATE, Event.DEAD, Event.GONE)
@@ -76,6 +78,8 @@ class Tracker:
     last_error: str | None = None
     paused: str | None = None
     trouble_since: float | None = None
+    wake_at_finals: int = 0
+    """The waiting command is woken when ``finals`` reaches this (not on every file)."""
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     changed: threading.Event = field(default_factory=threading.Event, repr=False)
 
@@ -203,7 +207,9 @@ class BulkUpload:
             if returned:
                 self.progress.message(f"{returned} upload(s) interrupted last time are queued "
                                       "again")  # fmt: skip
-            pipeline = Pipeline(queue, uploader, cfg.ingestion, stats, batch=self.batch)
+            pipeline = Pipeline(
+                queue, uploader, cfg.ingestion, stats, batch=self.batch, prefetch=PREFETCH
+            )
             intake = Intake(queue, cfg, stats, on_queued=pipeline.wake)
             self.tracker.refresh(queue)
             pipeline.start()
@@ -256,11 +262,12 @@ class BulkUpload:
         t = self.tracker
         while True:
             totals = t.refresh(queue)
-            with t.lock:
-                finals_seen = t.finals
             outstanding = totals["pending"][0] + totals["uploading"][0]
             if outstanding == 0:
                 return "done"
+            with t.lock:
+                finals_seen = t.finals
+                t.wake_at_finals = finals_seen + outstanding
             while True:
                 outcome = self._should_stop()
                 if outcome:
@@ -322,7 +329,7 @@ class BulkUpload:
             self._refused(str(info.get("path")), str(info.get("reason")))
         if message:
             self.progress.message(message)
-        if event in _FINAL or event is Event.PAUSED:
+        if event is Event.PAUSED or (event in _FINAL and t.finals >= t.wake_at_finals):
             t.changed.set()
 
     def _refused(self, what: str, reason: str) -> None:

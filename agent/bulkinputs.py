@@ -21,7 +21,7 @@ from pathlib import Path
 
 from agent.config import DEFAULT_PATTERNS, Config
 from agent.infofile import BadEntry, read_info_file
-from agent.intake import Item, ignored_name, matches, walk
+from agent.intake import Item, ignored_name, matches
 from agent.tagger import UNSET, Context, is_sidecar
 
 MAX_UPLOAD_BYTES = 100_000_000
@@ -100,7 +100,7 @@ def _expand(arg: str, report: Report) -> Iterator[tuple[Path, bool]]:
     """(file, named explicitly) for one PATH argument: a file, a folder or a glob."""
     path = Path(os.path.expanduser(arg))
     if path.is_dir():
-        yield from _walk(path)
+        yield from _walk(path, report)
         return
     if path.exists() or path.is_symlink():
         yield Path(os.path.realpath(path)), True
@@ -113,17 +113,38 @@ def _expand(arg: str, report: Report) -> Iterator[tuple[Path, bool]]:
         found = True
         m = Path(match)
         if m.is_dir():
-            yield from _walk(m)
+            yield from _walk(m, report)
         else:
             yield Path(os.path.realpath(m)), False
     if not found:
         report(arg, "no file matches this pattern")
 
 
-def _walk(folder: Path) -> Iterator[tuple[Path, bool]]:
-    root = Path(os.path.realpath(folder))
-    for path in walk(root, recursive=True):
-        yield path, False
+def _walk(folder: Path, report: Report) -> Iterator[tuple[Path, bool]]:
+    """Regular files under ``folder``, streamed in directory order.
+
+    Unlike ``intake.walk`` (sorted, for the daemon's scans) nothing is listed ahead: a flat
+    folder of 200,000 files costs no more memory than one of 200 (sorting the entries of
+    a 50,000-file folder alone costs about 13 MB). Hidden names and symbolic links are
+    skipped, as in the daemon.
+    """
+    stack = [os.path.realpath(folder)]
+    while stack:
+        current = stack.pop()
+        try:
+            with os.scandir(current) as entries:
+                for entry in entries:
+                    if entry.name.startswith("."):
+                        continue
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            stack.append(entry.path)
+                        elif entry.is_file(follow_symlinks=False):
+                            yield Path(entry.path), False
+                    except OSError:
+                        continue
+        except OSError as exc:
+            report(current, f"cannot list the folder: {exc.strerror or exc}")
 
 
 def _usable(path: Path, explicit: bool, report: Report) -> bool:

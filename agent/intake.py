@@ -223,12 +223,14 @@ class Intake:
         new: list[NewFile] = []
         callbacks: list[tuple[Item, NewFile]] = []
         adopt: list[tuple[str, int, int, str]] = []
+        paths: set[str] = set()
         for item in items:
             decided = self._decide(item, adopt)
             if decided is None:
                 continue
-            if decided.path in {n.path for n in new}:
+            if decided.path in paths:
                 continue
+            paths.add(decided.path)
             new.append(decided)
             callbacks.append((item, decided))
         for batch in {a[3] for a in adopt}:
@@ -267,11 +269,25 @@ class Intake:
         if self.queue.known(str(path), st.st_size, st.st_mtime_ns):
             if item.batch is not None:
                 adopt.append((str(path), st.st_size, st.st_mtime_ns, item.batch))
+                self._release_held(item, st)
             if item.on_queued is not None:
                 row = self.queue.latest_for_path(str(path))
                 item.on_queued(row.id if row else None, None)
             return None
         return new_file(item, self.config, st)
+
+    def _release_held(self, item: Item, st: os.stat_result) -> None:
+        """An ``upload`` re-run names a file held last time: tag it again (its sidecar may be
+        fixed now, or the options changed) and queue it if it is sendable now."""
+        row = self.queue.latest_for_path(str(item.path))
+        if row is None or row.state is not State.HELD or row.size != st.st_size:
+            return
+        f = new_file(item, self.config, st)
+        if f.state is State.PENDING:
+            self.queue.retag(row.id, f)
+            log.info("released %s: it can be sent now", item.path)
+            self.stats.emit(Event.QUEUED, path=f.path)
+            self.on_queued()
 
     def _skip(self, item: Item, reason: str, *, quiet: bool = False) -> None:
         (log.debug if quiet else log.warning)("skipped %s: %s", item.path, reason)

@@ -50,6 +50,22 @@ class _Done:
     latency: float
 
 
+GATHER_SECONDS = 0.02
+"""Bulk mode: the longest a result waits so that several are settled in one transaction."""
+
+NOT_SENT = Answer(Outcome.RETRY, "not sent: the pipeline stopped or the service is in trouble")
+"""A prefetched row a worker gave back unsent; it returns to pending without an attempt."""
+
+
+def _outage(answer: Answer) -> bool:
+    """The whole service looks unreachable or refuses the key (not just this file)."""
+    if answer.outcome is Outcome.PAUSE:
+        return True
+    return answer.outcome is Outcome.RETRY and (
+        answer.status is None or answer.status in (429, 503)
+    )
+
+
 def row_sample(row: Row) -> Sample:
     extra = row.extra or {}
     parts = tuple(
@@ -83,10 +99,18 @@ class Pipeline:
         rng: Callable[[], float] = random.random,
         watch_roots: dict[str, Path] | None = None,
         batch: str | None = None,
+        prefetch: int = 0,
     ) -> None:
         self.queue = queue
         self.batch = batch
         """Deliver only this batch's rows (the ``upload`` command); None: every row (daemon)."""
+        self.prefetch = prefetch
+        """Bulk mode: rows leased beyond ``concurrency``, waiting in memory for a free worker,
+        so leases come in batches. The daemon uses 0 (one lease per free worker)."""
+        self._gather_until: float | None = None
+        self._caution = threading.Event()
+        """Set by a worker that met a network failure or a refused key: the others start no
+        prefetched row until the dispatcher has decided (hold, probe or pause)."""
         self.uploader = uploader
         self.config = config
         self.stats = stats
@@ -158,6 +182,10 @@ class Pipeline:
             row = self._work.get()
             if row is None:
                 return
+            if self.prefetch and (self._stopping.is_set() or self._caution.is_set()):
+                self._done.put(_Done(row, NOT_SENT, 0.0))  # back to pending, no attempt
+                self._wake.set()
+                continue
             while self.hung and not self._stopping.is_set():
                 time.sleep(0.05)
             started = time.monotonic()
@@ -166,12 +194,18 @@ class Pipeline:
             except Exception as exc:
                 log.exception("upload of %s failed unexpectedly", row.path)
                 answer = Answer(Outcome.RETRY, f"internal error: {type(exc).__name__}: {exc}")
+            if self.prefetch and _outage(answer):
+                self._caution.set()
             self._done.put(_Done(row, answer, time.monotonic() - started))
             self._wake.set()
 
     def _run(self) -> None:
         while True:
             self._wake.clear()
+            gather = self._gather()
+            if gather:
+                self._wake.wait(gather)
+                continue
             try:
                 self._settle_done()
                 if self._stopping.is_set():
@@ -191,16 +225,43 @@ class Pipeline:
                 log.error("queue error while stopping: %s", exc)
                 break
 
+    def _gather(self) -> float:
+        """Bulk mode: seconds to let results gather so one transaction settles several.
+
+        Only while every worker still has prefetched work (nobody waits for the settle)
+        and at most ``GATHER_SECONDS`` after the first waiting result.
+        """
+        waiting = self._done.qsize()
+        if (not self.prefetch or not waiting or waiting >= self.config.concurrency
+                or self._work.qsize() < self.config.concurrency
+                or self._stopping.is_set() or self._caution.is_set()):  # fmt: skip
+            self._gather_until = None
+            return 0.0
+        now = time.monotonic()
+        if self._gather_until is None:
+            self._gather_until = now + GATHER_SECONDS
+        left = self._gather_until - now
+        if left <= 0:
+            self._gather_until = None
+            return 0.0
+        return left
+
     def _dispatch(self) -> float | None:
         """Lease and hand out work; return how long to sleep (None: until woken)."""
         now = self.clock()
         if now < self._hold_until:
             return self._hold_until - now
-        limit = self.config.concurrency - len(self._inflight)
+        n = len(self._inflight)
+        limit = self.config.concurrency - n
         if self._probe or self._paused_reason:
-            limit = min(limit, 1 - len(self._inflight))
+            limit = min(limit, 1 - n)
+        elif self.prefetch:
+            if n > self.config.concurrency + self.prefetch // 2:
+                return None  # enough rows wait for a worker; lease again in a batch later
+            limit += self.prefetch
         if limit <= 0:
             return None
+        self._caution.clear()  # the hold is over: what is leased now may go out
         rows = self.queue.lease(limit, now, batch=self.batch)
         for row in rows:
             self._inflight[row.id] = row
@@ -224,7 +285,10 @@ class Pipeline:
             return
         now = self.clock()
         results: list[Result] = []
-        requeue: list[int] = []
+        requeue: list[int] = [d.row.id for d in done if d.answer is NOT_SENT]
+        done = [d for d in done if d.answer is not NOT_SENT]
+        if self.prefetch and any(_outage(d.answer) for d in done):
+            requeue.extend(self._unstarted())
         local: list[Row] = []
         for d in done:
             result = self._result(d, now)
@@ -248,6 +312,20 @@ class Pipeline:
             self._report(d)
         if local:
             self.queue.mark_local_done(r.id for r in local if self.finish_local(r))
+
+    def _unstarted(self) -> list[int]:
+        """Take back the prefetched rows no worker has started (the service is in trouble)."""
+        ids: list[int] = []
+        while True:
+            try:
+                row = self._work.get_nowait()
+            except stdqueue.Empty:
+                return ids
+            if row is None:  # a stop sentinel: leave it for the workers
+                self._work.put(None)
+                return ids
+            if self._inflight.pop(row.id, None) is not None:
+                ids.append(row.id)
 
     def _result(self, d: _Done, now: float) -> Result | None:
         a, row = d.answer, d.row

@@ -109,8 +109,8 @@ class Progress:
         plus = "+" if snap["scanning"] else ""
         pct = f"{100 * done / total:3.0f}%" if total else "  -%"
         parts = [f"[{done:>{width}}/{total}{plus}]", pct,
-                 f"{_mb(done_bytes)}/{_mb(total_bytes)} MB",
-                 f"{files_rate:.0f} files/s", f"{bytes_rate / 1e6:.1f} MB/s"]  # fmt: skip
+                 f"{_size(done_bytes)}/{_size(total_bytes)}",
+                 f"{files_rate:.0f} files/s", f"{_size(bytes_rate)}/s"]  # fmt: skip
         if outstanding and files_rate > 0 and not snap["scanning"]:
             parts.append(f"ETA {_clock(outstanding / files_rate)}")
         if failed:
@@ -134,8 +134,11 @@ class Progress:
         return max(0.0, (done - d0) / span), max(0.0, (done_bytes - b0) / span)
 
 
-def _mb(size: int) -> str:
-    return f"{size / 1e6:.1f}"
+def _size(size: float) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size:.0f} B"
 
 
 def _clock(seconds: float) -> str:
@@ -167,8 +170,8 @@ def render_summary(s: Summary) -> str:
     rate = s.sent_files / s.elapsed if s.elapsed > 0 else 0.0
     lines = [
         f"upload {s.batch}: {OUTCOMES.get(s.outcome, s.outcome)} after {_clock(s.elapsed)}",
-        f"  files in this batch: {total} ({_mb(total_bytes)} MB)",
-        f"  delivered:           {delivered}  ({s.sent_files} this run, {_mb(s.sent_bytes)} MB, "
+        f"  files in this batch: {total} ({_size(total_bytes)})",
+        f"  delivered:           {delivered}  ({s.sent_files} this run, {_size(s.sent_bytes)}, "
         f"{rate:.1f} files/s; {earlier} earlier)",
     ]
     if s.duplicates:

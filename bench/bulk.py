@@ -27,9 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "ei_bench_key"
 
 
-def make_folder(folder: Path, n: int, size: int) -> None:
+def make_folder(folder: Path, n: int, size: int, flat: bool = False) -> None:
     for i in range(n):
-        sub = folder / f"s{i // 1000:03d}"
+        sub = folder if flat else folder / f"s{i // 1000:03d}"
         if i % 1000 == 0:
             sub.mkdir(parents=True, exist_ok=True)
         body = os.urandom(size)
@@ -133,12 +133,49 @@ def run_naive(folder: Path, url: str) -> tuple[float, float]:
     return time.perf_counter() - started, time.process_time() - cpu
 
 
+def agent_round(base: Path, folder: Path, n: int, args: argparse.Namespace, i: int) -> dict:
+    server = Server(base / f"server-agent-{i}", args.latency_ms)
+    try:
+        seconds, cpu, rss, status = run_agent(folder, base / f"state-{i}", server.url,
+                                              args.concurrency)  # fmt: skip
+        lines, names = server.count()
+    finally:
+        server_cpu = server.stop()
+    ok = status == 0 and lines == names == n
+    print(f"  agent upload: {seconds:6.2f} s {n / seconds:5.0f} files/s  peak RSS {rss:.1f} MB"
+          f"  CPU agent {cpu:.1f} s, server {server_cpu:.1f} s  exit {status}, {lines} stored"
+          f" ({names} distinct)")  # fmt: skip
+    return {"rate": n / seconds, "rss": rss, "ok": ok}
+
+
+def naive_round(base: Path, folder: Path, n: int, args: argparse.Namespace, i: int) -> dict:
+    server = Server(base / f"server-naive-{i}", args.latency_ms)
+    try:
+        seconds, cpu = run_naive(folder, server.url)
+        lines, names = server.count()
+    finally:
+        server_cpu = server.stop()
+    print(
+        f"  naive loop:   {seconds:6.2f} s {n / seconds:5.0f} files/s"
+        f"                  CPU client {cpu:.1f} s, server {server_cpu:.1f} s  {lines} stored"
+    )
+    return {"rate": n / seconds, "ok": lines == names == n}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--files", type=int, default=5000)
     parser.add_argument("--size", type=int, default=2048, help="bytes per file")
     parser.add_argument("--concurrency", type=int, help="the agent's --concurrency")
     parser.add_argument("--latency-ms", type=int, default=0, help="server delay per upload")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="agent and naive runs, alternated; the best of each is compared "
+        "(other processes on the machine make single runs noisy)",
+    )
+    parser.add_argument("--flat", action="store_true", help="one folder (default: 1000 per folder)")
     parser.add_argument("--skip-naive", action="store_true")
     args = parser.parse_args()
 
@@ -146,48 +183,31 @@ def main() -> int:
         base = Path(tmp)
         folder = base / "data"
         t0 = time.perf_counter()
-        make_folder(folder, args.files, args.size)
-        print(
-            f"folder: {args.files} files of {args.size} bytes "
-            f"({time.perf_counter() - t0:.1f} s to create)"
-        )
-
-        server = Server(base / "server-agent", args.latency_ms)
-        try:
-            agent_s, agent_cpu, rss_mb, status = run_agent(
-                folder, base / "state", server.url, args.concurrency
-            )
-            lines, names = server.count()
-        finally:
-            server_cpu = server.stop()
-        ok = status == 0 and lines == names == args.files
-        agent_rate = args.files / agent_s
-        print(
-            f"agent upload: {agent_s:.2f} s, {agent_rate:.0f} files/s, peak RSS {rss_mb:.1f} MB,"
-            f" exit {status}, {lines} stored ({names} distinct); CPU agent {agent_cpu:.1f} s,"
-            f" server {server_cpu:.1f} s"
-        )
-
+        make_folder(folder, args.files, args.size, args.flat)
+        print(f"folder: {args.files} files of {args.size} bytes "
+              f"({time.perf_counter() - t0:.1f} s to create); load average "
+              f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")  # fmt: skip
+        agent, naive = [], []
+        for i in range(args.rounds):
+            print(f"round {i + 1}:")
+            agent.append(agent_round(base, folder, args.files, args, i))
+            if not args.skip_naive:
+                naive.append(naive_round(base, folder, args.files, args, i))
+        rss = max(r["rss"] for r in agent)
+        ok = all(r["ok"] for r in agent + naive) and rss < 60
+        best_agent = max(r["rate"] for r in agent)
+        print(f"agent: best {best_agent:.0f} files/s; peak RSS {rss:.1f} MB (target < 60)")
         if args.skip_naive:
-            return 0 if ok and rss_mb < 60 else 1
-        server = Server(base / "server-naive", args.latency_ms)
-        try:
-            naive_s, naive_cpu = run_naive(folder, server.url)
-            n_lines, n_names = server.count()
-            ok = ok and n_lines == n_names == args.files
-        finally:
-            server_cpu = server.stop()
-        naive_rate = args.files / naive_s
-        print(
-            f"naive loop:   {naive_s:.2f} s, {naive_rate:.0f} files/s, {n_lines} stored;"
-            f" CPU client {naive_cpu:.1f} s, server {server_cpu:.1f} s"
+            return 0 if ok else 1
+        best_naive = max(r["rate"] for r in naive)
+        ratio = best_agent / best_naive
+        print(f"naive: best {best_naive:.0f} files/s")
+        rounds = ", ".join(
+            f"{a['rate'] / b['rate']:.2f}x" for a, b in zip(agent, naive, strict=True)
         )
-        ratio = agent_rate / naive_rate
-        print(
-            f"ratio agent/naive: {ratio:.2f}x (target >= 1.0); agent peak RSS {rss_mb:.1f} MB "
-            "(target < 60)"
-        )
-        return 0 if ok and ratio >= 1.0 and rss_mb < 60 else 1
+        print(f"ratio agent/naive (best of {args.rounds}): {ratio:.2f}x (target >= 1.0); "
+              f"per round: {rounds}")  # fmt: skip
+        return 0 if ok and ratio >= 1.0 else 1
 
 
 if __name__ == "__main__":

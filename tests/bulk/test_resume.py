@@ -86,3 +86,25 @@ def test_service_gone_mid_run_exits_nonzero_and_a_rerun_delivers_the_rest(
     assert again.returncode == 0, again.stdout + again.stderr
     assert f"{arrived} earlier" in again.stdout or "earlier" in again.stdout
     _once_each(index(back.data_dir), n)
+
+
+def test_ctrl_c_stops_cleanly_and_a_rerun_finishes(
+    tmp_path: Path, servers: list[ServerProcess]
+) -> None:
+    n = 150
+    make_files(tmp_path / "data", n)
+    srv = ServerProcess(tmp_path / "server", extra=["--latency-ms", "30"]).start()
+    servers.append(srv)
+    env = _env(tmp_path, srv.url)
+    args = ["upload", str(tmp_path / "data"), "--concurrency", "2"]
+    proc = cli_popen(args, env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert wait_for(lambda: len(index(srv.data_dir)) >= 20, timeout=30)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, out + err
+    assert "interrupted" in out and "not yet delivered:" in out
+    assert "stopping: uploads in flight finish" in err
+    again = run_cli(args, env)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "interrupted last time" not in again.stderr  # the stop left nothing half-done
+    _once_each(index(srv.data_dir), n)

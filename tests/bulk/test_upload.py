@@ -311,3 +311,24 @@ def test_bad_options_are_config_errors(
     assert main(["upload", str(tmp_path / "d")]) == 78
     assert "no API key" in capsys.readouterr().err
     assert not queue_path(tmp_path).exists()
+
+
+def test_a_held_file_is_released_by_a_rerun_once_its_sidecar_is_fixed(
+    tmp_path: Path,
+    env: dict[str, str],
+    server: LocalIngestionServer,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    data = tmp_path / "d"
+    (_good, bad) = make_files(data, 2)
+    side = bad.with_name(bad.name + ".meta.json")
+    side.write_text("{not json")
+    assert main(["upload", "--no-progress", str(data)]) == 1
+    captured = capsys.readouterr()
+    assert "held (not sent): " + str(bad) in captured.err
+    assert "held (bad sidecar or metadata): 1" in captured.out
+    side.write_text(json.dumps({"label": "fixed", "metadata": {"note": "ok"}}))
+    assert main(["upload", "--no-progress", str(data)]) == 0
+    got = _by_name(index(server.data_dir))
+    assert got[bad.name]["label"] == "fixed" and got[bad.name]["metadata"]["note"] == "ok"
+    assert len(got) == 2
