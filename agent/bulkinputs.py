@@ -147,6 +147,15 @@ def _walk(folder: Path, report: Report) -> Iterator[tuple[Path, bool]]:
             report(current, f"cannot list the folder: {exc.strerror or exc}")
 
 
+_SUFFIXES = frozenset(p[1:] for p in DEFAULT_PATTERNS)
+"""``DEFAULT_PATTERNS`` are all ``*.ext``: a set lookup instead of eleven glob matches."""
+
+
+def _accepted(name: str) -> bool:
+    dot = name.rfind(".")
+    return (dot > 0 and name[dot:].lower() in _SUFFIXES) or matches(name, DEFAULT_PATTERNS)
+
+
 def _usable(path: Path, explicit: bool, report: Report) -> bool:
     """Filter names (silently inside folders and globs, with a message when named)."""
     name = path.name
@@ -154,7 +163,7 @@ def _usable(path: Path, explicit: bool, report: Report) -> bool:
         if explicit:
             report(str(path), "a sidecar or labels file, not a sample")
         return False
-    if not matches(name, DEFAULT_PATTERNS) or (not explicit and ignored_name(name)):
+    if not _accepted(name) or (not explicit and ignored_name(name)):
         if explicit:
             kinds = " ".join(p.lstrip("*") for p in DEFAULT_PATTERNS)
             report(str(path), f"not a file type the ingestion service accepts ({kinds})")

@@ -51,7 +51,8 @@ class _Done:
 
 
 GATHER_SECONDS = 0.02
-"""Bulk mode: the longest a result waits so that several are settled in one transaction."""
+"""Bulk mode: the longest a result waits before it is settled (with the others that came
+back meanwhile, in one transaction)."""
 
 NOT_SENT = Answer(Outcome.RETRY, "not sent: the pipeline stopped or the service is in trouble")
 """A prefetched row a worker gave back unsent; it returns to pending without an attempt."""
@@ -107,7 +108,6 @@ class Pipeline:
         self.prefetch = prefetch
         """Bulk mode: rows leased beyond ``concurrency``, waiting in memory for a free worker,
         so leases come in batches. The daemon uses 0 (one lease per free worker)."""
-        self._gather_until: float | None = None
         self._caution = threading.Event()
         """Set by a worker that met a network failure or a refused key: the others start no
         prefetched row until the dispatcher has decided (hold, probe or pause)."""
@@ -194,23 +194,26 @@ class Pipeline:
             except Exception as exc:
                 log.exception("upload of %s failed unexpectedly", row.path)
                 answer = Answer(Outcome.RETRY, f"internal error: {type(exc).__name__}: {exc}")
-            if self.prefetch and _outage(answer):
-                self._caution.set()
+            outage = self.prefetch and _outage(answer)
+            if outage:
+                self._caution.set()  # before the result is seen: no other worker starts more
             self._done.put(_Done(row, answer, time.monotonic() - started))
-            self._wake.set()
+            if (not self.prefetch or outage or self._stopping.is_set()
+                    or self._work.qsize() <= self.config.concurrency):  # fmt: skip
+                self._wake.set()  # (bulk mode: only when running low, or in trouble)
 
     def _run(self) -> None:
         while True:
             self._wake.clear()
-            gather = self._gather()
-            if gather:
-                self._wake.wait(gather)
-                continue
             try:
                 self._settle_done()
                 if self._stopping.is_set():
                     break
                 timeout = self._dispatch()
+                if self.prefetch and self._inflight:
+                    # bulk mode: workers wake us only when they run low; settle what came
+                    # back at least every GATHER_SECONDS, several results per transaction
+                    timeout = GATHER_SECONDS if timeout is None else min(timeout, GATHER_SECONDS)
             except QueueError as exc:
                 log.error("queue error: %s; retrying in 5 s", exc)
                 timeout = 5.0
@@ -224,27 +227,6 @@ class Pipeline:
             except QueueError as exc:
                 log.error("queue error while stopping: %s", exc)
                 break
-
-    def _gather(self) -> float:
-        """Bulk mode: seconds to let results gather so one transaction settles several.
-
-        Only while every worker still has prefetched work (nobody waits for the settle)
-        and at most ``GATHER_SECONDS`` after the first waiting result.
-        """
-        waiting = self._done.qsize()
-        if (not self.prefetch or not waiting or waiting >= self.config.concurrency
-                or self._work.qsize() < self.config.concurrency
-                or self._stopping.is_set() or self._caution.is_set()):  # fmt: skip
-            self._gather_until = None
-            return 0.0
-        now = time.monotonic()
-        if self._gather_until is None:
-            self._gather_until = now + GATHER_SECONDS
-        left = self._gather_until - now
-        if left <= 0:
-            self._gather_until = None
-            return 0.0
-        return left
 
     def _dispatch(self) -> float | None:
         """Lease and hand out work; return how long to sleep (None: until woken)."""

@@ -332,3 +332,36 @@ def test_a_held_file_is_released_by_a_rerun_once_its_sidecar_is_fixed(
     got = _by_name(index(server.data_dir))
     assert got[bad.name]["label"] == "fixed" and got[bad.name]["metadata"]["note"] == "ok"
     assert len(got) == 2
+
+
+def test_paths_globs_and_refused_names(
+    tmp_path: Path,
+    env: dict[str, str],
+    server: LocalIngestionServer,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    make_files(tmp_path / "a", 2, prefix="glob")
+    make_files(tmp_path / "b", 1, prefix="named", ext=".csv")
+    (tmp_path / "notes.md").write_bytes(b"# not a sample")
+    (tmp_path / "b" / "other.bin").write_bytes(b"binary")
+    args = [
+        "upload",
+        "--no-progress",
+        str(tmp_path / "a" / "*.wav"),
+        str(tmp_path / "b" / "named.00000.csv"),
+        str(tmp_path / "notes.md"),
+        str(tmp_path / "nothing-*.wav"),
+        str(tmp_path / "missing.wav"),
+    ]
+    assert main(args) == 1
+    captured = capsys.readouterr()
+    assert "notes.md: not a file type the ingestion service accepts" in captured.err
+    assert "nothing-*.wav: no file matches this pattern" in captured.err
+    assert "missing.wav: no such file or folder" in captured.err
+    assert "skipped inputs:      3" in captured.out
+    names = {line["originalFileName"] for line in index(server.data_dir)}
+    assert names == {"glob.00000.wav", "glob.00001.wav", "named.00000.csv"}
+    # an empty folder is not an error: nothing to send
+    (tmp_path / "empty").mkdir()
+    assert main(["upload", "--no-progress", str(tmp_path / "empty")]) == 0
+    assert "files in this batch: 0" in capsys.readouterr().out

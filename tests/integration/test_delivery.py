@@ -152,9 +152,13 @@ def test_sigkill_five_times_with_failing_server_loses_nothing(tmp_path, key_file
             written += 100
             time.sleep(rng.uniform(0.1, 1.2))
             agent.kill()
+        started = agent.output().count("edge-uploader running")
         agent = Agent(cfg, tmp_path / "agent.log").start()
         agents.append(agent)
         wait_for(lambda: len(by_name(srv.index())) >= 500, timeout=120, interval=0.2)
+        # the killed agents may have delivered everything: let this one finish starting
+        # (a SIGTERM during interpreter start-up kills it before its handler exists)
+        wait_for(lambda: agent.output().count("edge-uploader running") > started, timeout=20)
         assert agent.terminate() == 0
         recs = by_name(srv.index())
         assert sorted(recs) == sorted(Path(n).name for n in names)
