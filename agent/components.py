@@ -26,5 +26,8 @@ class Component(Protocol):
 
 def build_components(config: Config) -> list[Component]:
     """The components this config asks for, in start order."""
+    from agent import deletesync
+
     components: list[Component] = []
+    components.extend(deletesync.components(config))
     return components

@@ -21,6 +21,7 @@ from typing import Any, Literal
 from agent.errors import ConfigError, InputError
 from agent.metadata import check_key, check_size, check_value
 from agent.secrets import SecretSource
+from agent.studio_config import StudioConfig, SyncConfig, parse_studio, parse_sync
 from agent.templates import Template, parse_template
 
 CATEGORIES = ("training", "testing", "validation", "post-processing", "anomaly", "split")
@@ -103,6 +104,8 @@ class Config:
     ingestion: IngestionConfig
     queue: QueueConfig
     watches: tuple[WatchConfig, ...]
+    studio: StudioConfig = field(default_factory=StudioConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
 
 
 def default_state_dir() -> Path:
@@ -309,6 +312,7 @@ def parse_config(
     except InputError as exc:
         raise ConfigError(source, "metadata", exc.message) from None
 
+    studio, sync = parse_studio(top.table("studio")), parse_sync(top.table("sync"))
     top.finish()
     return Config(
         source=source,
@@ -318,6 +322,8 @@ def parse_config(
         ingestion=ingestion,
         queue=queue,
         watches=watches,
+        studio=studio,
+        sync=sync,
     )
 
 

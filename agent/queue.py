@@ -23,6 +23,7 @@ serves every thread of the process.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -35,7 +36,7 @@ from typing import Any
 
 from agent.errors import QueueError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -71,6 +72,46 @@ CREATE INDEX IF NOT EXISTS files_delivered ON files (delivered_at) WHERE deliver
 CREATE INDEX IF NOT EXISTS files_batch ON files (batch) WHERE batch IS NOT NULL;
 CREATE TABLE IF NOT EXISTS agent_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+
+_MIGRATIONS: dict[int, str] = {
+    # 1 -> 2: the project side. Deletion sync (a local file of a delivered sample went;
+    # delete the sample after a grace period) and resumable metadata backfill jobs.
+    2: """
+CREATE INDEX IF NOT EXISTS files_sample ON files (sample_id) WHERE sample_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS files_sha256 ON files (sha256) WHERE sha256 IS NOT NULL;
+CREATE TABLE IF NOT EXISTS remote_deletes (
+    row_id INTEGER PRIMARY KEY,
+    sample_id INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    sha256 TEXT,
+    state INTEGER NOT NULL,
+    noticed_at REAL NOT NULL,
+    due_at REAL NOT NULL,
+    confirmed INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    done_at REAL
+);
+CREATE INDEX IF NOT EXISTS remote_deletes_due ON remote_deletes (state, due_at);
+CREATE INDEX IF NOT EXISTS remote_deletes_done ON remote_deletes (done_at)
+    WHERE done_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS backfill_jobs (
+    job TEXT PRIMARY KEY,
+    spec TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    selected_at REAL,
+    finished_at REAL
+);
+CREATE TABLE IF NOT EXISTS backfill_items (
+    job TEXT NOT NULL,
+    sample_id INTEGER NOT NULL,
+    state INTEGER NOT NULL DEFAULT 0,
+    detail TEXT,
+    PRIMARY KEY (job, sample_id)
+) WITHOUT ROWID;
+""",
+}
+"""Schema steps: ``_MIGRATIONS[n]`` takes a version ``n - 1`` file to version ``n``."""
 
 
 class State(IntEnum):
@@ -191,16 +232,46 @@ class Queue:
 
     # -- plumbing ------------------------------------------------------------------------
     def _migrate(self) -> None:
+        """Bring the file to ``SCHEMA_VERSION`` in one transaction (a crash leaves it as it
+        was). The version is read again under the write lock, so two processes opening an
+        old file at once migrate it once."""
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise QueueError(
                 f"{self.path}: written by a newer edge-uploader (schema {version}); upgrade"
             )
-        self._db.executescript(_SCHEMA)
-        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        if version == SCHEMA_VERSION:
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version < SCHEMA_VERSION:
+                script = _SCHEMA + "".join(
+                    _MIGRATIONS[v] for v in range(max(version, 1) + 1, SCHEMA_VERSION + 1)
+                )
+                for statement in script.split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
 
     def _write(self) -> _Tx:
         return _Tx(self)
+
+    def transaction(self) -> _Tx:
+        """A write transaction for modules that keep their own tables in this file
+        (``agent.ledger``): ``with queue.transaction() as db: db.execute(...)``."""
+        return _Tx(self)
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """The connection, under the queue's lock, for short reads of such tables."""
+        with self._lock:
+            yield self._db
 
     def close(self) -> None:
         with self._lock:
