@@ -118,12 +118,19 @@ def _validate_boxes(value: Any, where: str) -> list[dict[str, Any]]:
     return value
 
 
+SECRET_HEADERS = frozenset({"x-api-key", "x-jwt-token", "authorization", "cookie"})
+
+
 def request_headers(items: list[tuple[str, str]]) -> dict[str, str]:
-    """Every header by lower-case name (repeats joined by ', '), the API key redacted."""
+    """Every header by lower-case name (repeats joined by ', '), credentials redacted.
+
+    Values are the raw header bytes read as Latin-1 (one character per byte), so a test
+    can tell a client's raw Latin-1 from UTF-8.
+    """
     out: dict[str, str] = {}
     for name, value in items:
         key = name.lower()
-        value = "<redacted>" if key == "x-api-key" else value
+        value = "<redacted>" if key in SECRET_HEADERS else value
         out[key] = f"{out[key]}, {value}" if key in out else value
     return out
 
@@ -263,6 +270,8 @@ def _side_labels(parts: list[Part]) -> dict[str, dict[str, Any]]:
                 value = _validate_boxes(value, f"bounding_boxes.labels: {name}")
             elif detail_key == "structuredLabels":
                 value = _check_structured(name, value)
+            elif detail_key == "attachments" and not isinstance(value, list):
+                raise UploadRefused(400, f"attachments.labels: {name}: expected a list")
             extras.setdefault(safe_filename(name), {})[detail_key] = value
     return extras
 
@@ -285,9 +294,10 @@ def store_files(
     label_parts = [p for p in parts if (p.filename or "").endswith(".labels")]
     extras = _side_labels(label_parts)
     attached = {
-        safe_filename(a.get("filename") if isinstance(a, dict) else a)
+        safe_filename(name)
         for value in extras.values()
-        for a in value.get("attachments", [])
+        for item in value.get("attachments", [])
+        if isinstance(name := item.get("filename") if isinstance(item, dict) else item, str)
     }
     samples = [
         p
