@@ -167,6 +167,8 @@ class DeletionSync:
         path = Path(d.path)
         if os.path.lexists(path):
             self.ledger.forget(d.row_id)
+            if d.sha256:  # back as a new version: the service called it a duplicate
+                self.ledger.adopt_sample(d.sha256, d.sample_id)
             log.info("%s is back: sample %d stays in the project", path, d.sample_id)
             result.kept += 1
             return
@@ -229,15 +231,25 @@ class DeletionSync:
                 self.queue.set_state(**{BLOCKED_KEY: None})
                 log.warning("deletion sync unblocked: pending deletions are within the cap")
             return None
+        before = previous if isinstance(previous, dict) else {}
         info = {
             "pending": counts["unconfirmed"],
             "deleted_last_hour": counts["done_last_hour"],
             "max_deletes_per_hour": self.config.sync.max_deletes_per_hour,
-            "since": previous.get("since", now) if isinstance(previous, dict) else now,
+            "since": before.get("since", now),
+            "logged_at": before.get("logged_at", 0.0),
             "confirm": confirm_hint(self.config.source),
         }
-        if not isinstance(previous, dict) or previous.get("pending") != info["pending"]:
+        if info != before:
+            # Said when the block starts, then at most hourly: a slow `rm -r` of thousands
+            # of files must not fill the journal.
+            loud = now - float(info["logged_at"]) >= HOUR
+            if loud:
+                info["logged_at"] = now
             self.queue.set_state(**{BLOCKED_KEY: info})
+        else:
+            loud = False
+        if loud:
             log.error(
                 "DELETION SYNC BLOCKED: %d local file(s) of delivered samples were deleted,"
                 " more than [sync] max_deletes_per_hour = %d: nothing is deleted in the"
@@ -248,11 +260,6 @@ class DeletionSync:
                 info["confirm"], self.config.source,
             )  # fmt: skip
         return info
-
-    def summary(self) -> dict[str, Any]:
-        """For ``status``: counts, and the block if the cap tripped."""
-        return {**self.ledger.counts(self.clock()),
-                "blocked": self.queue.get_state().get(BLOCKED_KEY)}  # fmt: skip
 
 
 def confirm_hint(config_source: str) -> str:
@@ -277,8 +284,10 @@ class DeleteSyncComponent:
         self._thread: threading.Thread | None = None
         self.sync: DeletionSync | None = None
         self.studio: StudioClient | None = None
+        self.started = 0
         self.passes = 0
-        """How many passes ran (tests wait on it)."""
+        """Passes started and finished: a pass that finishes as number ``started + 1``
+        (read after a change) saw that change (tests wait on it)."""
 
     def start(self, service: Service) -> None:
         if service.queue is None:
@@ -324,6 +333,7 @@ class DeleteSyncComponent:
         next_check = 0.0
         while not self._stop.is_set():
             self._wake.clear()
+            self.started += 1
             try:
                 self._drain_paths()
                 if self._reconcile or time.monotonic() >= next_check:

@@ -265,7 +265,7 @@ def _print_pass(result: Any) -> int:
         )
     if result.stopped:
         print(f"edge-uploader: stopped: {result.stopped}", file=sys.stderr)
-    return 1 if result.stopped or result.failed else 0
+    return 1 if result.stopped or result.failed or result.blocked else 0
 
 
 def _dry_run(config: Config, queue: Any, studio: Any, *, json_lines: bool) -> int:

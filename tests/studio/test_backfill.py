@@ -52,9 +52,17 @@ def backfill(env: Env, *extra: str) -> int:
 
 @pytest.fixture
 def delivered(env: Env) -> Env:
+    """300 samples delivered by the daemon, from two session folders."""
     env.make_files(150, folder="s1")
     env.make_files(150, folder="s2")
     env.deliver(300)
+    return env
+
+
+@pytest.fixture
+def few(env: Env) -> Env:
+    env.make_files(10)
+    env.deliver(10)
     return env
 
 
@@ -115,7 +123,7 @@ class FailAfter(httpx.BaseTransport):
         return self.inner.handle_request(request)
 
 
-def run_job(env: Env, transport: httpx.BaseTransport | None = None):  # noqa: ANN201
+def run_job(env: Env, transport: httpx.BaseTransport | None = None):
     config = env.config()
     studio = StudioClient(
         httpx.Client(transport=transport or httpx.HTTPTransport()), config.studio.url,
@@ -201,8 +209,8 @@ def test_select_all_with_filters_touches_only_matching_samples(delivered: Env, c
 
 
 # -- bad input -----------------------------------------------------------------------------
-def test_unknown_project_changes_nothing(delivered: Env, capsys) -> None:
-    env = delivered
+def test_unknown_project_changes_nothing(few: Env, capsys) -> None:
+    env = few
     text = env.config_path.read_text().replace("[studio]", "[studio]\nproject_id = 99")
     env.config_path.write_text(text)
     assert backfill(env, *SET) == 78
@@ -211,8 +219,8 @@ def test_unknown_project_changes_nothing(delivered: Env, capsys) -> None:
     assert env.changes() == []
 
 
-def test_wrong_api_key_changes_nothing(delivered: Env, capsys) -> None:
-    env = delivered
+def test_wrong_api_key_changes_nothing(few: Env, capsys) -> None:
+    env = few
     (env.root / "key").write_text("ei_wrong_key\n")
     assert backfill(env, *SET) == 1
     err = capsys.readouterr().err
@@ -233,9 +241,9 @@ def test_wrong_api_key_changes_nothing(delivered: Env, capsys) -> None:
     ],
 )
 def test_bad_values_are_refused_before_any_request(
-    delivered: Env, capsys, args: list[str], message: str
+    few: Env, capsys, args: list[str], message: str
 ) -> None:
-    env = delivered
+    env = few
     (env.root / "set.json").write_text('{"location": "desk", "site": 5}')
     args = [str(env.root / a) if a == "set.json" else a for a in args]
     env.log.clear()

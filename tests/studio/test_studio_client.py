@@ -145,7 +145,7 @@ def test_project_discovery() -> None:
 
     assert client(handler, project_id=None).project_id == 42
     projects.append({"id": 43, "name": "q"})
-    with pytest.raises(ConfigError, match="2 projects .42, 43.; set project_id"):
+    with pytest.raises(ConfigError, match=r"2 projects \(42, 43\); set project_id"):
         _ = client(handler, project_id=None).project_id
     projects.clear()
     with pytest.raises(ConfigError, match="no project"):
@@ -156,7 +156,7 @@ def test_unknown_project_is_a_config_error() -> None:
     def handler(req: httpx.Request) -> httpx.Response:
         return httpx.Response(200, json={"success": False, "error": "Project not found"})
 
-    with pytest.raises(ConfigError, match="studio.project_id: project 1 is unknown"):
+    with pytest.raises(ConfigError, match=r"studio\.project_id: project 1 is unknown"):
         client(handler).check_project()
 
 
