@@ -118,26 +118,35 @@ class Watcher:
         self._settle_thread: threading.Thread | None = None
 
     def start(self) -> None:
-        inotify = Observer()
-        polling: BaseObserver | None = None
-        for w in self.watches:
-            if w.force_polling:
-                polling = polling or PollingObserver(timeout=max(0.5, min(w.settle_seconds, 5.0)))
-                polling.schedule(_Handler(self, w, True), str(w.path), recursive=w.recursive)
-            else:
+        polled = [w for w in self.watches if w.force_polling]
+        notified = [w for w in self.watches if not w.force_polling]
+        if notified:
+            inotify = Observer()
+            for w in notified:
                 inotify.schedule(_Handler(self, w, False), str(w.path), recursive=w.recursive)
-        for obs in (inotify, polling):
-            if obs is not None and obs.emitters:
-                obs.start()
-                self._observers.append(obs)
-        if polling is not None:
+            problem = None
+            if type(inotify).__name__ != "InotifyObserver":
+                problem = "no close-after-write events on this platform"
+            else:
+                try:
+                    inotify.start()
+                    self._observers.append(inotify)
+                except OSError as exc:  # e.g. fs.inotify.max_user_watches reached
+                    problem = str(exc)
+            if problem is not None:
+                log.warning("inotify unavailable (%s); polling with a settle time instead", problem)
+                polled.extend(notified)
+        if polled:
+            interval = max(0.5, min(min(w.settle_seconds for w in polled), 5.0))
+            polling = PollingObserver(timeout=interval)
+            for w in polled:
+                polling.schedule(_Handler(self, w, True), str(w.path), recursive=w.recursive)
+            polling.start()
+            self._observers.append(polling)
             self._settle_thread = threading.Thread(target=self._settler, name="settle", daemon=True)
             self._settle_thread.start()
-        names = ", ".join(
-            f"{w.path}{' (polling)' if w.force_polling else ''}" for w in self.watches
-        )
-        if names:
-            log.info("watching %s", names)
+        for w in self.watches:
+            log.info("watching %s%s", w.path, " (polling)" if w in polled else "")
 
     def stop(self) -> None:
         with self._settle_cv:

@@ -276,6 +276,29 @@ def _side_labels(parts: list[Part]) -> dict[str, dict[str, Any]]:
     return extras
 
 
+def _new_sample(
+    ctx: UploadContext,
+    part: Part,
+    category: str,
+    original: str,
+    name: str,
+    details: dict[str, Any],
+) -> NewSample:
+    """The sample record common to ``/files`` and legacy ``/data`` uploads."""
+    return NewSample(
+        category=category,
+        requested_category=ctx.category,
+        original_filename=original,
+        label=infer_label(name) if ctx.infer_label else ctx.label,
+        metadata=ctx.metadata,
+        sha256=part.sha256,
+        size=part.size,
+        headers=ctx.headers,
+        add_date_id=ctx.add_date_id,
+        details=details,
+    )
+
+
 def store_files(
     store: SampleStore,
     ctx: UploadContext,
@@ -327,18 +350,7 @@ def store_files(
             details["boundingBoxes"] = ctx.header_boxes
         details.update(extras.get(name, {}))
         category = split_category(part.sha256) if ctx.category == "split" else ctx.category
-        new = NewSample(
-            category=category,
-            requested_category=ctx.category,
-            original_filename=part.filename or name,
-            label=infer_label(name) if ctx.infer_label else ctx.label,
-            metadata=ctx.metadata,
-            sha256=part.sha256,
-            size=part.size,
-            headers=ctx.headers,
-            add_date_id=ctx.add_date_id,
-            details=details,
-        )
+        new = _new_sample(ctx, part, category, part.filename or name, name, details)
         try:
             record = store.add(new, part.path, disallow_duplicates=ctx.disallow_duplicates)
         except DuplicateSample as dup:
@@ -381,18 +393,7 @@ def store_data(
         details["deviceType"] = ctx.device_type
     if name.lower().endswith(".json") or "json" in (details["contentType"] or ""):
         details.update(acquisition_details(part.path, part.size, hmac_key))
-    new = NewSample(
-        category=ctx.category,
-        requested_category=ctx.category,
-        original_filename=name,
-        label=infer_label(name) if ctx.infer_label else ctx.label,
-        metadata=ctx.metadata,
-        sha256=part.sha256,
-        size=part.size,
-        headers=ctx.headers,
-        add_date_id=ctx.add_date_id,
-        details=details,
-    )
+    new = _new_sample(ctx, part, ctx.category, name, name, details)
     try:
         record = store.add(new, part.path, disallow_duplicates=ctx.disallow_duplicates)
     except DuplicateSample as dup:
