@@ -31,11 +31,13 @@ Time comes from the injected clock, so tests move through the grace period insta
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import queue as stdqueue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,7 +47,7 @@ from agent.errors import AgentError, AuthError, ConfigError, PermanentError, Tra
 from agent.intake import ignored_name
 from agent.ledger import BLOCKED_KEY, Candidate, Delete, DeleteState, Ledger
 from agent.queue import Queue
-from agent.studio import SampleNotFound, StudioClient
+from agent.studio import ProjectNotFound, SampleNotFound, StudioClient
 
 if TYPE_CHECKING:
     from agent.config import Config, WatchConfig
@@ -151,15 +153,34 @@ class DeletionSync:
         result.blocked = self._set_blocked(over, counts, now)
         if self.studio is None:
             return result
+        todo = itertools.chain(
+            self.ledger.scheduled(confirmed=True) if confirmed_now else (),
+            self.ledger.scheduled(due_by=now, confirmed=True if over else None),
+        )
+        first = next(todo, None)
+        if first is None:
+            return result
         try:
-            if confirmed_now:
-                for d in self.ledger.scheduled(confirmed=True):
-                    self._execute(d, result)
-            for d in self.ledger.scheduled(due_by=now, confirmed=True if over else None):
+            # Once per client: a wrong URL or project must stop the pass, not turn every
+            # "not found" into "already deleted".
+            self._guard(self.studio.check_project, result)
+            for d in itertools.chain((first,), todo):
                 self._execute(d, result)
         except _Stop:
             pass
         return result
+
+    def _guard(self, fn: Callable[[], object], result: PassResult) -> None:
+        try:
+            fn()
+        except TransientError as exc:
+            result.stopped = f"the Studio API is unreachable ({exc}); trying again later"
+            log.warning("deletion sync: %s", result.stopped)
+            raise _Stop from None
+        except (AuthError, ConfigError, ProjectNotFound) as exc:
+            result.stopped = str(exc)
+            log.error("deletion sync stopped: %s", exc)
+            raise _Stop from None
 
     def _execute(self, d: Delete, result: PassResult) -> None:
         assert self.studio is not None
@@ -204,7 +225,7 @@ class DeletionSync:
             result.stopped = f"the Studio API is unreachable ({exc}); trying again later"
             log.warning("deletion sync: %s", result.stopped)
             raise _Stop from None
-        except (AuthError, ConfigError) as exc:
+        except (AuthError, ConfigError, ProjectNotFound) as exc:
             result.stopped = str(exc)
             log.error("deletion sync stopped: %s", exc)
             raise _Stop from None

@@ -182,7 +182,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
             )
         else:
             summary = job.apply()
-            if isinstance(job.progress, Progress):
+            if isinstance(job.progress, Progress) and summary.todo:
                 job.progress(summary.counts, summary.todo, final=True)
             if summary.earlier:
                 earlier = ", ".join(f"{k} {v}" for k, v in summary.earlier.items())

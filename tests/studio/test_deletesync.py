@@ -230,6 +230,19 @@ def test_a_sample_with_other_content_is_not_deleted(env: Env) -> None:
     assert deletes(env) == [] and len(live_ids(env)) == 3
 
 
+def test_a_wrong_project_stops_deletion_sync_and_loses_nothing(env: Env, capsys) -> None:
+    env.make_files(3)
+    env.deliver(3)
+    env.write_config(SYNC.format(grace=0, cap=50))
+    text = env.config_path.read_text().replace("[studio]", "[studio]\nproject_id = 99")
+    env.config_path.write_text(text)
+    os.unlink(sorted(sample_of(env))[0])
+    out = _run(["sync", "--config", str(env.config_path)], code=1)
+    assert "0 deleted, 0 already gone" in out
+    assert "project 99 is unknown" in capsys.readouterr().err
+    assert counts(env)["scheduled"] == 1 and deletes(env) == []
+
+
 def test_only_kept_files_under_a_watched_folder_count(env: Env) -> None:
     env.write_config(SYNC.format(grace=0, cap=50), after_upload="delete")
     env.make_files(3)

@@ -47,8 +47,10 @@ def test_dry_run_lists_the_three_kinds_of_drift(env: Env) -> None:
     assert "compared the metadata of 5 sample(s)" in out
     assert env.changes() == before  # a dry run changes nothing
 
-    lines = [json.loads(x) for x in
-             run(["sync", "--config", str(env.config_path), "--dry-run", "--json"]).splitlines()]
+    lines = [
+        json.loads(x)
+        for x in run(["sync", "--config", str(env.config_path), "--dry-run", "--json"]).splitlines()
+    ]
     kinds = [x["kind"] for x in lines]
     assert kinds.count("not_delivered") == 1 and kinds.count("local_gone") == 1
     assert kinds.count("metadata") == 4 and kinds[-1] == "summary"
