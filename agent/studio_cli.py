@@ -151,12 +151,16 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         mode=args.select, category=args.category, labels=tuple(args.label),
         filename=args.filename or None, where=parse_where(args.where),
     )  # fmt: skip
-    needs_queue = args.select == "ledger" or not args.dry_run
-    queue = _open_queue(
-        config, required=needs_queue,
-        why="the ledger selection and the backfill's progress live in this device's queue"
-        " (run the agent first, or use --select all --dry-run)",
-    )  # fmt: skip
+    if args.select == "all" and not args.dry_run:
+        from agent.queue import Queue
+
+        queue = Queue(config.queue.path)  # the job's progress lives there; created if new
+    else:
+        queue = _open_queue(
+            config, required=args.select == "ledger",
+            why="the ledger selection reads this device's queue (run the agent first, or"
+            " use --select all)",
+        )  # fmt: skip
     studio = StudioClient.from_config(config)
     try:
         plan = Plan(studio.project_id, selection, changes)

@@ -279,3 +279,13 @@ def test_samples_deleted_remotely_are_reported_and_the_rest_proceeds(env: Env, c
 
     assert backfill(env, *SET) == 0  # a re-run leaves the missing ones alone
     assert "0 not in the project" in capsys.readouterr().out
+
+
+def test_without_a_queue_only_the_project_wide_selection_works(env: Env, capsys) -> None:
+    others = other_device_samples(env, 5)
+    assert backfill(env, *SET) == 78
+    assert "no queue file here: the ledger selection" in capsys.readouterr().err
+    assert backfill(env, "--select", "all", "--set", "site=x", "--dry-run") == 0
+    assert not env.config().queue.path.exists()  # a dry run leaves no trace
+    assert backfill(env, "--select", "all", "--set", "site=x") == 0
+    assert sorted(writes(env)) == others
