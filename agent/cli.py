@@ -59,7 +59,7 @@ def cmd_local_ingestion(args: argparse.Namespace) -> int:
     return int(run(args))
 
 
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("agent.capture_cli",)
 """Modules that add subcommands: each has ``register(subparsers) -> None``."""
 
 

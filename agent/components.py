@@ -27,4 +27,7 @@ class Component(Protocol):
 def build_components(config: Config) -> list[Component]:
     """The components this config asks for, in start order."""
     components: list[Component] = []
+    from agent.mqtt_component import mqtt_components
+
+    components.extend(mqtt_components(config))
     return components

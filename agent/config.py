@@ -16,12 +16,15 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from agent.errors import ConfigError, InputError
 from agent.metadata import check_key, check_size, check_value
 from agent.secrets import SecretSource
 from agent.templates import Template, parse_template
+
+if TYPE_CHECKING:
+    from agent.capture_config import CaptureConfig, MqttConfig
 
 CATEGORIES = ("training", "testing", "validation", "post-processing", "anomaly", "split")
 SPLIT_BY_GROUP = "split-by-group"
@@ -103,6 +106,8 @@ class Config:
     ingestion: IngestionConfig
     queue: QueueConfig
     watches: tuple[WatchConfig, ...]
+    mqtt: MqttConfig | None = None
+    capture: CaptureConfig | None = None
 
 
 def default_state_dir() -> Path:
@@ -302,6 +307,11 @@ def parse_config(
     queue = _queue(top.table("queue"))
     watches = tuple(_watch(t, check_dirs) for t in top.tables("watch"))
     _check_watches(watches, source)
+    from agent.capture_config import implicit_watches, parse_capture, parse_mqtt
+
+    mqtt = parse_mqtt(top, device_id)
+    capture = parse_capture(top, check_dirs=check_dirs)
+    watches = implicit_watches(capture, watches, source)
 
     static = {k: t.source for k, t in metadata.items() if t.is_literal}
     try:
@@ -318,6 +328,8 @@ def parse_config(
         ingestion=ingestion,
         queue=queue,
         watches=watches,
+        mqtt=mqtt,
+        capture=capture,
     )
 
 

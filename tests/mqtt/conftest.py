@@ -1,0 +1,98 @@
+"""Fixtures for the MQTT capture tests (helpers in ``harness``)."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.localserver import LocalIngestionServer
+
+from .harness import (
+    API_KEY,
+    DEVICE,
+    HMAC_KEY,
+    MOSQUITTO,
+    NO_MOSQUITTO,
+    AgentRun,
+    Broker,
+    Observer,
+    Sensor,
+    TlsFiles,
+    agent_toml,
+    free_port,
+    make_tls_files,
+)
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    if MOSQUITTO is None:
+        pytest.skip(NO_MOSQUITTO)
+    folder = tmp_path / "broker"
+    folder.mkdir()
+    b = Broker(folder, free_port(), "allow_anonymous true\n").start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def tls_broker(tmp_path: Path) -> Iterator[tuple[Broker, TlsFiles]]:
+    if MOSQUITTO is None:
+        pytest.skip(NO_MOSQUITTO)
+    if shutil.which("openssl") is None or shutil.which("mosquitto_passwd") is None:
+        pytest.skip("openssl or mosquitto_passwd is not installed")
+    folder = tmp_path / "tlsbroker"
+    folder.mkdir()
+    files = make_tls_files(folder)
+    extra = (
+        f"allow_anonymous false\npassword_file {folder}/passwd\nacl_file {folder}/acl\n"
+        f"cafile {folder}/ca.crt\ncertfile {folder}/server.crt\nkeyfile {folder}/server.key\n"
+        "tls_version tlsv1.2\n"
+    )
+    b = Broker(folder, free_port(), extra, tls=True).start()
+    yield b, files
+    b.stop()
+
+
+@pytest.fixture
+def observer(broker: Broker) -> Iterator[Observer]:
+    obs = Observer(broker.port)
+    obs.subscribe(f"edge-uploader/{DEVICE}/#")
+    yield obs
+    obs.close()
+
+
+@pytest.fixture
+def sensor() -> Iterator[Sensor]:
+    s = Sensor()
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def ingestion(tmp_path: Path) -> Iterator[LocalIngestionServer]:
+    srv = LocalIngestionServer(
+        tmp_path / "ingestion", api_keys=[API_KEY], hmac_key=HMAC_KEY, quiet=True
+    )
+    with srv:
+        yield srv
+
+
+@pytest.fixture
+def make_agent(tmp_path: Path) -> Iterator[Callable[..., AgentRun]]:
+    runs: list[AgentRun] = []
+
+    def make(**kw: Any) -> AgentRun:
+        path = tmp_path / "agent.toml"
+        path.write_text(agent_toml(tmp_path, **kw))
+        run = AgentRun(path)
+        runs.append(run)
+        return run
+
+    yield make
+    for run in runs:
+        run.stop()
