@@ -37,7 +37,7 @@ from agent.tagger import iso_utc
 
 log = logging.getLogger("agent.heartbeat")
 
-MIN_GAP_SECONDS = 2.0
+MIN_GAP_SECONDS = 1.0
 CHANGES = frozenset(
     {
         Event.QUEUED,

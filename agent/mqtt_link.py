@@ -19,7 +19,9 @@ put a fake in its place.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 import ssl
 import threading
 from collections.abc import Callable
@@ -74,6 +76,14 @@ class _Client(mqtt.Client):
         except OSError as exc:
             self.last_connect_error = describe_os_error(exc)
             raise
+
+
+def _no_delay(client: mqtt.Client) -> None:
+    """Events are small packets sent in quick succession: do not let Nagle hold them."""
+    setsockopt = getattr(client.socket(), "setsockopt", None)
+    if setsockopt is not None:
+        with contextlib.suppress(OSError):
+            setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def describe_os_error(exc: OSError) -> str:
@@ -243,6 +253,7 @@ class MqttLink:
             else:
                 log.info("MQTT: connected to %s:%d", cfg.host, cfg.port)
             self._failures = 0
+            _no_delay(client)
             self._connected.set()
             client.subscribe(cfg.capture_topic, qos=1)
             self.on_connected()

@@ -72,7 +72,7 @@ class Broker:
         self.log = folder / "mosquitto.log"
         self.conf.write_text(
             f"user {getpass.getuser()}\nper_listener_settings true\n"
-            f"listener {port} 127.0.0.1\npersistence false\n"
+            f"listener {port} 127.0.0.1\npersistence false\nset_tcp_nodelay true\n"
             f"log_dest file {self.log}\nlog_type all\n{extra}"
         )
         self.proc: subprocess.Popen[bytes] | None = None
@@ -204,7 +204,7 @@ class Observer:
         protocol: int = mqtt.MQTTv5,
     ) -> None:
         self.messages: list[mqtt.MQTTMessage] = []
-        self.cond = threading.Condition()
+        self.cond = threading.Condition(threading.RLock())
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=f"observer-{time.monotonic_ns()}",
@@ -216,6 +216,9 @@ class Observer:
             assert tls is not None
             self.client.username_pw_set(user, tls.passwords[user])
         self.client.on_message = self._on_message
+        self.client.on_connect = lambda c, *a: c.socket().setsockopt(
+            socket.IPPROTO_TCP, socket.TCP_NODELAY, 1
+        )
         self._subscribed = threading.Event()
         self.client.on_subscribe = lambda *a: self._subscribed.set()
         self.client.connect("127.0.0.1", port)
@@ -244,13 +247,24 @@ class Observer:
         topic = topic or f"edge-uploader/{DEVICE}/events"
         return [e for e in self.json_on(topic) if command_id is None or e.get("id") == command_id]
 
+    def wait_for(self, predicate: Callable[[], Any], timeout: float = 15.0, what: str = "") -> Any:
+        """Wait (on message arrival, not a timer) until ``predicate`` is truthy."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while not (value := predicate()):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+                self.cond.wait(left)
+            return value
+
     def wait_event(
         self, command_id: str, names: tuple[str, ...], timeout: float = 15.0
     ) -> dict[str, Any]:
         def found() -> dict[str, Any] | None:
             return next((e for e in self.events(command_id) if e["event"] in names), None)
 
-        return wait_until(found, timeout, f"event {names} for {command_id}")  # type: ignore[no-any-return]
+        return self.wait_for(found, timeout, f"event {names} for {command_id}")  # type: ignore[no-any-return]
 
     def close(self) -> None:
         self.client.disconnect()
@@ -274,6 +288,7 @@ class Sensor:
         self.line: Callable[[int], bytes] = self.good_line
         self._stop = threading.Event()
         self.unplugged = False
+        self.received = bytearray()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
@@ -293,7 +308,7 @@ class Sensor:
             with contextlib.suppress(BlockingIOError, OSError):
                 os.write(self.master, self.line(i))
             with contextlib.suppress(BlockingIOError, OSError):
-                os.read(self.master, 4096)  # whatever the agent sends (start commands)
+                self.received.extend(os.read(self.master, 4096))  # start/stop commands
 
     def unplug(self) -> None:
         """Like pulling the USB cable: the port goes away under the reader."""
@@ -345,7 +360,8 @@ def agent_toml(
     if sensor_path is not None:
         parts.append(
             f'[[capture.serial]]\nname = "accel"\nport = "{sensor_path}"\nbaudrate = 115200\n'
-            'frequency_hz = "auto"\nsensors = [{ name = "accX", units = "m/s2" },'
+            'frequency_hz = "auto"\nstart_command = "START"\nstop_command = "STOP"\n'
+            'sensors = [{ name = "accX", units = "m/s2" },'
             ' { name = "accY", units = "m/s2" }, { name = "accZ", units = "m/s2" }]\n'
         )
     parts.append(

@@ -65,6 +65,7 @@ def test_published_command_becomes_a_signed_sample(
     assert done["sample_id"] is not None
 
     # the reply topic got the same events, with the correlation data
+    observer.wait_for(lambda: len(observer.json_on("replies/lab-lead")) == 4, what="4 replies")
     replies = [m for m in observer.messages if m.topic == "replies/lab-lead"]
     assert [json.loads(m.payload)["event"] for m in replies] == ORDER
     assert all(m.properties.CorrelationData == b"corr-17" for m in replies)
@@ -84,6 +85,16 @@ def test_published_command_becomes_a_signed_sample(
     sig = json.loads(raw)["signature"]
     expected = hmac.new(HMAC_KEY.encode(), raw.replace(sig.encode(), b"0" * 64), hashlib.sha256)
     assert expected.hexdigest() == sig
+
+    # the heartbeat reflects the delivery soon after it (on change, not only on the timer)
+    beat = observer.wait_for(
+        lambda: next((s for s in observer.json_on(f"{PREFIX}/status")
+                      if s.get("last_delivery_at") and s["queue_depth"] == 0), None),
+        what="a heartbeat after the delivery",
+    )  # fmt: skip
+    assert beat["dead_letters"] == 0 and beat["free_disk_bytes"] > 0
+    assert beat["agent_version"] and beat["oldest_pending_age_seconds"] is None
+    assert sensor.received.count(b"START\n") == 1 and sensor.received.count(b"STOP\n") == 1
 
     # a repeated command id is not executed twice
     observer.publish(f"{PREFIX}/capture", command("cmd-1", duration_ms=500, label="idle"))
