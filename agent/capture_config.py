@@ -149,7 +149,7 @@ def implicit_watches(
 
 
 # -- [mqtt] ------------------------------------------------------------------------------
-def parse_mqtt(top: Table, device_id: str) -> MqttConfig | None:
+def parse_mqtt(top: Table, device_id: str, *, check_files: bool = True) -> MqttConfig | None:
     if not top.has("mqtt"):
         return None
     t = top.table("mqtt")
@@ -160,9 +160,9 @@ def parse_mqtt(top: Table, device_id: str) -> MqttConfig | None:
     if t.has("tls"):
         tt = t.table("tls")
         tls = TlsConfig(
-            ca_file=_readable(tt, "ca_file"),
-            cert_file=_readable(tt, "cert_file"),
-            key_file=_readable(tt, "key_file"),
+            ca_file=_readable(tt, "ca_file", check_files),
+            cert_file=_readable(tt, "cert_file", check_files),
+            key_file=_readable(tt, "key_file", check_files),
         )
         if (tls.cert_file is None) != (tls.key_file is None):
             raise tt.error("key_file", "cert_file and key_file go together (a client certificate)")
@@ -176,6 +176,9 @@ def parse_mqtt(top: Table, device_id: str) -> MqttConfig | None:
     if len(client_id.encode("utf-8")) > 128:
         raise t.error("client_id", "expected at most 128 bytes")
     password_file = t.get_path("password_file")
+    username = t.get_str("username")
+    if password_file is not None and username is None:
+        raise t.error("password_file", "needs a username (set [mqtt] username)")
     protocol = t.choice("protocol", "5", ("5", "3.1.1")) or "5"
     keepalive = t.get_int("keepalive_seconds", 60, 5, 3600)
     rmin = t.get_int("reconnect_min_seconds", 1, 1, 3600)
@@ -187,7 +190,7 @@ def parse_mqtt(top: Table, device_id: str) -> MqttConfig | None:
         port=port,
         client_id=client_id,
         topic_prefix=prefix,
-        username=t.get_str("username"),
+        username=username,
         password=SecretSource(
             "MQTT password",
             t.key("password_file"),
@@ -217,9 +220,9 @@ def topic_ok(topic: str) -> bool:
     )
 
 
-def _readable(t: Table, name: str) -> Path | None:
+def _readable(t: Table, name: str, check: bool) -> Path | None:
     path = t.get_path(name)
-    if path is not None and not os.access(path, os.R_OK):
+    if check and path is not None and not os.access(path, os.R_OK):
         raise t.error(name, f"{path} is not a readable file")
     return path
 

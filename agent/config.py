@@ -309,7 +309,7 @@ def parse_config(
     _check_watches(watches, source)
     from agent.capture_config import implicit_watches, parse_capture, parse_mqtt
 
-    mqtt = parse_mqtt(top, device_id)
+    mqtt = parse_mqtt(top, device_id, check_files=check_dirs)
     capture = parse_capture(top, check_dirs=check_dirs)
     watches = implicit_watches(capture, watches, source)
 

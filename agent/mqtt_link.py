@@ -116,6 +116,7 @@ class MqttLink:
         self._connected = threading.Event()
         self._failures = 0
         self._stopping = False
+        self._refused: str | None = None
         self.client = self._build()
 
     @property
@@ -148,6 +149,8 @@ class MqttLink:
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
+        client.on_publish = self._on_publish
         return client
 
     def _tls_context(self) -> ssl.SSLContext:
@@ -159,7 +162,8 @@ class MqttLink:
             if tls.cert_file is not None and tls.key_file is not None:
                 ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
         except (OSError, ssl.SSLError) as exc:
-            raise ConfigError("config", "mqtt.tls", f"cannot load the TLS files: {exc}") from None
+            source = self.config.password.config_source
+            raise ConfigError(source, "mqtt.tls", f"cannot load the TLS files: {exc}") from None
         return ctx
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -290,6 +294,40 @@ class MqttLink:
                 )
         except Exception:
             log.exception("MQTT: on_disconnect failed")
+
+    def _on_subscribe(
+        self, client: Any, userdata: Any, mid: int, reasons: Any, properties: Any
+    ) -> None:
+        try:
+            refused = [r for r in reasons if getattr(r, "is_failure", False)]
+            if refused:
+                log.error(
+                    "MQTT: broker refused the subscription to %s: %s (check the broker's ACL"
+                    " for this user); no capture commands will arrive",
+                    self.config.capture_topic,
+                    refused[0],
+                )
+            else:
+                log.info("MQTT: listening for capture commands on %s", self.config.capture_topic)
+        except Exception:
+            log.exception("MQTT: on_subscribe failed")
+
+    def _on_publish(
+        self, client: Any, userdata: Any, mid: int, reason: Any, properties: Any
+    ) -> None:
+        """MQTT 5 tells us when the broker drops a message (3.1.1 drops silently)."""
+        try:
+            if getattr(reason, "is_failure", False):
+                text = str(reason)
+                if text != self._refused:  # once per reason, not once per message
+                    log.error(
+                        "MQTT: broker refused a message: %s (check that the broker's ACL lets"
+                        " this user write %s/events, %s/status and any response topics)",
+                        text, self.config.topic_prefix, self.config.topic_prefix,
+                    )  # fmt: skip
+                self._refused = text
+        except Exception:
+            log.exception("MQTT: on_publish failed")
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         try:

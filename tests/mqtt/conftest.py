@@ -39,21 +39,28 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
     b.stop()
 
 
-@pytest.fixture
-def tls_broker(tmp_path: Path) -> Iterator[tuple[Broker, TlsFiles]]:
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    """Certificates, passwords and the ACL: made once (RSA key generation is slow)."""
     if MOSQUITTO is None:
         pytest.skip(NO_MOSQUITTO)
     if shutil.which("openssl") is None or shutil.which("mosquitto_passwd") is None:
         pytest.skip("openssl or mosquitto_passwd is not installed")
-    folder = tmp_path / "tlsbroker"
-    folder.mkdir()
-    files = make_tls_files(folder)
+    return make_tls_files(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture
+def tls_broker(tmp_path: Path, tls_files: TlsFiles) -> Iterator[tuple[Broker, TlsFiles]]:
+    files = tls_files
+    folder = files.folder
     extra = (
         f"allow_anonymous false\npassword_file {folder}/passwd\nacl_file {folder}/acl\n"
         f"cafile {folder}/ca.crt\ncertfile {folder}/server.crt\nkeyfile {folder}/server.key\n"
         "tls_version tlsv1.2\n"
     )
-    b = Broker(folder, free_port(), extra, tls=True).start()
+    run_dir = tmp_path / "tlsbroker"
+    run_dir.mkdir()
+    b = Broker(run_dir, free_port(), extra, tls=True).start()
     yield b, files
     b.stop()
 

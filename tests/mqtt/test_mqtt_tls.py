@@ -27,9 +27,11 @@ def tls_extra(tmp_path: Path, files: TlsFiles, password: str) -> str:
 
 
 def test_tls_with_own_credentials_and_acl(
-    tls_broker: tuple[Broker, TlsFiles], ingestion: LocalIngestionServer, tmp_path: Path,
+    tls_broker: tuple[Broker, TlsFiles],
+    ingestion: LocalIngestionServer,
+    tmp_path: Path,
     make_agent: Callable[..., AgentRun],
-) -> None:  # fmt: skip
+) -> None:
     broker, files = tls_broker
     extra = tls_extra(tmp_path, files, files.passwords[DEVICE])
     agent = make_agent(
@@ -56,9 +58,12 @@ def test_tls_with_own_credentials_and_acl(
 
 
 def test_wrong_password_is_a_clear_error_with_backoff(
-    tls_broker: tuple[Broker, TlsFiles], ingestion: LocalIngestionServer, tmp_path: Path,
-    make_agent: Callable[..., AgentRun], caplog: pytest.LogCaptureFixture,
-) -> None:  # fmt: skip
+    tls_broker: tuple[Broker, TlsFiles],
+    ingestion: LocalIngestionServer,
+    tmp_path: Path,
+    make_agent: Callable[..., AgentRun],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     broker, files = tls_broker
     extra = tls_extra(tmp_path, files, "not-the-password")
     agent = make_agent(
@@ -86,9 +91,12 @@ def test_wrong_password_is_a_clear_error_with_backoff(
 
 
 def test_untrusted_server_certificate_is_named(
-    tls_broker: tuple[Broker, TlsFiles], ingestion: LocalIngestionServer, tmp_path: Path,
-    make_agent: Callable[..., AgentRun], caplog: pytest.LogCaptureFixture,
-) -> None:  # fmt: skip
+    tls_broker: tuple[Broker, TlsFiles],
+    ingestion: LocalIngestionServer,
+    tmp_path: Path,
+    make_agent: Callable[..., AgentRun],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     broker, files = tls_broker
     other_ca = TlsFiles(files.folder, files.folder / "server.crt", files.passwords)  # not a CA
     extra = tls_extra(tmp_path, other_ca, files.passwords[DEVICE])
@@ -102,3 +110,27 @@ def test_untrusted_server_certificate_is_named(
         what="a connect failure",
     )
     assert "TLS certificate not trusted" in record.getMessage()
+
+
+def test_publishes_the_acl_refuses_are_an_error(
+    tls_broker: tuple[Broker, TlsFiles],
+    ingestion: LocalIngestionServer,
+    tmp_path: Path,
+    make_agent: Callable[..., AgentRun],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    broker, files = tls_broker
+    extra = tls_extra(tmp_path, files, files.passwords[DEVICE]).replace(
+        "[mqtt.tls]", 'topic_prefix = "elsewhere/pi"\n[mqtt.tls]'
+    )
+    agent = make_agent(
+        mqtt_port=broker.port, ingestion_url=ingestion.url, sensor_path=None, mqtt_extra=extra
+    )
+    caplog.set_level(logging.INFO, logger="agent.mqtt")
+    agent.start()
+    record = wait_until(
+        lambda: next((r for r in caplog.records if "refused a message" in r.getMessage()), None),
+        what="the refused status message",
+    )
+    assert record.levelno == logging.ERROR and "Not authorized" in record.getMessage()
+    assert "elsewhere/pi/status" in record.getMessage()
