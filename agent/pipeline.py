@@ -101,6 +101,8 @@ class Pipeline:
         self._failures = 0
         self._paused_reason: str | None = None
         self._threads: list[threading.Thread] = []
+        self._dispatcher: threading.Thread | None = None
+        self._stop_timeout = 5.0
         self.hung = False
         """Test seam: a hung uploader (workers stop taking work) for watchdog tests."""
 
@@ -121,9 +123,11 @@ class Pipeline:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop leasing, let in-flight uploads finish within ``timeout``, requeue the rest."""
+        self._stop_timeout = timeout
         self._stopping.set()
         self._wake.set()
-        self._dispatcher.join(timeout)
+        if self._dispatcher is not None:
+            self._dispatcher.join(timeout + 1.0)  # its last settle may run just past the deadline
         for _ in self._threads:
             self._work.put(None)
         leftover = list(self._inflight)
@@ -174,7 +178,7 @@ class Pipeline:
                 log.error("queue error: %s; retrying in 5 s", exc)
                 timeout = 5.0
             self._wake.wait(timeout)
-        deadline = time.monotonic() + 5.0
+        deadline = time.monotonic() + self._stop_timeout
         while self._inflight and time.monotonic() < deadline:
             self._wake.wait(max(0.0, deadline - time.monotonic()))
             self._wake.clear()
@@ -256,7 +260,7 @@ class Pipeline:
             self._pause(a.reason, now)
             return None
         # RETRY
-        attempt = row.attempts + 1
+        attempt = row.attempts  # the first retry waits up to retry_base_seconds
         delay = retry_delay(attempt, self.config.retry_base_seconds,
                             self.config.retry_max_seconds, a.retry_after, self.rng)  # fmt: skip
         if a.status is None or a.status in (429, 503):

@@ -6,9 +6,12 @@ because clients reuse connections and the agent's behaviour under reuse is what 
 
 Connection hygiene is the subtle part: a response sent before the body is fully read
 would leave body bytes that the next request on the connection parses as garbage. So
-every refusal first drains the body (up to ``drain_limit`` bytes); when that is not
-possible the response says ``Connection: close`` and the socket is closed gracefully
-(half-close, then discard briefly) so the client still reads the answer instead of a reset.
+every refusal first drains the body (up to ``drain_limit`` = 2 x max_file_bytes + 1 MiB);
+when that is not possible the response says ``Connection: close`` and the socket is
+closed gracefully (half-close, then discard briefly) so the client still reads the
+answer instead of a reset. A ``/files`` request whose Content-Length already exceeds
+``drain_limit`` is answered 413 at once (we send one sample per request, so a body that
+big can only hold an oversized file).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import socket
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -78,6 +82,9 @@ class _HTTPServer(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes; with Nagle on, the body waits for the client's
+    # delayed ACK (40 ms on Linux) and every keep-alive request pays it.
+    disable_nagle_algorithm = True
     server: _HTTPServer
     timeout = IDLE_TIMEOUT_SECONDS
 
@@ -104,6 +111,7 @@ class _Handler(BaseHTTPRequestHandler):
         total = sum(len(k) + len(v) + 4 for k, v in self.headers.items())
         if total > MAX_HEADER_BYTES:
             self._json(431, {"success": False, "error": "Request headers too large"}, close=True)
+            self._linger_close()
             self._log_line(time.monotonic())
             return False
         return True
@@ -213,6 +221,7 @@ class _Handler(BaseHTTPRequestHandler):
             reader = self._body()
         except BodyError as exc:
             self._json(400, {"success": False, "error": str(exc)}, close=True)
+            self._linger_close()
             self._log_line(started)
             return
         try:
@@ -226,9 +235,16 @@ class _Handler(BaseHTTPRequestHandler):
             if not self._status:
                 with contextlib.suppress(OSError):
                     self._json(400, {"success": False, "error": str(exc)}, close=True)
-            self.close_connection = True
+            self._linger_close()
         except (OSError, TimeoutError):
             self.close_connection = True  # the client went away mid-request
+        except Exception:
+            # A bug here must still produce an answer, and the traceback, not a silent hang-up.
+            traceback.print_exc(file=sys.stderr)
+            if not self._status:
+                with contextlib.suppress(OSError):
+                    self._json(500, {"success": False, "error": "Internal error"}, close=True)
+            self._linger_close()
         finally:
             self._log_line(started)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -130,6 +131,8 @@ def test_unknown_category_and_route(client: httpx.Client) -> None:
     assert r.status_code == 400
     assert r.json()["success"] is False
     assert client.post("/api/training/other").status_code == 404
+    not_multipart = client.post("/api/training/files", json={"a": 1})
+    assert not_multipart.status_code == 400 and "multipart" in not_multipart.json()["error"]
     assert client.get("/nothing").status_code == 404
 
 
@@ -308,3 +311,55 @@ def test_legacy_data_endpoint(client: httpx.Client, server: LocalIngestionServer
     assert line["label"] == "wave"
     assert line["signatureValidate"] is True
     assert client.post("/api/validation/data", content=b"{}").status_code == 400
+
+
+def test_concurrent_duplicates_store_exactly_one(server: LocalIngestionServer) -> None:
+    def send(i: int) -> httpx.Response:
+        with make_client(server.url) as c:
+            return upload(c, f"same.{i}.wav", b"identical", headers={"x-disallow-duplicates": "1"})
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = [r.json() for r in pool.map(send, range(16))]
+    assert sum(r["success"] for r in results) == 1
+    assert len(server.samples()) == 1
+
+
+def test_malformed_multipart_is_400(client: httpx.Client, server: LocalIngestionServer) -> None:
+    r = client.post(
+        "/api/training/files",
+        content=b'--zz\r\nContent-Disposition: form-data; name="data"\r\n\r\nno end',
+        headers={"Content-Type": "multipart/form-data; boundary=zz"},
+    )
+    assert r.status_code == 400
+    assert r.json()["success"] is False
+    assert upload(client).status_code == 200
+    assert list((server.data_dir / "tmp").iterdir()) == []
+
+
+def test_python_sdk_bounding_boxes_header(
+    client: httpx.Client, server: LocalIngestionServer
+) -> None:
+    boxes = [{"label": "dog", "x": 0, "y": 0, "width": 5, "height": 5}]
+    r = upload(client, "dog.jpg", b"j", headers={"x-bounding-boxes": json.dumps(boxes)})
+    assert r.status_code == 200
+    assert server.index_lines()[0]["boundingBoxes"] == boxes
+    assert upload(client, "d2.jpg", b"k", headers={"x-bounding-boxes": "{"}).status_code == 400
+
+
+def test_attachment_parts_are_not_samples(
+    client: httpx.Client, server: LocalIngestionServer
+) -> None:
+    doc = {
+        "version": 1,
+        "type": "attachments",
+        "attachments": {"a.jpg": [{"filename": "b.png"}, 7]},
+    }
+    r = upload(
+        client,
+        "a.jpg",
+        b"main",
+        extra_parts=[("attachments.labels", json.dumps(doc).encode()), ("b.png", b"extra")],
+    )
+    assert r.status_code == 200
+    assert [f["fileName"] for f in r.json()["files"]] == ["a.jpg"]
+    assert [s.filename for s in server.samples()] == ["a.jpg"]
