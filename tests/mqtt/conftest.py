@@ -49,15 +49,22 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
     return make_tls_files(tmp_path_factory.mktemp("tls"))
 
 
-@pytest.fixture
-def tls_broker(tmp_path: Path, tls_files: TlsFiles) -> Iterator[tuple[Broker, TlsFiles]]:
+@pytest.fixture(params=["passwords"])
+def tls_broker(
+    request: pytest.FixtureRequest, tmp_path: Path, tls_files: TlsFiles
+) -> Iterator[tuple[Broker, TlsFiles]]:
+    """TLS with passwords and the ACL; ``client-certs``: the certificate is the identity."""
     files = tls_files
     folder = files.folder
     extra = (
-        f"allow_anonymous false\npassword_file {folder}/passwd\nacl_file {folder}/acl\n"
+        f"allow_anonymous false\nacl_file {folder}/acl\n"
         f"cafile {folder}/ca.crt\ncertfile {folder}/server.crt\nkeyfile {folder}/server.key\n"
         "tls_version tlsv1.2\n"
     )
+    if request.param == "passwords":
+        extra += f"password_file {folder}/passwd\n"
+    else:
+        extra += "require_certificate true\nuse_identity_as_username true\n"
     run_dir = tmp_path / "tlsbroker"
     run_dir.mkdir()
     b = Broker(run_dir, free_port(), extra, tls=True).start()

@@ -177,6 +177,35 @@ def make_tls_files(folder: Path) -> TlsFiles:
         "-extfile",
         "san.ext",
     )
+    run(
+        "openssl",
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "client.key",
+        "-out",
+        "client.csr",
+        "-subj",
+        f"/CN={DEVICE}",
+    )
+    run(
+        "openssl",
+        "x509",
+        "-req",
+        "-in",
+        "client.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "client.crt",
+        "-days",
+        "2",
+    )
     passwords = {DEVICE: "device-pass-1", "operator": "operator-pass-1"}
     (folder / "passwd").write_text("")
     for user, pw in passwords.items():

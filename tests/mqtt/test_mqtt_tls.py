@@ -134,3 +134,23 @@ def test_publishes_the_acl_refuses_are_an_error(
     )
     assert record.levelno == logging.ERROR and "Not authorized" in record.getMessage()
     assert "elsewhere/pi/status" in record.getMessage()
+
+
+@pytest.mark.parametrize("tls_broker", ["client-certs"], indirect=True)
+def test_client_certificate_as_identity(
+    tls_broker: tuple[Broker, TlsFiles],
+    ingestion: LocalIngestionServer,
+    make_agent: Callable[..., AgentRun],
+) -> None:
+    broker, files = tls_broker
+    extra = (
+        f'[mqtt.tls]\nca_file = "{files.ca}"\ncert_file = "{files.folder / "client.crt"}"\n'
+        f'key_file = "{files.folder / "client.key"}"\n'
+    )
+    agent = make_agent(
+        mqtt_port=broker.port, ingestion_url=ingestion.url, sensor_path=None, mqtt_extra=extra
+    )
+    agent.start()
+    assert agent.service is not None
+    [component] = agent.service.components
+    wait_until(lambda: component.link.connected, what="a connection with the client certificate")
