@@ -1,0 +1,107 @@
+"""Fault injection for upload requests: failures, dropped connections and latency.
+
+None of this is vendor behaviour; it exists so the agent's retry, backoff and
+dead-letter paths can be exercised against a real socket. Decisions come from a seeded
+``random.Random`` taken in request-arrival order, so a sequential test replays exactly.
+Tests that need an exact sequence can script the next decisions with ``FaultInjector.script``.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+import threading
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+RETRY_AFTER_STATUSES = frozenset({429, 503})
+
+
+class FaultAction(enum.Enum):
+    """What to do with one upload request."""
+
+    OK = "ok"  # handle normally
+    FAIL = "fail"  # answer FaultConfig.fail_status after reading the body
+    DROP = "drop"  # read the body, then close the connection with no response
+
+
+@dataclass(frozen=True)
+class FaultConfig:
+    """Validated fault settings; rates are fractions of upload requests in [0, 1]."""
+
+    fail_rate: float = 0.0
+    fail_status: int = 500
+    latency_ms: int = 0
+    drop_rate: float = 0.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("fail_rate", "drop_rate"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1, got {value}")
+        if self.fail_rate + self.drop_rate > 1.0:
+            raise ValueError("fail_rate + drop_rate must not exceed 1")
+        if not 400 <= self.fail_status <= 599:
+            raise ValueError(f"fail_status must be a 4xx or 5xx code, got {self.fail_status}")
+        if self.latency_ms < 0:
+            raise ValueError(f"latency_ms must be >= 0, got {self.latency_ms}")
+
+
+@dataclass(frozen=True)
+class FaultDecision:
+    """The fate of one request, fixed when it arrives."""
+
+    action: FaultAction
+    status: int
+    latency_seconds: float
+
+    @property
+    def retry_after(self) -> str | None:
+        """``Retry-After`` value to send with a failure, if the status calls for one."""
+        return "1" if self.status in RETRY_AFTER_STATUSES else None
+
+
+class FaultInjector:
+    """Thread-safe source of ``FaultDecision`` s for upload requests."""
+
+    def __init__(self, config: FaultConfig | None = None) -> None:
+        self._lock = threading.Lock()
+        self._config = config or FaultConfig()
+        self._rng = random.Random(self._config.seed)  # noqa: S311 - faults, not crypto
+        self._script: deque[FaultAction] = deque()
+
+    @property
+    def config(self) -> FaultConfig:
+        """The settings in force."""
+        return self._config
+
+    def configure(self, config: FaultConfig) -> None:
+        """Replace the settings and re-seed, so a test can switch faults on and off live."""
+        with self._lock:
+            self._config = config
+            self._rng = random.Random(config.seed)  # noqa: S311 - faults, not crypto
+
+    def script(self, actions: Iterable[FaultAction | str]) -> None:
+        """Queue exact decisions for the next requests; they win over the random rates."""
+        with self._lock:
+            self._script.extend(FaultAction(a) for a in actions)
+
+    def decide(self) -> FaultDecision:
+        """Decide the next request's fate (one RNG draw per request, for replayability)."""
+        with self._lock:
+            cfg = self._config
+            latency = cfg.latency_ms / 1000.0
+            if self._script:
+                return FaultDecision(self._script.popleft(), cfg.fail_status, latency)
+            if cfg.fail_rate == 0.0 and cfg.drop_rate == 0.0:
+                return FaultDecision(FaultAction.OK, cfg.fail_status, latency)
+            draw = self._rng.random()
+        if draw < cfg.drop_rate:
+            action = FaultAction.DROP
+        elif draw < cfg.drop_rate + cfg.fail_rate:
+            action = FaultAction.FAIL
+        else:
+            action = FaultAction.OK
+        return FaultDecision(action, cfg.fail_status, latency)
