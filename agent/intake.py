@@ -107,6 +107,10 @@ class Intake:
             self._items.put(None)
             self._thread.join(10)
 
+    def alive(self) -> bool:
+        """The intake thread runs (for the health check)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def submit(self, item: Item) -> None:
         with self._lock:
             self._pending += 1
@@ -165,7 +169,14 @@ class Intake:
             callbacks.append((item, decided))
         if not new:
             return []
-        ids = self.queue.enqueue_many(new)
+        try:
+            ids = self.queue.enqueue_many(new)
+        except QueueError as exc:
+            # tell waiting sources (a capture command) that their file is not queued yet
+            for item, _ in callbacks:
+                if item.on_queued is not None:
+                    item.on_queued(None, f"not recorded in the queue: {exc}")
+            raise
         for item, f in callbacks:
             if f.state is State.HELD:
                 log.warning("held %s: %s", f.path, f.last_error)
