@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
+from agent.httpd import HealthServer
+
 if TYPE_CHECKING:
     from agent.config import Config
     from agent.service import Service
@@ -27,4 +29,6 @@ class Component(Protocol):
 def build_components(config: Config) -> list[Component]:
     """The components this config asks for, in start order."""
     components: list[Component] = []
+    if config.http.listen is not None:
+        components.append(HealthServer(config.http, config.source))
     return components

@@ -20,6 +20,15 @@ from typing import Any, Literal
 
 from agent.errors import ConfigError, InputError
 from agent.metadata import check_key, check_size, check_value
+from agent.ops_config import (
+    DiskConfig,
+    HealthConfig,
+    HttpConfig,
+    check_service_url,
+    parse_disk,
+    parse_health,
+    parse_http,
+)
 from agent.secrets import SecretSource
 from agent.templates import Template, parse_template
 
@@ -103,6 +112,9 @@ class Config:
     ingestion: IngestionConfig
     queue: QueueConfig
     watches: tuple[WatchConfig, ...]
+    http: HttpConfig = field(default_factory=HttpConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    disk: DiskConfig = field(default_factory=DiskConfig)
 
 
 def default_state_dir() -> Path:
@@ -302,6 +314,9 @@ def parse_config(
     queue = _queue(top.table("queue"))
     watches = tuple(_watch(t, check_dirs) for t in top.tables("watch"))
     _check_watches(watches, source)
+    http = parse_http(top.table("http"))
+    health = parse_health(top.table("health"))
+    disk = parse_disk(top.table("disk"))
 
     static = {k: t.source for k, t in metadata.items() if t.is_literal}
     try:
@@ -318,6 +333,9 @@ def parse_config(
         ingestion=ingestion,
         queue=queue,
         watches=watches,
+        http=http,
+        health=health,
+        disk=disk,
     )
 
 
@@ -362,6 +380,7 @@ def _ingestion(t: Table, source: str) -> IngestionConfig:
         raise t.error("group_key", exc.message) from None
     if cfg.ca_file is not None and not cfg.ca_file.is_file():
         raise t.error("ca_file", f"{cfg.ca_file} is not a readable file")
+    check_service_url(t, "url", cfg.url, cfg.allow_insecure_http)
     t.finish()
     return cfg
 
