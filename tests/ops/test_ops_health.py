@@ -1,0 +1,144 @@
+"""Health in process: the watchdog's "alive" test with the pipeline's ``hung`` seam, and
+``/healthz`` + ``/metrics`` over real HTTP."""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from agent.config import load_config
+from agent.health import assess
+from agent.localserver import LocalIngestionServer
+from agent.service import Service
+
+from .conftest import free_port, wait_for, write_config
+
+
+def _service(config: Path) -> Service:
+    service = Service(load_config(config), config_path=config)
+    service.start()
+    return service
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_a_hung_uploader_is_not_alive_and_recovers(
+    tmp_path: Path, server: LocalIngestionServer
+) -> None:
+    config = write_config(tmp_path, server.url, "[health]\nstall_seconds = 0.5\n")
+    service = _service(config)
+    try:
+        assert assess(service).alive and assess(service).healthy
+        pipeline = service.pipeline
+        assert pipeline is not None
+        pipeline.hung = True
+        (tmp_path / "captures" / "x.csv").write_text("t,v\n0,1\n")
+        wait_for(lambda: pipeline.inflight == 1)
+        wait_for(lambda: not assess(service).alive, timeout=5)
+        assert "uploads stalled: 1 in flight" in assess(service).reasons[0]
+        assert not service.health().alive
+        pipeline.hung = False
+        wait_for(lambda: len(server.index_lines()) == 1)
+        wait_for(lambda: assess(service).alive)
+    finally:
+        service.stop()
+
+
+def test_waiting_for_a_retry_or_a_refused_key_is_idle_by_design(
+    tmp_path: Path, server: LocalIngestionServer
+) -> None:
+    config = write_config(tmp_path, server.url, "[health]\nstall_seconds = 0.5\n",
+                          key="ei_not_the_right_key")  # fmt: skip
+    service = _service(config)
+    try:
+        (tmp_path / "captures" / "x.csv").write_text("t,v\n0,1\n")
+        wait_for(lambda: service.pipeline is not None and service.pipeline.paused)
+        wait_for(lambda: service.pipeline is not None and service.pipeline.inflight == 0)
+        health = assess(service)
+        assert health.alive, "a refused key pauses uploads: restarting would not help"
+        assert not health.healthy
+        assert any(r.startswith("uploads paused: HTTP 401") for r in health.reasons)
+    finally:
+        service.stop()
+
+
+_SAMPLE = re.compile(r'^edge_uploader_[a-z_]+(\{[a-z]+="[^"]*"\})? -?[0-9.e+]+$')
+
+
+def test_healthz_and_metrics(tmp_path: Path, server: LocalIngestionServer) -> None:
+    port = free_port()
+    config = write_config(tmp_path, server.url, f'[http]\nlisten = "127.0.0.1:{port}"\n')
+    service = _service(config)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        status, body = _get(base + "/healthz")
+        assert status == 200 and json.loads(body) == {"status": "ok"}
+        for name in ("a.csv", "b.csv"):
+            (tmp_path / "captures" / name).write_text(f"t,v\n0,{name[0]}\n")
+        wait_for(lambda: len(server.index_lines()) == 2)
+        wait_for(lambda: "edge_uploader_files_delivered_total 2" in _get(base + "/metrics")[1])
+        status, text = _get(base + "/metrics")
+        assert status == 200
+        values = {}
+        for line in text.splitlines():
+            if line.startswith("#"):
+                assert re.match(r"^# (HELP|TYPE) edge_uploader_[a-z_]+ .+", line), line
+                continue
+            assert _SAMPLE.match(line), line
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+        assert values["edge_uploader_files_seen_total"] == 2
+        assert values["edge_uploader_files_enqueued_total"] == 2
+        assert values["edge_uploader_files_delivered_total"] == 2
+        assert values["edge_uploader_files_duplicate_total"] == 0
+        assert values["edge_uploader_upload_retries_total"] == 0
+        assert values["edge_uploader_files_dead_total"] == 0
+        assert values["edge_uploader_bytes_sent_total"] == 16
+        assert values['edge_uploader_queue_depth{state="delivered"}'] == 2
+        assert values['edge_uploader_queue_depth{state="pending"}'] == 0
+        assert values["edge_uploader_oldest_pending_age_seconds"] == 0
+        assert values['edge_uploader_upload_latency_seconds_bucket{le="+Inf"}'] == 2
+        assert values["edge_uploader_upload_latency_seconds_count"] == 2
+        assert values["edge_uploader_captures_allowed"] == 1
+        assert values["edge_uploader_healthy"] == 1
+        assert _get(base + "/nope")[0] == 404
+        assert "# TYPE edge_uploader_upload_latency_seconds histogram" in text
+    finally:
+        service.stop()
+    # stopped: the port is closed
+    try:
+        urllib.request.urlopen(base + "/healthz", timeout=2)
+        raise AssertionError("still listening after stop")
+    except urllib.error.URLError:
+        pass
+
+
+def test_healthz_503_with_reasons(tmp_path: Path, server: LocalIngestionServer) -> None:
+    port = free_port()
+    config = write_config(
+        tmp_path, server.url,
+        f'[http]\nlisten = "127.0.0.1:{port}"\n[disk]\nmin_free_percent = 90\n',
+        key="ei_wrong",
+    )  # fmt: skip
+    service = _service(config)
+    try:
+        (tmp_path / "captures" / "a.csv").write_text("t,v\n0,1\n")
+        wait_for(lambda: service.pipeline is not None and service.pipeline.paused)
+        status, body = _get(f"http://127.0.0.1:{port}/healthz")
+        assert status == 503
+        doc = json.loads(body)
+        assert doc["status"] == "unhealthy"
+        assert any(r.startswith("uploads paused: HTTP 401") for r in doc["reasons"])
+        assert any(r.startswith("low disk space on ") for r in doc["reasons"])
+        assert "ei_wrong" not in body
+    finally:
+        service.stop()
