@@ -10,8 +10,8 @@ Two levels, because restarting helps only with one of them:
 - **healthy** (``/healthz`` 200): alive, and nothing needs a person — uploads not paused,
   the queue writable, free space above the floor.
 
-Progress is counted per body chunk by ``ProgressTransport`` (wrapped around the HTTP
-transport), so a 100 MB video on a slow link is never mistaken for a hang, while a
+Progress is counted per body chunk sent (``count_body_progress``, a request hook on the
+HTTP client), so a 100 MB video on a slow link is never mistaken for a hang, while a
 request that waits forever on a silent server is.
 """
 
@@ -85,27 +85,23 @@ class _CountingStream(httpx.SyncByteStream):
         self.inner.close()
 
 
-class ProgressTransport(httpx.BaseTransport):
-    """Calls ``on_progress`` (at most every half second) while request bodies stream out."""
+def count_body_progress(client: httpx.Client, on_progress: Callable[[], None]) -> None:
+    """Have ``client`` call ``on_progress`` (at most every half second) while request
+    bodies stream out. A request hook, so it works whichever transport or proxy is used."""
+    lock = threading.Lock()
+    last = [0.0]
 
-    def __init__(self, inner: httpx.BaseTransport, on_progress: Callable[[], None]) -> None:
-        self.inner = inner
-        self.on_progress = on_progress
-        self._last = 0.0
-        self._lock = threading.Lock()
-
-    def _tick(self) -> None:
+    def tick() -> None:
         now = time.monotonic()
-        with self._lock:
-            if now - self._last < PROGRESS_MIN_INTERVAL_SECONDS:
+        with lock:
+            if now - last[0] < PROGRESS_MIN_INTERVAL_SECONDS:
                 return
-            self._last = now
-        self.on_progress()
+            last[0] = now
+        on_progress()
 
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
+    def hook(request: httpx.Request) -> None:
         if isinstance(request.stream, httpx.SyncByteStream):
-            request.stream = _CountingStream(request.stream, self._tick)
-        return self.inner.handle_request(request)
+            request.stream = _CountingStream(request.stream, tick)
 
-    def close(self) -> None:
-        self.inner.close()
+    hooks = client.event_hooks
+    client.event_hooks = {**hooks, "request": [*hooks["request"], hook]}

@@ -39,7 +39,7 @@ from agent.config import Config, WatchConfig
 from agent.disk import DiskGuard
 from agent.errors import AgentError, ConfigError
 from agent.events import Stats
-from agent.health import Health, ProgressTransport, assess
+from agent.health import Health, assess, count_body_progress
 from agent.intake import Intake, Item, ignored_name, matches, walk
 from agent.notify import Heartbeat, Notifier, watchdog_seconds
 from agent.pipeline import Pipeline, finish_pending_local
@@ -61,16 +61,12 @@ def build_uploader(
     (the health check's proof that a long upload is not hung)."""
     ing = config.ingestion
     verify: str | bool = str(ing.ca_file) if ing.ca_file else True
-    if on_progress is not None:
-        if transport is None:
-            pool = httpx.Limits(max_connections=ing.concurrency,
-                                max_keepalive_connections=ing.concurrency)  # fmt: skip
-            transport = httpx.HTTPTransport(verify=verify, limits=pool)
-        transport = ProgressTransport(transport, on_progress)
     client = make_client(
         concurrency=ing.concurrency, timeout=ing.timeout_seconds,
         connect_timeout=ing.connect_timeout_seconds, verify=verify, transport=transport,
     )  # fmt: skip
+    if on_progress is not None:
+        count_body_progress(client, on_progress)
     return Uploader(client, ing.url, ing.api_key.load(), clock=clock)
 
 
@@ -225,7 +221,7 @@ class Service:
             self.heartbeat.poke()
             return False
         with self._lifecycle:
-            old, old_components = self.config, self.components
+            old = self.config
             self._stop_stages()
             self.config, self.components = new, components
             try:
@@ -235,8 +231,8 @@ class Service:
                           exc)  # fmt: skip
                 self.reload_error = f"{type(exc).__name__}: {exc}"
                 self._stop_stages()
+                # stopped components are not restarted: fresh ones for the old config
                 self.config, self.components = old, build_components(old)
-                del old_components  # stopped components are not restarted: rebuilt above
                 self._start_stages()
                 self.notifier.ready()
                 return False
