@@ -8,7 +8,8 @@ holds a watched folder, a capture directory or the queue. Below it:
 - delivered files kept locally (``after_upload = "keep"``) are deleted oldest first until
   the floor is met again, if ``[disk] prune_delivered = true``. Only files inside a watched
   folder or a registered capture directory, still exactly as delivered (same size and
-  modification time), are touched; their queue rows are marked ``pruned`` so deletion sync
+  modification time), are touched; the queue is synced first so no delivered state can
+  roll back after its file is gone, and the rows are marked ``pruned`` so deletion sync
   never mistakes them for a user's deletion;
 - the queue is left alone: its rows are small, and a write that fails with "database or
   disk is full" is retried by intake and pipeline without losing anything.
@@ -235,6 +236,11 @@ class DiskGuard:
         target = state.floor_bytes + int(state.floor_bytes * HYSTERESIS)
         freed, count = 0, 0
         self._mark_pruned()  # rows pruned while the queue could not be written
+        try:
+            self.queue.sync()  # a delivered state must survive a power cut before the file goes
+        except QueueError as exc:
+            log.error("pruning: %s", exc)
+            return
         while state.free_bytes + freed < target and not self._stop.is_set():
             try:
                 rows = self.queue.kept_delivered(self._cursor, PRUNE_PAGE)
