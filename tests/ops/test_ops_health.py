@@ -142,3 +142,63 @@ def test_healthz_503_with_reasons(tmp_path: Path, server: LocalIngestionServer) 
         assert "ei_wrong" not in body
     finally:
         service.stop()
+
+
+def test_a_reload_that_cannot_start_goes_back_to_the_running_config(
+    tmp_path: Path, server: LocalIngestionServer
+) -> None:
+    import socket
+
+    config = write_config(tmp_path, server.url)
+    service = _service(config)
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        port = taken.getsockname()[1]
+        config.write_text(config.read_text() + f'\n[http]\nlisten = "127.0.0.1:{port}"\n')
+        assert service.reload() is False
+        assert service.reload_error is not None and "cannot listen" in service.reload_error
+        assert service.config.http.listen is None, "the running config stays"
+        assert "last reload refused: " in service.status_line()
+        (tmp_path / "captures" / "z.csv").write_text("t,v\n0,z\n")
+        wait_for(lambda: len(server.index_lines()) == 1)
+        assert assess(service).alive
+    finally:
+        taken.close()
+        service.stop()
+
+
+def test_a_slow_large_upload_is_progress_not_a_hang(tmp_path: Path) -> None:
+    """Every body chunk sent counts: an upload slower than stall_seconds stays alive."""
+    import time
+
+    import httpx
+
+    chunks: list[int] = []
+
+    class SlowLink(httpx.BaseTransport):
+        """Takes the body 64 KiB at a time, 0.1 s per chunk: about 2.4 s in all."""
+
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            for chunk in request.stream:  # type: ignore[union-attr]
+                chunks.append(len(chunk))
+                time.sleep(0.1)
+            body = b'{"success": true, "files": [{"success": true, "sampleId": 1}]}'
+            return httpx.Response(200, content=body)
+
+    config = write_config(tmp_path, "http://127.0.0.1:9", "[health]\nstall_seconds = 0.6\n")
+    service = Service(load_config(config), transport=SlowLink())
+    service.start()
+    try:
+        (tmp_path / "captures" / "big.wav").write_bytes(b"\1" * (1500 * 1024))
+        wait_for(lambda: service.pipeline is not None and service.pipeline.inflight == 1)
+        checks = []
+        while service.pipeline is not None and service.pipeline.inflight:
+            checks.append(assess(service).alive)
+            time.sleep(0.05)
+        assert len(chunks) >= 15 and len(checks) >= 20, (len(chunks), len(checks))
+        assert all(checks), "the upload took longer than stall_seconds, but it made progress"
+        assert service.stats.counts["delivered"] == 1
+    finally:
+        service.stop()
