@@ -10,8 +10,6 @@ import json
 import os
 import sqlite3
 import subprocess
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +22,7 @@ from agent.ops_config import DiskConfig
 from agent.queue import NewFile, Queue, State
 from agent.service import Service
 
-from .conftest import Agent, free_port, wait_for, write_config
+from .conftest import Agent, free_port, http_get, wait_for, write_config
 
 MiB = 1024 * 1024
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
@@ -56,18 +54,14 @@ def _fill(path: Path) -> int:
 
 
 def _health(port: int) -> tuple[int, dict[str, object]]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+    status, body = http_get(f"http://127.0.0.1:{port}/healthz")
+    return status, json.loads(body)
 
 
 def _metric(port: int, name: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        for line in r.read().decode().splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
+    for line in http_get(f"http://127.0.0.1:{port}/metrics")[1].splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
     raise AssertionError(f"no metric {name}")
 
 

@@ -14,21 +14,13 @@ from agent.health import assess
 from agent.localserver import LocalIngestionServer
 from agent.service import Service
 
-from .conftest import free_port, wait_for, write_config
+from .conftest import free_port, http_get, wait_for, write_config
 
 
 def _service(config: Path) -> Service:
     service = Service(load_config(config), config_path=config)
     service.start()
     return service
-
-
-def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
 
 
 def test_a_hung_uploader_is_not_alive_and_recovers(
@@ -80,13 +72,13 @@ def test_healthz_and_metrics(tmp_path: Path, server: LocalIngestionServer) -> No
     service = _service(config)
     base = f"http://127.0.0.1:{port}"
     try:
-        status, body = _get(base + "/healthz")
+        status, body = http_get(base + "/healthz")
         assert status == 200 and json.loads(body) == {"status": "ok"}
         for name in ("a.csv", "b.csv"):
             (tmp_path / "captures" / name).write_text(f"t,v\n0,{name[0]}\n")
         wait_for(lambda: len(server.index_lines()) == 2)
-        wait_for(lambda: "edge_uploader_files_delivered_total 2" in _get(base + "/metrics")[1])
-        status, text = _get(base + "/metrics")
+        wait_for(lambda: "edge_uploader_files_delivered_total 2" in http_get(base + "/metrics")[1])
+        status, text = http_get(base + "/metrics")
         assert status == 200
         values = {}
         for line in text.splitlines():
@@ -110,7 +102,7 @@ def test_healthz_and_metrics(tmp_path: Path, server: LocalIngestionServer) -> No
         assert values["edge_uploader_upload_latency_seconds_count"] == 2
         assert values["edge_uploader_captures_allowed"] == 1
         assert values["edge_uploader_healthy"] == 1
-        assert _get(base + "/nope")[0] == 404
+        assert http_get(base + "/nope")[0] == 404
         assert "# TYPE edge_uploader_upload_latency_seconds histogram" in text
     finally:
         service.stop()
@@ -133,7 +125,7 @@ def test_healthz_503_with_reasons(tmp_path: Path, server: LocalIngestionServer) 
     try:
         (tmp_path / "captures" / "a.csv").write_text("t,v\n0,1\n")
         wait_for(lambda: service.pipeline is not None and service.pipeline.paused)
-        status, body = _get(f"http://127.0.0.1:{port}/healthz")
+        status, body = http_get(f"http://127.0.0.1:{port}/healthz")
         assert status == 503
         doc = json.loads(body)
         assert doc["status"] == "unhealthy"

@@ -7,13 +7,20 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from agent.localserver import LocalIngestionServer
 
-from .conftest import API_KEY, REPO, Agent, NotifySocket, free_port, wait_for, write_config
+from .conftest import (
+    API_KEY,
+    REPO,
+    Agent,
+    NotifySocket,
+    free_port,
+    http_get,
+    wait_for,
+    write_config,
+)
 
 HMAC_KEY = "hmac-S3CRET-7f3a9c1e5b"
 MQTT_PASSWORD = "mqtt-S3CRET-pa55w0rd-42"
@@ -25,14 +32,6 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> str:
                             capture_output=True, text=True, timeout=60, cwd=REPO,
                             env=env)  # fmt: skip
     return result.stdout + result.stderr
-
-
-def _get(url: str) -> str:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return str(response.read().decode())
-    except urllib.error.HTTPError as exc:
-        return str(exc.read().decode())
 
 
 def _assert_clean(where: str, text: str) -> None:
@@ -67,8 +66,8 @@ def test_no_secret_in_logs_status_notifications_or_cmdline(
     for i in range(3):
         (tmp_path / "captures" / f"s{i}.csv").write_text(f"t,v\n0,{i}\n")
     wait_for(lambda: len(server.index_lines()) == 3)
-    outputs["healthz"] = _get(f"http://127.0.0.1:{port}/healthz")
-    outputs["metrics"] = _get(f"http://127.0.0.1:{port}/metrics")
+    outputs["healthz"] = http_get(f"http://127.0.0.1:{port}/healthz")[1]
+    outputs["metrics"] = http_get(f"http://127.0.0.1:{port}/metrics")[1]
     outputs["status"] = _cli("status", "--config", str(config))
     outputs["status --json"] = _cli("status", "--json", "--config", str(config))
     assert '"delivered": 3' in outputs["status --json"]
