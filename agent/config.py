@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from agent import __version__
 from agent.errors import ConfigError, InputError
-from agent.metadata import check_key, check_size, check_value
+from agent.metadata import check_key, check_metadata, check_value
 from agent.ops_config import (
     DiskConfig,
     HealthConfig,
@@ -318,11 +319,9 @@ def parse_config(
     health = parse_health(top.table("health"))
     disk = parse_disk(top.table("disk"))
 
-    static = {k: t.source for k, t in metadata.items() if t.is_literal}
-    try:
-        check_size({**static, "device_id": device_id})
-    except InputError as exc:
-        raise ConfigError(source, "metadata", exc.message) from None
+    _check_sendable(metadata, None, device_id, source, "metadata")
+    for i, w in enumerate(watches):
+        _check_sendable(metadata, w.metadata, device_id, source, f"watch[{i}].metadata")
 
     top.finish()
     return Config(
@@ -337,6 +336,27 @@ def parse_config(
         health=health,
         disk=disk,
     )
+
+
+def _check_sendable(
+    metadata: Mapping[str, Template], watch: Mapping[str, Template] | None, device_id: str,
+    source: str, key: str,
+) -> None:  # fmt: skip
+    """Fail at start-up when the metadata every file of a scope gets cannot be sent.
+
+    The tagger adds ``device_id``, ``captured_at`` and ``agent_version`` to every file, so
+    they count here at their usual length. Templated values count as empty (their length
+    is only known per file); literal values count as they are.
+    """
+    merged = {k: t.source if t.is_literal else "" for k, t in metadata.items()}
+    merged.update({k: t.source if t.is_literal else "" for k, t in (watch or {}).items()})
+    merged.update(device_id=device_id, captured_at="2000-01-01T00:00:00.000Z",
+                  agent_version=__version__)  # fmt: skip
+    try:
+        check_metadata(merged, key)
+    except InputError as exc:
+        every = "with device_id, captured_at and agent_version, which every file gets"
+        raise ConfigError(source, key, f"{exc.message} ({every})") from None
 
 
 def _check_plain(table: Table, name: str, value: str) -> None:
@@ -380,8 +400,8 @@ def _ingestion(t: Table, source: str) -> IngestionConfig:
         raise t.error("group_key", exc.message) from None
     if cfg.ca_file is not None and not cfg.ca_file.is_file():
         raise t.error("ca_file", f"{cfg.ca_file} is not a readable file")
+    t.finish()  # first: a misspelt allow_insecure_http must say "unknown key"
     check_service_url(t, "url", cfg.url, cfg.allow_insecure_http)
-    t.finish()
     return cfg
 
 

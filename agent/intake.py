@@ -29,6 +29,8 @@ log = logging.getLogger("agent.intake")
 
 TEMP_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp", "~")
 BATCH = 256
+MAX_WAITING = 4 * BATCH
+"""Items waiting for intake; a scan of 100,000 files blocks here instead of buffering them."""
 
 
 def ignored_name(name: str) -> bool:
@@ -91,7 +93,7 @@ class Intake:
         self.config = config
         self.stats = stats
         self.on_queued = on_queued
-        self._items: stdqueue.SimpleQueue[Item | None] = stdqueue.SimpleQueue()
+        self._items: stdqueue.Queue[Item | None] = stdqueue.Queue(maxsize=MAX_WAITING)
         self._thread: threading.Thread | None = None
         self._idle = threading.Event()
         self._idle.set()
@@ -104,7 +106,10 @@ class Intake:
 
     def stop(self) -> None:
         if self._thread is not None:
-            self._items.put(None)
+            try:
+                self._items.put(None, timeout=10)
+            except stdqueue.Full:
+                log.warning("intake did not drain in time; a rescan will find what it missed")
             self._thread.join(10)
 
     def alive(self) -> bool:
@@ -112,6 +117,7 @@ class Intake:
         return self._thread is not None and self._thread.is_alive()
 
     def submit(self, item: Item) -> None:
+        """Hand a file to intake; blocks while ``MAX_WAITING`` items wait (backpressure)."""
         with self._lock:
             self._pending += 1
             self._idle.clear()
@@ -196,6 +202,9 @@ class Intake:
         path = item.path
         if is_sidecar(path):
             self._sidecar_changed(path)
+            return None
+        if ignored_name(path.name):
+            self._skip(item, "hidden or temporary name", quiet=True)
             return None
         self.stats.emit(Event.SEEN, path=str(path))
         try:

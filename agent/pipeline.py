@@ -108,6 +108,8 @@ class Pipeline:
         self._failures = 0
         self._paused_reason: str | None = None
         self._threads: list[threading.Thread] = []
+        self._dispatcher: threading.Thread | None = None
+        self._stop_timeout = 5.0
         self.hung = False
         """Test seam: a hung uploader (workers stop taking work) for watchdog tests."""
 
@@ -128,9 +130,11 @@ class Pipeline:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop leasing, let in-flight uploads finish within ``timeout``, requeue the rest."""
+        self._stop_timeout = timeout
         self._stopping.set()
         self._wake.set()
-        self._dispatcher.join(timeout)
+        if self._dispatcher is not None:
+            self._dispatcher.join(timeout + 1.0)  # its last settle may run just past the deadline
         for _ in self._threads:
             self._work.put(None)
         leftover = list(self._inflight)
@@ -152,8 +156,8 @@ class Pipeline:
         return self._queue_error
 
     def alive(self) -> bool:
-        """The dispatcher runs (for the health check; false after ``stop``)."""
-        return self._dispatcher.is_alive()
+        """The dispatcher runs (for the health check; false before ``start``, after ``stop``)."""
+        return self._dispatcher is not None and self._dispatcher.is_alive()
 
     @property
     def paused(self) -> str | None:
@@ -200,7 +204,7 @@ class Pipeline:
                     log.warning("the queue can be written again; delivery resumes")
                     self._queue_error = None
             self._wake.wait(timeout)
-        deadline = time.monotonic() + 5.0
+        deadline = time.monotonic() + self._stop_timeout
         while self._inflight and time.monotonic() < deadline:
             self._wake.wait(max(0.0, deadline - time.monotonic()))
             self._wake.clear()
@@ -302,7 +306,7 @@ class Pipeline:
             self._pause(a.reason, now)
             return None
         # RETRY
-        attempt = row.attempts + 1
+        attempt = row.attempts  # the first retry waits up to retry_base_seconds
         delay = retry_delay(attempt, self.config.retry_base_seconds,
                             self.config.retry_max_seconds, a.retry_after, self.rng)  # fmt: skip
         if a.status is None or a.status in (429, 503):

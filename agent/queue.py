@@ -67,6 +67,7 @@ CREATE TABLE IF NOT EXISTS files (
     UNIQUE (path, size, mtime_ns)
 );
 CREATE INDEX IF NOT EXISTS files_due ON files (state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS files_state ON files (state);
 CREATE INDEX IF NOT EXISTS files_path ON files (path);
 CREATE INDEX IF NOT EXISTS files_delivered ON files (delivered_at) WHERE delivered_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS files_batch ON files (batch) WHERE batch IS NOT NULL;
@@ -266,6 +267,13 @@ class Queue:
                 )  # fmt: skip
                 if cur.rowcount:
                     ids.append(int(cur.lastrowid or 0))
+                    # an older version still held for its sidecar will never be sent
+                    db.execute(
+                        "UPDATE files SET state=?, last_error=? WHERE path=? AND state=?"
+                        " AND id<?",
+                        (State.GONE, "superseded by a newer version of the file", f.path,
+                         State.HELD, cur.lastrowid),
+                    )  # fmt: skip
                 elif f.batch is not None:
                     db.execute(
                         "UPDATE files SET batch=? WHERE path=? AND size=? AND mtime_ns=?",
@@ -414,7 +422,11 @@ class Queue:
 
     def rows(self, state: State | None = None, *, batch: str | None = None,
              limit: int | None = None) -> Iterator[Row]:  # fmt: skip
-        """Stream rows (never the whole table in memory), oldest first."""
+        """Stream rows (never the whole table in memory), oldest first.
+
+        Pages are keyed on ``id``; with a state filter ``files_state`` (state, rowid)
+        serves each page as a range, so a full pass costs O(rows), not O(rows x pages).
+        """
         where, args = "1=1", list[Any]()
         if state is not None:
             where += " AND state=?"

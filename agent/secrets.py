@@ -58,7 +58,7 @@ class SecretSource:
         """True when a file is named, the variable is set or the credential exists."""
         if self.file is not None:
             return True
-        if self.env and os.environ.get(self.env):
+        if self.env and os.environ.get(self.env, "").strip():
             return True
         return self._credential_path() is not None
 

@@ -1,9 +1,14 @@
 """The directory watcher: watchdog's inotify observer, acting when a file is complete.
 
 With inotify a file is complete when a writer closes it after writing (``IN_CLOSE_WRITE``,
-watchdog's ``FileClosedEvent``) or when it is renamed into place (``FileMovedEvent``);
-``created``/``modified`` are ignored there, so a half-written file is never queued. A folder
-moved or created inside a watch is walked, since its files bring no events of their own.
+watchdog's ``FileClosedEvent``) or when it is renamed into place (``FileMovedEvent``, also
+from a folder outside the watch: the observer runs with full move events, so such a move
+is not mistaken for a bare create); ``created``/``modified`` are ignored there, so a
+half-written file is never queued. A folder moved into a watch is walked at once: its files
+are complete and bring no events of their own. A folder *created* inside a watch is walked
+too (files may have been written before its watch was added), but its files are taken
+through the settle timer below, since a writer may still hold them open; their close events
+usually come first.
 
 Where only polling works (network file systems, ``force_polling = true``), there are no
 close events: a file is taken once its size and modification time have not changed for
@@ -73,16 +78,20 @@ class _Handler(FileSystemEventHandler):
             log.exception("while handling %s", event)
 
     def _handle(self, event: FileSystemEvent) -> None:
+        if event.is_synthetic:
+            return  # watchdog's per-file events for a moved folder: the walk covers them
         if isinstance(event, FileClosedEvent):
             self.watcher.found(Path(_s(event.src_path)), self.watch)
         elif isinstance(event, FileMovedEvent):
-            self.watcher.found(Path(_s(event.dest_path)), self.watch)
-        elif isinstance(event, DirMovedEvent | DirCreatedEvent):
-            folder = Path(
-                _s(event.dest_path if isinstance(event, DirMovedEvent) else event.src_path)
-            )
-            if self.watch.recursive and folder.is_dir():
-                self.watcher.found_folder(folder, self.watch)
+            if event.dest_path:  # empty: moved out of the watch
+                self.watcher.found(Path(_s(event.dest_path)), self.watch)
+        elif isinstance(event, DirMovedEvent):
+            # polling reports every file of a moved folder as moved: no walk needed there
+            if event.dest_path and self.watch.recursive and not self.polling:
+                self.watcher.found_folder(Path(_s(event.dest_path)), self.watch)
+        elif isinstance(event, DirCreatedEvent):
+            if self.watch.recursive:
+                self.watcher.found_folder(Path(_s(event.src_path)), self.watch, settle=True)
         elif self.polling and isinstance(event, FileCreatedEvent | FileModifiedEvent):
             self.watcher.settling(Path(_s(event.src_path)), self.watch)
 
@@ -104,26 +113,36 @@ class Watcher:
         self._settle_thread: threading.Thread | None = None
 
     def start(self) -> None:
-        inotify = Observer()
-        polling: BaseObserver | None = None
-        for w in self.watches:
-            if w.force_polling:
-                polling = polling or PollingObserver(timeout=max(0.5, min(w.settle_seconds, 5.0)))
-                polling.schedule(_Handler(self, w, True), str(w.path), recursive=w.recursive)
-            else:
+        polled = [w for w in self.watches if w.force_polling]
+        notified = [w for w in self.watches if not w.force_polling]
+        if notified:
+            inotify = _event_observer()
+            for w in notified:
                 inotify.schedule(_Handler(self, w, False), str(w.path), recursive=w.recursive)
-        for obs in (inotify, polling):
-            if obs is not None and obs.emitters:
-                obs.start()
-                self._observers.append(obs)
-        if polling is not None:
+            problem = None
+            if type(inotify).__name__ != "InotifyObserver":
+                problem = "no close-after-write events on this platform"
+            else:
+                try:
+                    inotify.start()
+                    self._observers.append(inotify)
+                except OSError as exc:  # e.g. fs.inotify.max_user_watches reached
+                    problem = str(exc)
+            if problem is not None:
+                log.warning("inotify unavailable (%s); polling with a settle time instead", problem)
+                polled.extend(notified)
+        if polled:
+            interval = max(0.5, min(min(w.settle_seconds for w in polled), 5.0))
+            polling = PollingObserver(timeout=interval)
+            for w in polled:
+                polling.schedule(_Handler(self, w, True), str(w.path), recursive=w.recursive)
+            polling.start()
+            self._observers.append(polling)
+        if self._observers:
             self._settle_thread = threading.Thread(target=self._settler, name="settle", daemon=True)
             self._settle_thread.start()
-        names = ", ".join(
-            f"{w.path}{' (polling)' if w.force_polling else ''}" for w in self.watches
-        )
-        if names:
-            log.info("watching %s", names)
+        for w in self.watches:
+            log.info("watching %s%s", w.path, " (polling)" if w in polled else "")
 
     def stop(self) -> None:
         with self._settle_cv:
@@ -137,11 +156,19 @@ class Watcher:
 
     def found(self, path: Path, watch: WatchConfig) -> None:
         if wanted(path, watch):
+            with self._settle_cv:
+                self._settle.pop(path, None)  # complete now: no need to wait for it to settle
             self.on_file(path, watch)
 
-    def found_folder(self, folder: Path, watch: WatchConfig) -> None:
+    def found_folder(self, folder: Path, watch: WatchConfig, *, settle: bool = False) -> None:
+        """Report the files under ``folder``; with ``settle``, once they stopped changing."""
+        if not folder.is_dir():
+            return
         for path in walk(folder, watch.recursive):
-            self.found(path, watch)
+            if settle:
+                self.settling(path, watch)
+            else:
+                self.found(path, watch)
 
     # -- polling fallback ----------------------------------------------------------------
     def settling(self, path: Path, watch: WatchConfig) -> None:
@@ -178,6 +205,15 @@ class Watcher:
                 if self._settle:
                     next_due = min(due for _, due, _ in self._settle.values())
                     self._settle_cv.wait(max(0.01, next_due - time.monotonic()))
+
+
+def _event_observer() -> BaseObserver:
+    """inotify with full move events where there is inotify, else the native observer."""
+    try:
+        from watchdog.observers.inotify import InotifyObserver
+    except Exception:  # not Linux: the inotify module refuses to load
+        return Observer()
+    return InotifyObserver(generate_full_events=True)
 
 
 def _signature(path: Path) -> tuple[int, int] | None:

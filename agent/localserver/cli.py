@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import sqlite3
 import sys
 import threading
 from pathlib import Path
@@ -118,6 +119,10 @@ def build_server(args: argparse.Namespace) -> LocalIngestionServer:
             file=sys.stderr,
             flush=True,
         )
+    try:
+        args.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(SOURCE, "--data-dir", f"cannot create {args.data_dir}: {exc}") from None
     return LocalIngestionServer(
         args.data_dir,
         host=args.host,
@@ -144,8 +149,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         try:
             server.start()
-        except OSError as exc:
-            raise ConfigError(SOURCE, "--host/--port", f"cannot listen: {exc.strerror}") from None
+        except (OSError, sqlite3.Error) as exc:
+            # A port in use, a bad address, or a data dir we cannot write.
+            raise ConfigError(SOURCE, "--host/--port/--data-dir", f"cannot start: {exc}") from None
         print(f"local-ingestion listening on {server.url} data={server.data_dir}", flush=True)
         while not stop.wait(0.2):
             pass

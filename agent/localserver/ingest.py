@@ -118,12 +118,19 @@ def _validate_boxes(value: Any, where: str) -> list[dict[str, Any]]:
     return value
 
 
+SECRET_HEADERS = frozenset({"x-api-key", "x-jwt-token", "authorization", "cookie"})
+
+
 def request_headers(items: list[tuple[str, str]]) -> dict[str, str]:
-    """Every header by lower-case name (repeats joined by ', '), the API key redacted."""
+    """Every header by lower-case name (repeats joined by ', '), credentials redacted.
+
+    Values are the raw header bytes read as Latin-1 (one character per byte), so a test
+    can tell a client's raw Latin-1 from UTF-8.
+    """
     out: dict[str, str] = {}
     for name, value in items:
         key = name.lower()
-        value = "<redacted>" if key == "x-api-key" else value
+        value = "<redacted>" if key in SECRET_HEADERS else value
         out[key] = f"{out[key]}, {value}" if key in out else value
     return out
 
@@ -263,8 +270,33 @@ def _side_labels(parts: list[Part]) -> dict[str, dict[str, Any]]:
                 value = _validate_boxes(value, f"bounding_boxes.labels: {name}")
             elif detail_key == "structuredLabels":
                 value = _check_structured(name, value)
+            elif detail_key == "attachments" and not isinstance(value, list):
+                raise UploadRefused(400, f"attachments.labels: {name}: expected a list")
             extras.setdefault(safe_filename(name), {})[detail_key] = value
     return extras
+
+
+def _new_sample(
+    ctx: UploadContext,
+    part: Part,
+    category: str,
+    original: str,
+    name: str,
+    details: dict[str, Any],
+) -> NewSample:
+    """The sample record common to ``/files`` and legacy ``/data`` uploads."""
+    return NewSample(
+        category=category,
+        requested_category=ctx.category,
+        original_filename=original,
+        label=infer_label(name) if ctx.infer_label else ctx.label,
+        metadata=ctx.metadata,
+        sha256=part.sha256,
+        size=part.size,
+        headers=ctx.headers,
+        add_date_id=ctx.add_date_id,
+        details=details,
+    )
 
 
 def store_files(
@@ -285,9 +317,10 @@ def store_files(
     label_parts = [p for p in parts if (p.filename or "").endswith(".labels")]
     extras = _side_labels(label_parts)
     attached = {
-        safe_filename(a.get("filename") if isinstance(a, dict) else a)
+        safe_filename(name)
         for value in extras.values()
-        for a in value.get("attachments", [])
+        for item in value.get("attachments", [])
+        if isinstance(name := item.get("filename") if isinstance(item, dict) else item, str)
     }
     samples = [
         p
@@ -317,18 +350,7 @@ def store_files(
             details["boundingBoxes"] = ctx.header_boxes
         details.update(extras.get(name, {}))
         category = split_category(part.sha256) if ctx.category == "split" else ctx.category
-        new = NewSample(
-            category=category,
-            requested_category=ctx.category,
-            original_filename=part.filename or name,
-            label=infer_label(name) if ctx.infer_label else ctx.label,
-            metadata=ctx.metadata,
-            sha256=part.sha256,
-            size=part.size,
-            headers=ctx.headers,
-            add_date_id=ctx.add_date_id,
-            details=details,
-        )
+        new = _new_sample(ctx, part, category, part.filename or name, name, details)
         try:
             record = store.add(new, part.path, disallow_duplicates=ctx.disallow_duplicates)
         except DuplicateSample as dup:
@@ -371,18 +393,7 @@ def store_data(
         details["deviceType"] = ctx.device_type
     if name.lower().endswith(".json") or "json" in (details["contentType"] or ""):
         details.update(acquisition_details(part.path, part.size, hmac_key))
-    new = NewSample(
-        category=ctx.category,
-        requested_category=ctx.category,
-        original_filename=name,
-        label=infer_label(name) if ctx.infer_label else ctx.label,
-        metadata=ctx.metadata,
-        sha256=part.sha256,
-        size=part.size,
-        headers=ctx.headers,
-        add_date_id=ctx.add_date_id,
-        details=details,
-    )
+    new = _new_sample(ctx, part, ctx.category, name, name, details)
     try:
         record = store.add(new, part.path, disallow_duplicates=ctx.disallow_duplicates)
     except DuplicateSample as dup:

@@ -35,7 +35,8 @@ class PartTooLarge(Exception):
     def __init__(self, filename: str | None, limit: int) -> None:
         self.filename = filename
         self.limit = limit
-        super().__init__(f"file {filename!r} is larger than {limit} bytes")
+        what = f"file {filename!r}" if filename else "upload"
+        super().__init__(f"File too large: {what} exceeds the limit of {limit} bytes")
 
 
 class TooManyParts(Exception):

@@ -296,14 +296,14 @@ class SampleStore:
         """A live sample by id, or None (also for deleted ones)."""
         with self._lock:
             row = self._db.execute(
-                f"SELECT {self._COLUMNS} FROM samples WHERE id=? AND deleted_at IS NULL",  # noqa: S608
+                f"SELECT {self._COLUMNS} FROM samples WHERE id=? AND deleted_at IS NULL",
                 (sample_id,),
             ).fetchone()
         return None if row is None else self._record(row)
 
     def samples(self, category: str | None = None) -> list[SampleRecord]:
         """Live samples in id order; ``category=None`` means all categories."""
-        sql = f"SELECT {self._COLUMNS} FROM samples WHERE deleted_at IS NULL"  # noqa: S608
+        sql = f"SELECT {self._COLUMNS} FROM samples WHERE deleted_at IS NULL"
         args: tuple[str, ...] = ()
         if category is not None:
             sql += " AND category=?"

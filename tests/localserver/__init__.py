@@ -1,0 +1,1 @@
+"""Tests of the local ingestion server (agent.localserver)."""
