@@ -30,16 +30,16 @@ class JournalFormatter(logging.Formatter):
 
 
 def under_journald() -> bool:
-    """True when stderr is the journal stream systemd gave us (``JOURNAL_STREAM`` names its
-    ``device:inode``); a child whose stderr was redirected elsewhere inherits the variable
-    but not the stream, so the two are compared, as systemd.exec(5) advises."""
+    """True when stderr (fd 2) is the journal stream systemd gave us (``JOURNAL_STREAM``
+    names its ``device:inode``); a child whose stderr was redirected elsewhere inherits the
+    variable but not the stream, so the two are compared, as systemd.exec(5) advises."""
     value = os.environ.get("JOURNAL_STREAM", "")
     dev, sep, ino = value.partition(":")
     if not (sep and dev.isdigit() and ino.isdigit()):
         return False
     try:
-        st = os.fstat(sys.stderr.fileno())
-    except (OSError, ValueError, AttributeError):
+        st = os.fstat(2)
+    except OSError:
         return False
     return (st.st_dev, st.st_ino) == (int(dev), int(ino))
 
