@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
+from agent.httpd import HealthServer
+
 if TYPE_CHECKING:
     from agent.config import Config
     from agent.service import Service
@@ -30,4 +32,6 @@ def build_components(config: Config) -> list[Component]:
     from agent.mqtt_component import mqtt_components
 
     components.extend(mqtt_components(config))
+    if config.http.listen is not None:
+        components.append(HealthServer(config.http, config.source))
     return components

@@ -21,6 +21,15 @@ from typing import TYPE_CHECKING, Any, Literal
 from agent import __version__
 from agent.errors import ConfigError, InputError
 from agent.metadata import check_key, check_metadata, check_value
+from agent.ops_config import (
+    DiskConfig,
+    HealthConfig,
+    HttpConfig,
+    check_service_url,
+    parse_disk,
+    parse_health,
+    parse_http,
+)
 from agent.secrets import SecretSource
 from agent.templates import Template, parse_template
 
@@ -109,6 +118,9 @@ class Config:
     watches: tuple[WatchConfig, ...]
     mqtt: MqttConfig | None = None
     capture: CaptureConfig | None = None
+    http: HttpConfig = field(default_factory=HttpConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    disk: DiskConfig = field(default_factory=DiskConfig)
 
 
 def default_state_dir() -> Path:
@@ -313,6 +325,9 @@ def parse_config(
     mqtt = parse_mqtt(top, device_id, check_files=check_dirs)
     capture = parse_capture(top, check_dirs=check_dirs)
     watches = implicit_watches(capture, watches, source)
+    http = parse_http(top.table("http"))
+    health = parse_health(top.table("health"))
+    disk = parse_disk(top.table("disk"))
 
     _check_sendable(metadata, None, device_id, source, "metadata")
     for i, w in enumerate(watches):
@@ -329,6 +344,9 @@ def parse_config(
         watches=watches,
         mqtt=mqtt,
         capture=capture,
+        http=http,
+        health=health,
+        disk=disk,
     )
 
 
@@ -394,7 +412,8 @@ def _ingestion(t: Table, source: str) -> IngestionConfig:
         raise t.error("group_key", exc.message) from None
     if cfg.ca_file is not None and not cfg.ca_file.is_file():
         raise t.error("ca_file", f"{cfg.ca_file} is not a readable file")
-    t.finish()
+    t.finish()  # first: a misspelt allow_insecure_http must say "unknown key"
+    check_service_url(t, "url", cfg.url, cfg.allow_insecure_http)
     return cfg
 
 
