@@ -24,6 +24,7 @@ import os
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -116,6 +117,7 @@ class Capturer:
         *,
         opener: PortOpener = open_port,
         clock: Any = time.time,
+        disk_reason: Callable[[Path], str | None] | None = None,
     ) -> None:
         if config.capture is None:
             raise CaptureError("no [capture] section in the config")
@@ -126,6 +128,8 @@ class Capturer:
         self.opener = opener
         self.clock = clock
         self.runner = CommandRunner()
+        self.disk_reason = disk_reason
+        """Why captures into a folder are refused now (the disk floor), or None."""
         self.cancel = threading.Event()
         self._busy: set[str] = set()
         self._lock = threading.Lock()
@@ -167,11 +171,18 @@ class Capturer:
         self.runner.kill_all()
 
     # -- the capture -----------------------------------------------------------------
+    def refusal(self) -> str | None:
+        """Why no capture may start now (free space below ``[disk]``'s floor), or None."""
+        return self.disk_reason(self.dir) if self.disk_reason is not None else None
+
     def capture(self, command: Command) -> Captured:
         """Take the capture into a temp file; ``CaptureError`` with the reason on failure."""
         source = self.capture_config.sources.get(command.source)
         if source is None:
             raise CaptureError(f"no capture source named {command.source!r}")
+        refused = self.refusal()
+        if refused is not None:
+            raise CaptureError(f"capture refused: {refused}")
         name = file_name(command, source.extension, self.clock())
         path = self.dir / name
         if path.parent != self.dir or name.startswith("."):

@@ -23,6 +23,7 @@ from typing import Any
 from agent.capture import Capturer, check_command_tags
 from agent.capture_command import validate_object
 from agent.config import CONFIG_CATEGORIES, load_config
+from agent.disk import DiskGuard
 from agent.errors import CaptureError, ConfigError, InputError
 from agent.queue import Queue
 
@@ -70,7 +71,8 @@ def cmd_capture(args: argparse.Namespace) -> int:
     for name in ("label", "session", "category"):
         if getattr(args, name) is not None:
             fields[name] = getattr(args, name)
-    capturer = Capturer(config, config.ingestion.hmac_key.load_optional())
+    guard = DiskGuard(config.disk, [config.capture.dir], config.queue.path)
+    capturer = Capturer(config, config.ingestion.hmac_key.load_optional(), disk_reason=guard.reason)
     try:
         command = validate_object(fields, config.capture.sources, config.capture.max_duration_ms)
         check_command_tags(capturer, command)

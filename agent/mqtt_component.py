@@ -91,6 +91,12 @@ class MqttComponent:
         self._stopping = threading.Event()
 
     # -- lifecycle -----------------------------------------------------------------------
+    def _disk_reason(self, folder: Path) -> str | None:
+        """The daemon's disk floor, read at the time of use (a reload replaces the guard)."""
+        service = getattr(self, "service", None)
+        disk = service.disk if service is not None else None
+        return disk.reason(folder) if disk is not None else None
+
     def start(self, service: Service) -> None:
         cfg = self.config
         assert service.queue is not None
@@ -99,7 +105,9 @@ class MqttComponent:
         self.stats = service.stats
         password = self.mqtt.password.load_optional()
         if cfg.capture is not None:
-            self.capturer = Capturer(cfg, cfg.ingestion.hmac_key.load_optional())
+            self.capturer = Capturer(
+                cfg, cfg.ingestion.hmac_key.load_optional(), disk_reason=self._disk_reason
+            )
             self.watch = next((w for w in cfg.watches if w.path == cfg.capture.dir), None)
             sources = cfg.capture.sources.values()
             longest = max((getattr(s, "timeout_seconds", 0.0) for s in sources), default=0.0)
@@ -202,6 +210,10 @@ class MqttComponent:
                 self._reject(
                     track, "", "a retained message is not a command (publish without retain)"
                 )
+            return
+        refused = capturer.refusal()
+        if refused is not None:
+            self._reject(track, "", f"capture refused: {refused}")
             return
         if not capturer.try_reserve(cmd.source):
             self._reject(track, "source", f"busy: {cmd.source} is capturing for another command")
