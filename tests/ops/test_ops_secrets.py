@@ -5,11 +5,15 @@ config errors; every log line, status output, notification, health page and the 
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from agent.localserver import LocalIngestionServer
+from tests.mqtt.harness import MOSQUITTO, Broker
 
 from .conftest import (
     API_KEY,
@@ -40,9 +44,28 @@ def _assert_clean(where: str, text: str) -> None:
         assert secret[:12] not in text, f"part of a secret leaked into {where}"
 
 
+@pytest.fixture
+def request_cleanup():
+    done: list = []
+    yield done
+    for stop in done:
+        stop()
+
+
 def test_no_secret_in_logs_status_notifications_or_cmdline(
-    tmp_path: Path, server: LocalIngestionServer, notify_socket: NotifySocket, agents: list[Agent]
-) -> None:
+    tmp_path: Path, server: LocalIngestionServer, notify_socket: NotifySocket, agents: list[Agent],
+    request_cleanup: list,
+) -> None:  # fmt: skip
+    if MOSQUITTO is None or shutil.which("mosquitto_passwd") is None:
+        pytest.skip("mosquitto is not installed: the MQTT password would not be used")
+    broker_dir = tmp_path / "broker"
+    broker_dir.mkdir()
+    passwd = broker_dir / "passwd"
+    subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwd), "device01", MQTT_PASSWORD],
+                   check=True, capture_output=True)  # fmt: skip
+    broker = Broker(broker_dir, free_port(), f"allow_anonymous false\npassword_file {passwd}\n")
+    broker.start()
+    request_cleanup.append(broker.stop)
     creds = tmp_path / "credentials"
     creds.mkdir()
     (creds / "api_key").write_text(API_KEY + "\n")
@@ -50,7 +73,8 @@ def test_no_secret_in_logs_status_notifications_or_cmdline(
     (tmp_path / "hmac_key").write_text(HMAC_KEY + "\n")
     (tmp_path / "hmac_key").chmod(0o600)
     port = free_port()
-    config = write_config(tmp_path, server.url, f'[http]\nlisten = "127.0.0.1:{port}"\n')
+    mqtt = f'[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\nusername = "device01"\n'
+    config = write_config(tmp_path, server.url, f'[http]\nlisten = "127.0.0.1:{port}"\n' + mqtt)
     text = config.read_text().replace('api_key_file = "api_key"', 'hmac_key_file = "hmac_key"')
     config.write_text(text)
     (tmp_path / "api_key").unlink()  # the API key comes from the credential only
@@ -66,6 +90,8 @@ def test_no_secret_in_logs_status_notifications_or_cmdline(
     for i in range(3):
         (tmp_path / "captures" / f"s{i}.csv").write_text(f"t,v\n0,{i}\n")
     wait_for(lambda: len(server.index_lines()) == 3)
+    # the password was really used: the broker let the device in
+    wait_for(lambda: "as device01" in broker.log_text() or "u'device01'" in broker.log_text())
     outputs["healthz"] = http_get(f"http://127.0.0.1:{port}/healthz")[1]
     outputs["metrics"] = http_get(f"http://127.0.0.1:{port}/metrics")[1]
     outputs["status"] = _cli("status", "--config", str(config))
