@@ -16,13 +16,26 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+from agent import __version__
 from agent.errors import ConfigError, InputError
-from agent.metadata import check_key, check_size, check_value
+from agent.metadata import check_key, check_metadata, check_value
+from agent.ops_config import (
+    DiskConfig,
+    HealthConfig,
+    HttpConfig,
+    check_service_url,
+    parse_disk,
+    parse_health,
+    parse_http,
+)
 from agent.secrets import SecretSource
 from agent.studio_config import StudioConfig, SyncConfig, parse_studio, parse_sync
 from agent.templates import Template, parse_template
+
+if TYPE_CHECKING:
+    from agent.capture_config import CaptureConfig, MqttConfig
 
 CATEGORIES = ("training", "testing", "validation", "post-processing", "anomaly", "split")
 SPLIT_BY_GROUP = "split-by-group"
@@ -104,6 +117,11 @@ class Config:
     ingestion: IngestionConfig
     queue: QueueConfig
     watches: tuple[WatchConfig, ...]
+    mqtt: MqttConfig | None = None
+    capture: CaptureConfig | None = None
+    http: HttpConfig = field(default_factory=HttpConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    disk: DiskConfig = field(default_factory=DiskConfig)
     studio: StudioConfig = field(default_factory=StudioConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
 
@@ -305,12 +323,18 @@ def parse_config(
     queue = _queue(top.table("queue"))
     watches = tuple(_watch(t, check_dirs) for t in top.tables("watch"))
     _check_watches(watches, source)
+    from agent.capture_config import implicit_watches, parse_capture, parse_mqtt
 
-    static = {k: t.source for k, t in metadata.items() if t.is_literal}
-    try:
-        check_size({**static, "device_id": device_id})
-    except InputError as exc:
-        raise ConfigError(source, "metadata", exc.message) from None
+    mqtt = parse_mqtt(top, device_id, check_files=check_dirs)
+    capture = parse_capture(top, check_dirs=check_dirs)
+    watches = implicit_watches(capture, watches, source)
+    http = parse_http(top.table("http"))
+    health = parse_health(top.table("health"))
+    disk = parse_disk(top.table("disk"))
+
+    _check_sendable(metadata, None, device_id, source, "metadata")
+    for i, w in enumerate(watches):
+        _check_sendable(metadata, w.metadata, device_id, source, f"watch[{i}].metadata")
 
     studio, sync = parse_studio(top.table("studio")), parse_sync(top.table("sync"))
     top.finish()
@@ -322,9 +346,35 @@ def parse_config(
         ingestion=ingestion,
         queue=queue,
         watches=watches,
+        mqtt=mqtt,
+        capture=capture,
+        http=http,
+        health=health,
+        disk=disk,
         studio=studio,
         sync=sync,
     )
+
+
+def _check_sendable(
+    metadata: Mapping[str, Template], watch: Mapping[str, Template] | None, device_id: str,
+    source: str, key: str,
+) -> None:  # fmt: skip
+    """Fail at start-up when the metadata every file of a scope gets cannot be sent.
+
+    The tagger adds ``device_id``, ``captured_at`` and ``agent_version`` to every file, so
+    they count here at their usual length. Templated values count as empty (their length
+    is only known per file); literal values count as they are.
+    """
+    merged = {k: t.source if t.is_literal else "" for k, t in metadata.items()}
+    merged.update({k: t.source if t.is_literal else "" for k, t in (watch or {}).items()})
+    merged.update(device_id=device_id, captured_at="2000-01-01T00:00:00.000Z",
+                  agent_version=__version__)  # fmt: skip
+    try:
+        check_metadata(merged, key)
+    except InputError as exc:
+        every = "with device_id, captured_at and agent_version, which every file gets"
+        raise ConfigError(source, key, f"{exc.message} ({every})") from None
 
 
 def _check_plain(table: Table, name: str, value: str) -> None:
@@ -368,7 +418,8 @@ def _ingestion(t: Table, source: str) -> IngestionConfig:
         raise t.error("group_key", exc.message) from None
     if cfg.ca_file is not None and not cfg.ca_file.is_file():
         raise t.error("ca_file", f"{cfg.ca_file} is not a readable file")
-    t.finish()
+    t.finish()  # first: a misspelt allow_insecure_http must say "unknown key"
+    check_service_url(t, "url", cfg.url, cfg.allow_insecure_http)
     return cfg
 
 

@@ -42,12 +42,17 @@ log = logging.getLogger("agent.pipeline")
 
 Hook = Callable[[Row, Answer], None]
 
+QUEUE_RETRY_SECONDS = 5.0
+
 
 @dataclass
 class _Done:
     row: Row
     answer: Answer
     latency: float
+    decided: bool = False
+    result: Result | None = None
+    """What the queue records (None: requeue), decided once even if the write is retried."""
 
 
 def row_sample(row: Row) -> Sample:
@@ -96,11 +101,15 @@ class Pipeline:
         self._work: stdqueue.SimpleQueue[Row | None] = stdqueue.SimpleQueue()
         self._done: stdqueue.SimpleQueue[_Done] = stdqueue.SimpleQueue()
         self._inflight: dict[int, Row] = {}
+        self._unsettled: list[_Done] = []
+        self._queue_error: str | None = None
         self._hold_until = 0.0
         self._probe = False
         self._failures = 0
         self._paused_reason: str | None = None
         self._threads: list[threading.Thread] = []
+        self._dispatcher: threading.Thread | None = None
+        self._stop_timeout = 5.0
         self.hung = False
         """Test seam: a hung uploader (workers stop taking work) for watchdog tests."""
 
@@ -121,20 +130,34 @@ class Pipeline:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop leasing, let in-flight uploads finish within ``timeout``, requeue the rest."""
+        self._stop_timeout = timeout
         self._stopping.set()
         self._wake.set()
-        self._dispatcher.join(timeout)
+        if self._dispatcher is not None:
+            self._dispatcher.join(timeout + 1.0)  # its last settle may run just past the deadline
         for _ in self._threads:
             self._work.put(None)
         leftover = list(self._inflight)
         if leftover:
             log.info("stop: %d upload(s) did not finish in time; they stay queued", len(leftover))
-            self.queue.requeue(leftover)
+            try:
+                self.queue.requeue(leftover)
+            except QueueError as exc:
+                log.error("stop: %s; those rows return to pending at the next start", exc)
             self._inflight.clear()
 
     @property
     def inflight(self) -> int:
         return len(self._inflight)
+
+    @property
+    def queue_error(self) -> str | None:
+        """The last queue write error while it persists (a full disk), else None."""
+        return self._queue_error
+
+    def alive(self) -> bool:
+        """The dispatcher runs (for the health check; false before ``start``, after ``stop``)."""
+        return self._dispatcher is not None and self._dispatcher.is_alive()
 
     @property
     def paused(self) -> str | None:
@@ -171,10 +194,17 @@ class Pipeline:
                     break
                 timeout = self._dispatch()
             except QueueError as exc:
-                log.error("queue error: %s; retrying in 5 s", exc)
-                timeout = 5.0
+                self._queue_failed(exc)
+                timeout = QUEUE_RETRY_SECONDS
+            except Exception:  # the dispatcher must outlive any bug: log it and go on
+                log.exception("delivery loop failed; retrying in %.0f s", QUEUE_RETRY_SECONDS)
+                timeout = QUEUE_RETRY_SECONDS
+            else:
+                if self._queue_error is not None:
+                    log.warning("the queue can be written again; delivery resumes")
+                    self._queue_error = None
             self._wake.wait(timeout)
-        deadline = time.monotonic() + 5.0
+        deadline = time.monotonic() + self._stop_timeout
         while self._inflight and time.monotonic() < deadline:
             self._wake.wait(max(0.0, deadline - time.monotonic()))
             self._wake.clear()
@@ -183,6 +213,15 @@ class Pipeline:
             except QueueError as exc:
                 log.error("queue error while stopping: %s", exc)
                 break
+
+    def _queue_failed(self, exc: QueueError) -> None:
+        """Log a queue write failure once per distinct message (a full disk can last
+        hours); results already received are kept and written on the next try."""
+        text = str(exc)
+        if text != self._queue_error:
+            log.error("queue error: %s; nothing is lost, retrying every %.0f s", text,
+                      QUEUE_RETRY_SECONDS)  # fmt: skip
+        self._queue_error = text
 
     def _dispatch(self) -> float | None:
         """Lease and hand out work; return how long to sleep (None: until woken)."""
@@ -195,6 +234,8 @@ class Pipeline:
         if limit <= 0:
             return None
         rows = self.queue.lease(limit, now)
+        if rows:
+            self.stats.progress()
         for row in rows:
             self._inflight[row.id] = row
             self._work.put(row)
@@ -206,13 +247,14 @@ class Pipeline:
 
     # -- results -------------------------------------------------------------------------
     def _settle_done(self) -> None:
-        done: list[_Done] = []
+        """Write the finished uploads back. Rows stay in flight until the write commits:
+        when it fails (a full disk), the same results are written on the next try."""
         while True:
             try:
-                done.append(self._done.get_nowait())
+                self._unsettled.append(self._done.get_nowait())
             except stdqueue.Empty:
                 break
-        done = [d for d in done if self._inflight.pop(d.row.id, None) is not None]
+        done = self._unsettled = [d for d in self._unsettled if d.row.id in self._inflight]
         if not done:
             return
         now = self.clock()
@@ -220,21 +262,29 @@ class Pipeline:
         requeue: list[int] = []
         local: list[Row] = []
         for d in done:
-            result = self._result(d, now)
-            if result is None:
+            if not d.decided:
+                d.result, d.decided = self._result(d, now), True
+            if d.result is None:
                 requeue.append(d.row.id)
                 continue
-            results.append(result)
-            if result.state is State.DELIVERED and d.row.after_upload != "keep":
+            results.append(d.result)
+            if d.result.state is State.DELIVERED and d.row.after_upload != "keep":
                 local.append(d.row)
         self.queue.settle(results, durable=bool(local))
-        if requeue:
-            self.queue.requeue(requeue)
+        settled = [d for d in done if d.result is not None]
+        self._unsettled = [d for d in done if d.result is None]
+        for d in settled:
+            del self._inflight[d.row.id]
         self.stats.progress()
-        for d in done:
+        for d in settled:
             self._report(d)
         if local:
             self.queue.mark_local_done(r.id for r in local if self.finish_local(r))
+        if requeue:
+            self.queue.requeue(requeue)
+            for row_id in requeue:
+                del self._inflight[row_id]
+            self._unsettled = []
 
     def _result(self, d: _Done, now: float) -> Result | None:
         a, row = d.answer, d.row
@@ -256,7 +306,7 @@ class Pipeline:
             self._pause(a.reason, now)
             return None
         # RETRY
-        attempt = row.attempts + 1
+        attempt = row.attempts  # the first retry waits up to retry_base_seconds
         delay = retry_delay(attempt, self.config.retry_base_seconds,
                             self.config.retry_max_seconds, a.retry_after, self.rng)  # fmt: skip
         if a.status is None or a.status in (429, 503):
@@ -288,7 +338,7 @@ class Pipeline:
             info.update(sample_id=a.sample_id, bytes=row.size)
             log.info("%s %s sample_id=%s category=%s", event.value, row.path, a.sample_id,
                      row.category)  # fmt: skip
-            self.queue.set_state(last_delivery_at=self.clock())
+            self._note(last_delivery_at=self.clock())
         elif a.outcome is Outcome.DEAD:
             event = Event.DEAD
             log.warning("dead-lettered %s: %s", row.path, a.reason)
@@ -300,13 +350,20 @@ class Pipeline:
         else:
             event = Event.RETRY
             log.info("will retry %s: %s", row.path, a.reason)
-            self.queue.set_state(last_error=a.reason)
+            self._note(last_error=a.reason)
         self.stats.emit(event, **info)
         for hook in self.hooks:
             try:
                 hook(row, a)
             except Exception:
                 log.exception("delivery hook failed")
+
+    def _note(self, **values: object) -> None:
+        """Best-effort facts for ``status``; a full disk must not stop the reporting."""
+        try:
+            self.queue.set_state(**values)
+        except QueueError as exc:
+            log.debug("could not record %s: %s", ", ".join(values), exc)
 
     # -- after_upload --------------------------------------------------------------------
     def finish_local(self, row: Row) -> bool:

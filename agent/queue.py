@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -67,6 +68,7 @@ CREATE TABLE IF NOT EXISTS files (
     UNIQUE (path, size, mtime_ns)
 );
 CREATE INDEX IF NOT EXISTS files_due ON files (state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS files_state ON files (state);
 CREATE INDEX IF NOT EXISTS files_path ON files (path);
 CREATE INDEX IF NOT EXISTS files_delivered ON files (delivered_at) WHERE delivered_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS files_batch ON files (batch) WHERE batch IS NOT NULL;
@@ -336,6 +338,13 @@ class Queue:
                 )  # fmt: skip
                 if cur.rowcount:
                     ids.append(int(cur.lastrowid or 0))
+                    # an older version still held for its sidecar will never be sent
+                    db.execute(
+                        "UPDATE files SET state=?, last_error=? WHERE path=? AND state=?"
+                        " AND id<?",
+                        (State.GONE, "superseded by a newer version of the file", f.path,
+                         State.HELD, cur.lastrowid),
+                    )  # fmt: skip
                 elif f.batch is not None:
                     db.execute(
                         "UPDATE files SET batch=? WHERE path=? AND size=? AND mtime_ns=?",
@@ -484,7 +493,11 @@ class Queue:
 
     def rows(self, state: State | None = None, *, batch: str | None = None,
              limit: int | None = None) -> Iterator[Row]:  # fmt: skip
-        """Stream rows (never the whole table in memory), oldest first."""
+        """Stream rows (never the whole table in memory), oldest first.
+
+        Pages are keyed on ``id``; with a state filter ``files_state`` (state, rowid)
+        serves each page as a range, so a full pass costs O(rows), not O(rows x pages).
+        """
         where, args = "1=1", list[Any]()
         if state is not None:
             where += " AND state=?"
@@ -539,6 +552,46 @@ class Queue:
             ).fetchone()
             return int(n), int(b)
 
+    # -- disk care (agent.disk) ----------------------------------------------------------
+    def kept_delivered(self, after_id: int, limit: int) -> list[Row]:
+        """Delivered rows whose file is kept locally (``after_upload = "keep"``), oldest
+        first, with ids above ``after_id``: the candidates for pruning on a full disk."""
+        with self._lock:
+            cur = self._db.execute(
+                f"SELECT {_ROW_COLUMNS} FROM files WHERE state=? AND after_upload='keep'"
+                " AND id>? ORDER BY id LIMIT ?",
+                (State.DELIVERED, after_id, limit),
+            )
+            return [_row(r) for r in cur.fetchall()]
+
+    def sync(self) -> None:
+        """Make every committed transaction durable without writing anything: with
+        ``synchronous=NORMAL`` the last commits sit in the WAL file, unsynced; fsync it.
+        Needed before deleting files whose delivered state must survive a power cut."""
+        with self._lock:
+            for path in (Path(f"{self.path}-wal"), self.path):
+                try:
+                    fd = os.open(path, os.O_RDONLY)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    raise QueueError(f"{path}: cannot sync: {exc.strerror}") from None
+                try:
+                    os.fsync(fd)
+                except OSError as exc:
+                    raise QueueError(f"{path}: cannot sync: {exc.strerror}") from None
+                finally:
+                    os.close(fd)
+
+    def mark_pruned(self, row_ids: Iterable[int]) -> None:
+        """Record that delivered files were deleted locally to free space
+        (``after_upload = "pruned"``): not a user's deletion, so never synced remotely."""
+        with self._write() as db:
+            db.executemany(
+                "UPDATE files SET after_upload='pruned' WHERE id=? AND state=?",
+                [(i, State.DELIVERED) for i in row_ids],
+            )
+
     # -- small key/value state shared with `status` --------------------------------------
     def set_state(self, **values: object) -> None:
         with self._write() as db:
@@ -580,11 +633,21 @@ class _Tx:
                 try:
                     db.execute("COMMIT")
                 except sqlite3.Error as err:
-                    db.execute("ROLLBACK")
+                    self._rollback(db)
                     raise QueueError(f"{self.queue.path}: {err}") from None
             else:
-                db.execute("ROLLBACK")
+                self._rollback(db)
                 if isinstance(exc, sqlite3.Error):
                     raise QueueError(f"{self.queue.path}: {exc}") from None
         finally:
             self.queue._lock.release()
+
+    @staticmethod
+    def _rollback(db: sqlite3.Connection) -> None:
+        """Roll back what is left: after "database or disk is full" SQLite may already have
+        rolled the transaction back itself, and a second ROLLBACK would raise."""
+        if db.in_transaction:
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass

@@ -89,7 +89,10 @@ def parse_sidecar(raw: bytes, where: str) -> Context:
     if "label" in data:
         label = data["label"]
         if label is not None:
-            label = check_label(label, f"{where}: label")
+            try:
+                label = check_label(label, "label")
+            except InputError as exc:
+                raise SidecarError(where, str(exc)) from None
     category = data.get("category")
     if category is not None and category not in (*CATEGORIES, SPLIT_BY_GROUP):
         raise SidecarError(where, f"category must be one of {', '.join(CATEGORIES)}")

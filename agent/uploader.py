@@ -34,6 +34,7 @@ import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC
 from enum import Enum
 from pathlib import Path
 from typing import IO, Any
@@ -129,6 +130,8 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
         return None
+    if when.tzinfo is None:  # an HTTP date is always GMT
+        when = when.replace(tzinfo=UTC)
     return max(0.0, when.timestamp() - now)
 
 
@@ -143,7 +146,7 @@ def classify(status: int, headers: Mapping[str, str], body: bytes, now: float) -
     with contextlib.suppress(ValueError, UnicodeDecodeError):
         data = json.loads(body.decode("utf-8")) if body else None
     text = _error_text(data, body)
-    if DUPLICATE_MARK in text and "hash" in text:
+    if DUPLICATE_MARK in text and "hash" in text and status < 500:
         return Answer(Outcome.DUPLICATE, _short(text), status=status)
     if status == 200:
         if not isinstance(data, dict):

@@ -1,9 +1,14 @@
 """The directory watcher: watchdog's inotify observer, acting when a file is complete.
 
 With inotify a file is complete when a writer closes it after writing (``IN_CLOSE_WRITE``,
-watchdog's ``FileClosedEvent``) or when it is renamed into place (``FileMovedEvent``);
-``created``/``modified`` are ignored there, so a half-written file is never queued. A folder
-moved or created inside a watch is walked, since its files bring no events of their own.
+watchdog's ``FileClosedEvent``) or when it is renamed into place (``FileMovedEvent``, also
+from a folder outside the watch: the observer runs with full move events, so such a move
+is not mistaken for a bare create); ``created``/``modified`` are ignored there, so a
+half-written file is never queued. A folder moved into a watch is walked at once: its files
+are complete and bring no events of their own. A folder *created* inside a watch is walked
+too (files may have been written before its watch was added), but its files are taken
+through the settle timer below, since a writer may still hold them open; their close events
+usually come first.
 
 Where only polling works (network file systems, ``force_polling = true``), there are no
 close events: a file is taken once its size and modification time have not changed for
@@ -77,21 +82,24 @@ class _Handler(FileSystemEventHandler):
             log.exception("while handling %s", event)
 
     def _handle(self, event: FileSystemEvent) -> None:
+        if event.is_synthetic:
+            return  # watchdog's per-file events for a moved folder: the walk covers them
         if isinstance(event, FileClosedEvent):
             self.watcher.found(Path(_s(event.src_path)), self.watch)
         elif isinstance(event, FileMovedEvent):
             self.watcher.gone(Path(_s(event.src_path)), self.watch, False)
-            self.watcher.found(Path(_s(event.dest_path)), self.watch)
+            if event.dest_path:  # empty: moved out of the watch
+                self.watcher.found(Path(_s(event.dest_path)), self.watch)
         elif isinstance(event, FileDeletedEvent | DirDeletedEvent):
             self.watcher.gone(Path(_s(event.src_path)), self.watch, event.is_directory)
-        elif isinstance(event, DirMovedEvent | DirCreatedEvent):
-            if isinstance(event, DirMovedEvent):
-                self.watcher.gone(Path(_s(event.src_path)), self.watch, True)
-            folder = Path(
-                _s(event.dest_path if isinstance(event, DirMovedEvent) else event.src_path)
-            )
-            if self.watch.recursive and folder.is_dir():
-                self.watcher.found_folder(folder, self.watch)
+        elif isinstance(event, DirMovedEvent):
+            self.watcher.gone(Path(_s(event.src_path)), self.watch, True)
+            # polling reports every file of a moved folder as moved: no walk needed there
+            if event.dest_path and self.watch.recursive and not self.polling:
+                self.watcher.found_folder(Path(_s(event.dest_path)), self.watch)
+        elif isinstance(event, DirCreatedEvent):
+            if self.watch.recursive:
+                self.watcher.found_folder(Path(_s(event.src_path)), self.watch, settle=True)
         elif self.polling and isinstance(event, FileCreatedEvent | FileModifiedEvent):
             self.watcher.settling(Path(_s(event.src_path)), self.watch)
 
@@ -121,7 +129,7 @@ class Watcher:
         polled = [w for w in self.watches if w.force_polling]
         notified = [w for w in self.watches if not w.force_polling]
         if notified:
-            inotify = Observer()
+            inotify = _event_observer()
             for w in notified:
                 inotify.schedule(_Handler(self, w, False), str(w.path), recursive=w.recursive)
             problem = None
@@ -143,6 +151,7 @@ class Watcher:
                 polling.schedule(_Handler(self, w, True), str(w.path), recursive=w.recursive)
             polling.start()
             self._observers.append(polling)
+        if self._observers:
             self._settle_thread = threading.Thread(target=self._settler, name="settle", daemon=True)
             self._settle_thread.start()
         for w in self.watches:
@@ -160,6 +169,8 @@ class Watcher:
 
     def found(self, path: Path, watch: WatchConfig) -> None:
         if wanted(path, watch):
+            with self._settle_cv:
+                self._settle.pop(path, None)  # complete now: no need to wait for it to settle
             self.on_file(path, watch)
 
     def gone(self, path: Path, watch: WatchConfig, is_dir: bool) -> None:
@@ -167,9 +178,15 @@ class Watcher:
         if on_deleted is not None and (is_dir or wanted(path, watch)):
             on_deleted(path, watch, is_dir)
 
-    def found_folder(self, folder: Path, watch: WatchConfig) -> None:
+    def found_folder(self, folder: Path, watch: WatchConfig, *, settle: bool = False) -> None:
+        """Report the files under ``folder``; with ``settle``, once they stopped changing."""
+        if not folder.is_dir():
+            return
         for path in walk(folder, watch.recursive):
-            self.found(path, watch)
+            if settle:
+                self.settling(path, watch)
+            else:
+                self.found(path, watch)
 
     # -- polling fallback ----------------------------------------------------------------
     def settling(self, path: Path, watch: WatchConfig) -> None:
@@ -206,6 +223,15 @@ class Watcher:
                 if self._settle:
                     next_due = min(due for _, due, _ in self._settle.values())
                     self._settle_cv.wait(max(0.01, next_due - time.monotonic()))
+
+
+def _event_observer() -> BaseObserver:
+    """inotify with full move events where there is inotify, else the native observer."""
+    try:
+        from watchdog.observers.inotify import InotifyObserver
+    except Exception:  # not Linux: the inotify module refuses to load
+        return Observer()
+    return InotifyObserver(generate_full_events=True)
 
 
 def _signature(path: Path) -> tuple[int, int] | None:

@@ -51,12 +51,14 @@ def test_force_polling_takes_a_file_once_it_settles(tmp_path, local):
 
 
 def test_inotify_failure_falls_back_to_polling(tmp_path, local, monkeypatch, caplog):
-    class Broken(watcher_mod.Observer):  # type: ignore[misc, valid-type]
+    from watchdog.observers.inotify import InotifyObserver
+
+    class Broken(InotifyObserver):  # type: ignore[misc]
         def start(self) -> None:
             raise OSError(28, "inotify watch limit reached")
 
-    monkeypatch.setattr(watcher_mod, "Observer", Broken)
     Broken.__name__ = "InotifyObserver"
+    monkeypatch.setattr(watcher_mod, "_event_observer", Broken)
     svc = service(tmp_path, local.url)
     svc.start()
     try:
