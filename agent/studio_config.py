@@ -9,6 +9,7 @@ file and the key path like every other config error::
     project_id = 12345                          # optional: found with GET /api/projects
     timeout_seconds = 30
     concurrency = 4                             # parallel requests of backfill and sync
+    allow_insecure_http = false                 # plain http:// beyond loopback: say so here
 
     [sync]
     delete_remote = false                       # opt-in: delete the sample when its file goes
@@ -44,6 +45,7 @@ class StudioConfig:
     """Tries per request for transient failures (network, 408, 429, 5xx) before giving up."""
     retry_base_seconds: float = 1.0
     retry_max_seconds: float = 60.0
+    allow_insecure_http: bool = False
 
 
 @dataclass(frozen=True)
@@ -56,10 +58,13 @@ class SyncConfig:
 
 def parse_studio(t: Table) -> StudioConfig:
     from agent.config import DEFAULT_STUDIO_URL
+    from agent.ops_config import check_service_url
 
     url = (t.get_str("url") or DEFAULT_STUDIO_URL).rstrip("/")
     if not url.startswith(("http://", "https://")):
         raise t.error("url", f"expected an http:// or https:// URL, got {url!r}")
+    allow_insecure_http = t.get_bool("allow_insecure_http", False)
+    check_service_url(t, "url", url, allow_insecure_http)  # the API key travels with it
     project_id: int | None = None
     if t.has("project_id"):
         project_id = t.get_int("project_id", 0, 1, 2**53)
@@ -72,6 +77,7 @@ def parse_studio(t: Table) -> StudioConfig:
         retry_attempts=t.get_int("retry_attempts", 5, 1, 100),
         retry_base_seconds=t.get_float("retry_base_seconds", 1.0, 0.01, 3600.0),
         retry_max_seconds=t.get_float("retry_max_seconds", 60.0, 0.01, 86400.0),
+        allow_insecure_http=allow_insecure_http,
     )
     t.finish()
     return cfg
