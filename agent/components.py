@@ -32,7 +32,6 @@ def build_components(config: Config) -> list[Component]:
     from agent.mqtt_component import mqtt_components
 
     components: list[Component] = []
-
     components.extend(mqtt_components(config))
     if config.http.listen is not None:
         components.append(HealthServer(config.http, config.source))
