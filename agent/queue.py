@@ -227,12 +227,27 @@ class Queue:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA busy_timeout=30000")
             self._migrate()
+            self._keep_owner()
         except sqlite3.Error as exc:
             raise QueueError(f"{path}: cannot open the queue: {exc}") from None
         except OSError as exc:
             raise QueueError(f"{path}: cannot create the queue folder: {exc.strerror}") from None
 
     # -- plumbing ------------------------------------------------------------------------
+    def _keep_owner(self) -> None:
+        """Root opening the service's queue (``status`` run with sudo) must not leave the
+        ``-wal``/``-shm`` files owned by root: the service could no longer open its queue."""
+        if os.geteuid() != 0:
+            return
+        st = self.path.stat()
+        if st.st_uid == 0:
+            return
+        for suffix in ("-wal", "-shm"):
+            side = Path(f"{self.path}{suffix}")
+            with contextlib.suppress(OSError):
+                if side.stat().st_uid != st.st_uid:
+                    os.chown(side, st.st_uid, st.st_gid)
+
     def _migrate(self) -> None:
         """Bring the file to ``SCHEMA_VERSION`` in one transaction (a crash leaves it as it
         was). The version is read again under the write lock, so two processes opening an
