@@ -30,11 +30,11 @@ def _config_arg(p: argparse.ArgumentParser, *, required: bool = True) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from agent.preflight import prepare
     from agent.service import Service
 
-    config = load_config(args.config)
-    config.ingestion.api_key.load()  # a missing key is a config error before anything starts
-    return Service(config).run_forever()
+    config = prepare(args.config)  # a missing key is a config error before anything starts
+    return Service(config, config_path=args.config).run_forever()
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -60,6 +60,8 @@ def cmd_local_ingestion(args: argparse.Namespace) -> int:
 
 
 COMMAND_MODULES: tuple[str, ...] = (
+    "agent.capture_cli",
+    "agent.studio_cli",
     "agent.commands.upload",
     "agent.commands.queue_care",
     "agent.commands.check_config",

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
+from agent.httpd import HealthServer
+
 if TYPE_CHECKING:
     from agent.config import Config
     from agent.service import Service
@@ -26,8 +28,12 @@ class Component(Protocol):
 
 def build_components(config: Config) -> list[Component]:
     """The components this config asks for, in start order."""
-    from agent.wake import WakeOnSignal
+    from agent import deletesync
+    from agent.mqtt_component import mqtt_components
 
     components: list[Component] = []
-    components.append(WakeOnSignal())  # SIGUSR1: `retry-now` / `dead retry` wake the daemon
+    components.extend(mqtt_components(config))
+    if config.http.listen is not None:
+        components.append(HealthServer(config.http, config.source))
+    components.extend(deletesync.components(config))
     return components

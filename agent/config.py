@@ -16,13 +16,26 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from agent import __version__
 from agent.errors import ConfigError, InputError
 from agent.metadata import check_key, check_metadata, check_value
+from agent.ops_config import (
+    DiskConfig,
+    HealthConfig,
+    HttpConfig,
+    check_service_url,
+    parse_disk,
+    parse_health,
+    parse_http,
+)
 from agent.secrets import SecretSource
+from agent.studio_config import StudioConfig, SyncConfig, parse_studio, parse_sync
 from agent.templates import Template, parse_template
+
+if TYPE_CHECKING:
+    from agent.capture_config import CaptureConfig, MqttConfig
 
 CATEGORIES = ("training", "testing", "validation", "post-processing", "anomaly", "split")
 SPLIT_BY_GROUP = "split-by-group"
@@ -106,6 +119,13 @@ class Config:
     ingestion: IngestionConfig
     queue: QueueConfig
     watches: tuple[WatchConfig, ...]
+    mqtt: MqttConfig | None = None
+    capture: CaptureConfig | None = None
+    http: HttpConfig = field(default_factory=HttpConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    disk: DiskConfig = field(default_factory=DiskConfig)
+    studio: StudioConfig = field(default_factory=StudioConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
 
 
 def default_state_dir() -> Path:
@@ -305,11 +325,20 @@ def parse_config(
     queue = _queue(top.table("queue"))
     watches = tuple(_watch(t, check_dirs) for t in top.tables("watch"))
     _check_watches(watches, source)
+    from agent.capture_config import implicit_watches, parse_capture, parse_mqtt
+
+    mqtt = parse_mqtt(top, device_id, check_files=check_dirs)
+    capture = parse_capture(top, check_dirs=check_dirs)
+    watches = implicit_watches(capture, watches, source)
+    http = parse_http(top.table("http"))
+    health = parse_health(top.table("health"))
+    disk = parse_disk(top.table("disk"))
 
     _check_sendable(metadata, None, device_id, source, "metadata")
     for i, w in enumerate(watches):
         _check_sendable(metadata, w.metadata, device_id, source, f"watch[{i}].metadata")
 
+    studio, sync = parse_studio(top.table("studio")), parse_sync(top.table("sync"))
     top.finish()
     return Config(
         source=source,
@@ -319,6 +348,13 @@ def parse_config(
         ingestion=ingestion,
         queue=queue,
         watches=watches,
+        mqtt=mqtt,
+        capture=capture,
+        http=http,
+        health=health,
+        disk=disk,
+        studio=studio,
+        sync=sync,
     )
 
 
@@ -388,7 +424,8 @@ def _ingestion(t: Table, source: str) -> IngestionConfig:
         raise t.error("group_key", exc.message) from None
     if cfg.ca_file is not None and not cfg.ca_file.is_file():
         raise t.error("ca_file", f"{cfg.ca_file} is not a readable file")
-    t.finish()
+    t.finish()  # first: a misspelt allow_insecure_http must say "unknown key"
+    check_service_url(t, "url", cfg.url, cfg.allow_insecure_http)
     return cfg
 
 

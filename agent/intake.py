@@ -173,6 +173,10 @@ class Intake:
                 log.warning("intake did not drain in time; a rescan will find what it missed")
             self._thread.join(10)
 
+    def alive(self) -> bool:
+        """The intake thread runs (for the health check)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def submit(self, item: Item) -> None:
         """Hand a file to intake; blocks while ``MAX_WAITING`` items wait (backpressure)."""
         with self._lock:
@@ -237,7 +241,14 @@ class Intake:
             self.queue.adopt([a[:3] for a in adopt if a[3] == batch], batch)
         if not new:
             return []
-        ids = self.queue.enqueue_many(new)
+        try:
+            ids = self.queue.enqueue_many(new)
+        except QueueError as exc:
+            # tell waiting sources (a capture command) that their file is not queued yet
+            for item, _ in callbacks:
+                if item.on_queued is not None:
+                    item.on_queued(None, f"not recorded in the queue: {exc}")
+            raise
         for item, f in callbacks:
             if f.state is State.HELD:
                 log.warning("held %s: %s", f.path, f.last_error)

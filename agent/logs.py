@@ -1,8 +1,9 @@
 """Logging set-up: journald-friendly under systemd, plain timestamped text elsewhere.
 
-Under systemd (``JOURNAL_STREAM`` set) each line starts with a ``<N>`` priority prefix that
-journald turns into the entry's level, and carries no timestamp of its own (journald adds
-one). Elsewhere lines get a UTC timestamp and the level name.
+Under systemd (stderr is the stream ``JOURNAL_STREAM`` names) each line starts with a
+``<N>`` priority prefix that journald turns into the entry's level, and carries no
+timestamp of its own (journald adds one). Elsewhere lines get a UTC timestamp and the
+level name.
 """
 
 from __future__ import annotations
@@ -29,7 +30,18 @@ class JournalFormatter(logging.Formatter):
 
 
 def under_journald() -> bool:
-    return bool(os.environ.get("JOURNAL_STREAM"))
+    """True when stderr (fd 2) is the journal stream systemd gave us (``JOURNAL_STREAM``
+    names its ``device:inode``); a child whose stderr was redirected elsewhere inherits the
+    variable but not the stream, so the two are compared, as systemd.exec(5) advises."""
+    value = os.environ.get("JOURNAL_STREAM", "")
+    dev, sep, ino = value.partition(":")
+    if not (sep and dev.isdigit() and ino.isdigit()):
+        return False
+    try:
+        st = os.fstat(2)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (int(dev), int(ino))
 
 
 def setup_logging(level: str = "info") -> None:

@@ -42,12 +42,17 @@ log = logging.getLogger("agent.pipeline")
 
 Hook = Callable[[Row, Answer], None]
 
+QUEUE_RETRY_SECONDS = 5.0
+
 
 @dataclass
 class _Done:
     row: Row
     answer: Answer
     latency: float
+    decided: bool = False
+    result: Result | None = None
+    """What the queue records (None: requeue), decided once even if the write is retried."""
 
 
 GATHER_SECONDS = 0.02
@@ -123,6 +128,8 @@ class Pipeline:
         self._work: stdqueue.SimpleQueue[Row | None] = stdqueue.SimpleQueue()
         self._done: stdqueue.SimpleQueue[_Done] = stdqueue.SimpleQueue()
         self._inflight: dict[int, Row] = {}
+        self._unsettled: list[_Done] = []
+        self._queue_error: str | None = None
         self._hold_until = 0.0
         self._probe = False
         self._failures = 0
@@ -160,12 +167,24 @@ class Pipeline:
         leftover = list(self._inflight)
         if leftover:
             log.info("stop: %d upload(s) did not finish in time; they stay queued", len(leftover))
-            self.queue.requeue(leftover)
+            try:
+                self.queue.requeue(leftover)
+            except QueueError as exc:
+                log.error("stop: %s; those rows return to pending at the next start", exc)
             self._inflight.clear()
 
     @property
     def inflight(self) -> int:
         return len(self._inflight)
+
+    @property
+    def queue_error(self) -> str | None:
+        """The last queue write error while it persists (a full disk), else None."""
+        return self._queue_error
+
+    def alive(self) -> bool:
+        """The dispatcher runs (for the health check; false before ``start``, after ``stop``)."""
+        return self._dispatcher is not None and self._dispatcher.is_alive()
 
     @property
     def paused(self) -> str | None:
@@ -215,8 +234,15 @@ class Pipeline:
                     # back at least every GATHER_SECONDS, several results per transaction
                     timeout = GATHER_SECONDS if timeout is None else min(timeout, GATHER_SECONDS)
             except QueueError as exc:
-                log.error("queue error: %s; retrying in 5 s", exc)
-                timeout = 5.0
+                self._queue_failed(exc)
+                timeout = QUEUE_RETRY_SECONDS
+            except Exception:  # the dispatcher must outlive any bug: log it and go on
+                log.exception("delivery loop failed; retrying in %.0f s", QUEUE_RETRY_SECONDS)
+                timeout = QUEUE_RETRY_SECONDS
+            else:
+                if self._queue_error is not None:
+                    log.warning("the queue can be written again; delivery resumes")
+                    self._queue_error = None
             self._wake.wait(timeout)
         deadline = time.monotonic() + self._stop_timeout
         while self._inflight and time.monotonic() < deadline:
@@ -227,6 +253,15 @@ class Pipeline:
             except QueueError as exc:
                 log.error("queue error while stopping: %s", exc)
                 break
+
+    def _queue_failed(self, exc: QueueError) -> None:
+        """Log a queue write failure once per distinct message (a full disk can last
+        hours); results already received are kept and written on the next try."""
+        text = str(exc)
+        if text != self._queue_error:
+            log.error("queue error: %s; nothing is lost, retrying every %.0f s", text,
+                      QUEUE_RETRY_SECONDS)  # fmt: skip
+        self._queue_error = text
 
     def _dispatch(self) -> float | None:
         """Lease and hand out work; return how long to sleep (None: until woken)."""
@@ -245,6 +280,8 @@ class Pipeline:
             return None
         self._caution.clear()  # the hold is over: what is leased now may go out
         rows = self.queue.lease(limit, now, batch=self.batch)
+        if rows:
+            self.stats.progress()
         for row in rows:
             self._inflight[row.id] = row
             self._work.put(row)
@@ -256,58 +293,69 @@ class Pipeline:
 
     # -- results -------------------------------------------------------------------------
     def _settle_done(self) -> None:
-        done: list[_Done] = []
+        """Write the finished uploads back. Rows stay in flight until the write commits:
+        when it fails (a full disk), the same results are written on the next try."""
         while True:
             try:
-                done.append(self._done.get_nowait())
+                self._unsettled.append(self._done.get_nowait())
             except stdqueue.Empty:
                 break
-        done = [d for d in done if self._inflight.pop(d.row.id, None) is not None]
+        done = self._unsettled = [d for d in self._unsettled if d.row.id in self._inflight]
         if not done:
             return
+        if self.prefetch and any(_outage(d.answer) for d in done):
+            done.extend(_Done(row, NOT_SENT, 0.0) for row in self._unstarted())
         now = self.clock()
         results: list[Result] = []
-        requeue: list[int] = [d.row.id for d in done if d.answer is NOT_SENT]
-        done = [d for d in done if d.answer is not NOT_SENT]
-        if self.prefetch and any(_outage(d.answer) for d in done):
-            requeue.extend(self._unstarted())
+        requeue: list[int] = []
         local: list[Row] = []
         for d in done:
-            result = self._result(d, now)
-            if result is None:
+            if d.answer is NOT_SENT:
+                d.decided = True  # result None: back to pending, no attempt, no event
+            if not d.decided:
+                d.result, d.decided = self._result(d, now), True
+            if d.result is None:
                 requeue.append(d.row.id)
                 continue
-            results.append(result)
-            if result.state is State.DELIVERED and d.row.after_upload != "keep":
+            results.append(d.result)
+            if d.result.state is State.DELIVERED and d.row.after_upload != "keep":
                 local.append(d.row)
-        facts: dict[str, object] = {}  # for `status`, written with the results
+        facts: dict[str, object] = {}  # for `status`
         for d in done:
             if d.answer.outcome in (Outcome.DELIVERED, Outcome.DUPLICATE):
                 facts["last_delivery_at"] = now
-            elif d.answer.outcome is Outcome.RETRY:
+            elif d.answer.outcome is Outcome.RETRY and d.answer is not NOT_SENT:
                 facts["last_error"] = d.answer.reason
-        self.queue.settle(results, durable=bool(local), state=facts)
-        if requeue:
-            self.queue.requeue(requeue)
+        self.queue.settle(results, durable=bool(local))
+        settled = [d for d in done if d.result is not None]
+        self._unsettled = [d for d in done if d.result is None]
+        for d in settled:
+            del self._inflight[d.row.id]
+        if facts:
+            self._note(**facts)  # once per round, not once per file
         self.stats.progress()
-        for d in done:
+        for d in settled:
             self._report(d)
         if local:
             self.queue.mark_local_done(r.id for r in local if self.finish_local(r))
+        if requeue:
+            self.queue.requeue(requeue)
+            for row_id in requeue:
+                del self._inflight[row_id]
+            self._unsettled = []
 
-    def _unstarted(self) -> list[int]:
+    def _unstarted(self) -> list[Row]:
         """Take back the prefetched rows no worker has started (the service is in trouble)."""
-        ids: list[int] = []
+        rows: list[Row] = []
         while True:
             try:
                 row = self._work.get_nowait()
             except stdqueue.Empty:
-                return ids
+                return rows
             if row is None:  # a stop sentinel: leave it for the workers
                 self._work.put(None)
-                return ids
-            if self._inflight.pop(row.id, None) is not None:
-                ids.append(row.id)
+                return rows
+            rows.append(row)
 
     def _result(self, d: _Done, now: float) -> Result | None:
         a, row = d.answer, d.row
@@ -382,6 +430,13 @@ class Pipeline:
                 hook(row, a)
             except Exception:
                 log.exception("delivery hook failed")
+
+    def _note(self, **values: object) -> None:
+        """Best-effort facts for ``status``; a full disk must not stop the reporting."""
+        try:
+            self.queue.set_state(**values)
+        except QueueError as exc:
+            log.debug("could not record %s: %s", ", ".join(values), exc)
 
     # -- after_upload --------------------------------------------------------------------
     def finish_local(self, row: Row) -> bool:

@@ -23,7 +23,9 @@ serves every thread of the process.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -35,7 +37,7 @@ from typing import Any
 
 from agent.errors import QueueError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -70,10 +72,53 @@ CREATE INDEX IF NOT EXISTS files_state ON files (state);
 CREATE INDEX IF NOT EXISTS files_path ON files (path);
 CREATE INDEX IF NOT EXISTS files_delivered ON files (delivered_at) WHERE delivered_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS files_batch ON files (batch) WHERE batch IS NOT NULL;
-CREATE INDEX IF NOT EXISTS files_batch_due ON files (batch, state, next_attempt_at)
-    WHERE batch IS NOT NULL;
 CREATE TABLE IF NOT EXISTS agent_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+
+_MIGRATIONS: dict[int, str] = {
+    # 1 -> 2: the project side. Deletion sync (a local file of a delivered sample went;
+    # delete the sample after a grace period) and resumable metadata backfill jobs.
+    2: """
+CREATE INDEX IF NOT EXISTS files_sample ON files (sample_id) WHERE sample_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS files_sha256 ON files (sha256) WHERE sha256 IS NOT NULL;
+CREATE TABLE IF NOT EXISTS remote_deletes (
+    row_id INTEGER PRIMARY KEY,
+    sample_id INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    sha256 TEXT,
+    state INTEGER NOT NULL,
+    noticed_at REAL NOT NULL,
+    due_at REAL NOT NULL,
+    confirmed INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    done_at REAL
+);
+CREATE INDEX IF NOT EXISTS remote_deletes_due ON remote_deletes (state, due_at);
+CREATE INDEX IF NOT EXISTS remote_deletes_done ON remote_deletes (done_at)
+    WHERE done_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS backfill_jobs (
+    job TEXT PRIMARY KEY,
+    spec TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    selected_at REAL,
+    finished_at REAL
+);
+CREATE TABLE IF NOT EXISTS backfill_items (
+    job TEXT NOT NULL,
+    sample_id INTEGER NOT NULL,
+    state INTEGER NOT NULL DEFAULT 0,
+    detail TEXT,
+    PRIMARY KEY (job, sample_id)
+) WITHOUT ROWID;
+""",
+    # 2 -> 3: the upload command leases, counts and recovers one batch's rows.
+    3: """
+CREATE INDEX IF NOT EXISTS files_batch_due ON files (batch, state, next_attempt_at)
+    WHERE batch IS NOT NULL;
+""",
+}
+"""Schema steps: ``_MIGRATIONS[n]`` takes a version ``n - 1`` file to version ``n``."""
 
 
 class State(IntEnum):
@@ -187,23 +232,68 @@ class Queue:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA busy_timeout=30000")
             self._migrate()
+            self._keep_owner()
         except sqlite3.Error as exc:
             raise QueueError(f"{path}: cannot open the queue: {exc}") from None
         except OSError as exc:
             raise QueueError(f"{path}: cannot create the queue folder: {exc.strerror}") from None
 
     # -- plumbing ------------------------------------------------------------------------
+    def _keep_owner(self) -> None:
+        """Root opening the service's queue (``status`` run with sudo) must not leave the
+        ``-wal``/``-shm`` files owned by root: the service could no longer open its queue."""
+        if os.geteuid() != 0:
+            return
+        st = self.path.stat()
+        if st.st_uid == 0:
+            return
+        for suffix in ("-wal", "-shm"):
+            side = Path(f"{self.path}{suffix}")
+            with contextlib.suppress(OSError):
+                if side.stat().st_uid != st.st_uid:
+                    os.chown(side, st.st_uid, st.st_gid)
+
     def _migrate(self) -> None:
+        """Bring the file to ``SCHEMA_VERSION`` in one transaction (a crash leaves it as it
+        was). The version is read again under the write lock, so two processes opening an
+        old file at once migrate it once."""
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise QueueError(
                 f"{self.path}: written by a newer edge-uploader (schema {version}); upgrade"
             )
-        self._db.executescript(_SCHEMA)
-        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        if version == SCHEMA_VERSION:
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version < SCHEMA_VERSION:
+                script = _SCHEMA + "".join(
+                    _MIGRATIONS[v] for v in range(max(version, 1) + 1, SCHEMA_VERSION + 1)
+                )
+                for statement in script.split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
 
     def _write(self) -> _Tx:
         return _Tx(self)
+
+    def transaction(self) -> _Tx:
+        """A write transaction for modules that keep their own tables in this file
+        (``agent.ledger``): ``with queue.transaction() as db: db.execute(...)``."""
+        return _Tx(self)
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """The connection, under the queue's lock, for short reads of such tables."""
+        with self._lock:
+            yield self._db
 
     def close(self) -> None:
         with self._lock:
@@ -328,14 +418,8 @@ class Queue:
         rows.sort(key=lambda r: (r.next_attempt_at, r.id))
         return rows
 
-    def settle(
-        self, results: Sequence[Result], *, durable: bool = False,
-        state: dict[str, object] | None = None,
-    ) -> None:  # fmt: skip
-        """Write back a round of results in one transaction; ``durable`` syncs it first.
-
-        ``state``: ``set_state`` values (last delivery, last error) in the same transaction.
-        """
+    def settle(self, results: Sequence[Result], *, durable: bool = False) -> None:
+        """Write back a round of results in one transaction; ``durable`` syncs it first."""
         if not results:
             return
         now = self._clock()
@@ -346,8 +430,6 @@ class Queue:
                 with self._write() as db:
                     for r in results:
                         self._settle_one(db, r, now)
-                    if state:
-                        self._set_state(db, state)
             finally:
                 if durable:
                     self._db.execute("PRAGMA synchronous=NORMAL")
@@ -535,22 +617,58 @@ class Queue:
             ).fetchone()
             return int(n), int(b)
 
+    # -- disk care (agent.disk) ----------------------------------------------------------
+    def kept_delivered(self, after_id: int, limit: int) -> list[Row]:
+        """Delivered rows whose file is kept locally (``after_upload = "keep"``), oldest
+        first, with ids above ``after_id``: the candidates for pruning on a full disk."""
+        with self._lock:
+            cur = self._db.execute(
+                f"SELECT {_ROW_COLUMNS} FROM files WHERE state=? AND after_upload='keep'"
+                " AND id>? ORDER BY id LIMIT ?",
+                (State.DELIVERED, after_id, limit),
+            )
+            return [_row(r) for r in cur.fetchall()]
+
+    def sync(self) -> None:
+        """Make every committed transaction durable without writing anything: with
+        ``synchronous=NORMAL`` the last commits sit in the WAL file, unsynced; fsync it.
+        Needed before deleting files whose delivered state must survive a power cut."""
+        with self._lock:
+            for path in (Path(f"{self.path}-wal"), self.path):
+                try:
+                    fd = os.open(path, os.O_RDONLY)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    raise QueueError(f"{path}: cannot sync: {exc.strerror}") from None
+                try:
+                    os.fsync(fd)
+                except OSError as exc:
+                    raise QueueError(f"{path}: cannot sync: {exc.strerror}") from None
+                finally:
+                    os.close(fd)
+
+    def mark_pruned(self, row_ids: Iterable[int]) -> None:
+        """Record that delivered files were deleted locally to free space
+        (``after_upload = "pruned"``): not a user's deletion, so never synced remotely."""
+        with self._write() as db:
+            db.executemany(
+                "UPDATE files SET after_upload='pruned' WHERE id=? AND state=?",
+                [(i, State.DELIVERED) for i in row_ids],
+            )
+
     # -- small key/value state shared with `status` --------------------------------------
     def set_state(self, **values: object) -> None:
         with self._write() as db:
-            self._set_state(db, values)
-
-    @staticmethod
-    def _set_state(db: sqlite3.Connection, values: dict[str, object]) -> None:
-        for key, value in values.items():
-            if value is None:
-                db.execute("DELETE FROM agent_state WHERE key=?", (key,))
-            else:
-                db.execute(
-                    "INSERT INTO agent_state (key, value) VALUES (?, ?)"
-                    " ON CONFLICT(key) DO UPDATE SET value=excluded.value",
-                    (key, json.dumps(value)),
-                )
+            for key, value in values.items():
+                if value is None:
+                    db.execute("DELETE FROM agent_state WHERE key=?", (key,))
+                else:
+                    db.execute(
+                        "INSERT INTO agent_state (key, value) VALUES (?, ?)"
+                        " ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                        (key, json.dumps(value)),
+                    )
 
     def get_state(self) -> dict[str, Any]:
         with self._lock:
@@ -580,11 +698,21 @@ class _Tx:
                 try:
                     db.execute("COMMIT")
                 except sqlite3.Error as err:
-                    db.execute("ROLLBACK")
+                    self._rollback(db)
                     raise QueueError(f"{self.queue.path}: {err}") from None
             else:
-                db.execute("ROLLBACK")
+                self._rollback(db)
                 if isinstance(exc, sqlite3.Error):
                     raise QueueError(f"{self.queue.path}: {exc}") from None
         finally:
             self.queue._lock.release()
+
+    @staticmethod
+    def _rollback(db: sqlite3.Connection) -> None:
+        """Roll back what is left: after "database or disk is full" SQLite may already have
+        rolled the transaction back itself, and a second ROLLBACK would raise."""
+        if db.in_transaction:
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass

@@ -86,11 +86,18 @@ class SecretSource:
         return self.load() if self.configured() else None
 
     def _credential_path(self) -> Path | None:
+        """The credential file, unless it is missing or blank: the unit gives optional
+        credentials a blank default (``SetCredential=hmac_key:\\n``), meaning "none"."""
         directory = os.environ.get("CREDENTIALS_DIRECTORY")
         if not (directory and self.credential):
             return None
         path = Path(directory) / self.credential
-        return path if path.is_file() else None
+        try:
+            with open(path, "rb") as handle:
+                blank = not handle.read(MAX_SECRET_BYTES + 1).strip()
+        except OSError:
+            return None
+        return None if blank else path
 
 
 def read_secret_file(path: Path, source: str, key: str) -> str:
@@ -114,9 +121,13 @@ def read_secret_file(path: Path, source: str, key: str) -> str:
 
 
 def readable_by_others(path: Path) -> bool:
-    """True when group or other users can read ``path`` (worth a warning for key files)."""
+    """True when users other than this process's own user and group can read ``path``
+    (worth a warning for config and key files): any user, or a group other than ours.
+    A file ``root:edge-uploader 0640`` read by the service user is fine."""
     try:
-        mode = path.stat().st_mode
+        st = path.stat()
     except OSError:
         return False
-    return bool(mode & (stat.S_IRGRP | stat.S_IROTH))
+    if st.st_mode & stat.S_IROTH:
+        return True
+    return bool(st.st_mode & stat.S_IRGRP) and st.st_gid != os.getegid()

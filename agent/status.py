@@ -10,6 +10,7 @@ import json
 import time
 from typing import Any
 
+from agent.ledger import BLOCKED_KEY, Ledger
 from agent.queue import Queue, State
 
 STATUS_FORMAT_VERSION = 1
@@ -47,6 +48,7 @@ def gather(queue: Queue, *, dead_limit: int = 20, now: float | None = None) -> d
         "throughput": throughput,
         "dead_letters": dead,
         "held": held,
+        "remote_deletes": {**Ledger(queue).counts(now), "blocked": state.get(BLOCKED_KEY)},
     }
 
 
@@ -69,11 +71,30 @@ def render_text(info: dict[str, Any]) -> str:
         lines.append(f"UPLOADS PAUSED: {info['paused']}")
     if info["last_error"]:
         lines.append(f"last error: {info['last_error']}")
+    lines.extend(_remote_deletes(info.get("remote_deletes") or {}))
     for title, key in (("dead letters", "dead_letters"), ("held", "held")):
         if info[key]:
             lines.append(f"{title} (first {len(info[key])}):")
             lines.extend(f"  #{d['id']} {d['path']}: {d['reason']}" for d in info[key])
     return "\n".join(lines)
+
+
+def _remote_deletes(rd: dict[str, Any]) -> list[str]:
+    """Deletion sync: what is scheduled and, loudly, whether the cap holds it back."""
+    lines = []
+    if rd.get("scheduled") or rd.get("failed"):
+        lines.append(
+            f"remote deletions: {rd['scheduled']} scheduled ({rd['due']} due),"
+            f" {rd['done_last_hour']} done in the last hour, {rd['failed']} failed"
+        )
+    blocked = rd.get("blocked")
+    if blocked:
+        lines.append(
+            f"DELETION SYNC BLOCKED: {blocked['pending']} pending remote deletion(s), more than"
+            f" max_deletes_per_hour = {blocked['max_deletes_per_hour']}; nothing is deleted."
+            f" If intended: {blocked['confirm']}"
+        )
+    return lines
 
 
 def _age(seconds: float) -> str:

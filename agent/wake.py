@@ -5,19 +5,19 @@ wait for that moment. The daemon records its pid and its process start time in t
 queue's state; the CLI signals only a process whose start time still matches, so a pid
 reused by an unrelated process after a crash is never signalled.
 
-The daemon side is a ``Component`` (started in the main thread, where Python allows signal
-handlers); the handler only clears the pipeline's waits and wakes its dispatcher.
+The daemon side (``install``, called by ``Service.run_forever``) only clears the pipeline's
+waits and wakes its dispatcher; a signal handler does nothing else.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
-import threading
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from agent.errors import QueueError
 
 if TYPE_CHECKING:
     from agent.queue import Queue
@@ -39,40 +39,22 @@ def process_start(pid: int) -> str | None:
     return fields[19] if len(fields) > 19 else None  # field 22 of stat(5)
 
 
-class WakeOnSignal:
-    """Daemon component: SIGUSR1 makes every due row go out now."""
+def install(service: Service) -> None:
+    """Daemon side (``run``, after start-up): SIGUSR1 drops the pipeline's waits, and the
+    daemon's pid and start time are recorded in the queue for ``wake_daemon``."""
 
-    name = "wake-on-signal"
+    def on_usr1(signum: int, frame: FrameType | None) -> None:
+        pipeline = service.pipeline  # looked up now: a reload may have replaced it
+        if pipeline is not None:
+            pipeline.retry_now()
 
-    def __init__(self) -> None:
-        self._previous: Any = None
-        self._installed = False
-        self._queue: Queue | None = None
-
-    def start(self, service: Service) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return  # signal handlers can only be set from the main thread (tests)
-        pipeline = service.pipeline
-
-        def on_usr1(signum: int, frame: FrameType | None) -> None:
-            if pipeline is not None:
-                pipeline.retry_now()
-
-        self._previous = signal.signal(signal.SIGUSR1, on_usr1)
-        self._installed = True
-        self._queue = service.queue
-        if self._queue is not None:
-            pid = os.getpid()
-            self._queue.set_state(**{STATE_KEY: {"pid": pid, "start": process_start(pid)}})
-
-    def stop(self) -> None:
-        if not self._installed:
-            return
-        with contextlib.suppress(Exception):
-            signal.signal(signal.SIGUSR1, self._previous or signal.SIG_DFL)
-            if self._queue is not None:
-                self._queue.set_state(**{STATE_KEY: None})
-        self._installed = False
+    signal.signal(signal.SIGUSR1, on_usr1)
+    if service.queue is not None:
+        pid = os.getpid()
+        try:
+            service.queue.set_state(**{STATE_KEY: {"pid": pid, "start": process_start(pid)}})
+        except QueueError as exc:  # a full disk: waking by signal is a convenience
+            log.warning("could not record the daemon's pid for retry-now: %s", exc)
 
 
 def wake_daemon(queue: Queue) -> int | None:

@@ -29,9 +29,11 @@ from pathlib import Path
 
 from watchdog.events import (
     DirCreatedEvent,
+    DirDeletedEvent,
     DirMovedEvent,
     FileClosedEvent,
     FileCreatedEvent,
+    FileDeletedEvent,
     FileModifiedEvent,
     FileMovedEvent,
     FileSystemEvent,
@@ -48,6 +50,8 @@ from agent.tagger import is_sidecar
 log = logging.getLogger("agent.watcher")
 
 OnFile = Callable[[Path, WatchConfig], None]
+OnDeleted = Callable[[Path, WatchConfig, bool], None]
+"""(path, watch, is_dir): a file or folder left a watched folder (deleted or moved away)."""
 
 
 def wanted(path: Path, watch: WatchConfig) -> bool:
@@ -83,9 +87,13 @@ class _Handler(FileSystemEventHandler):
         if isinstance(event, FileClosedEvent):
             self.watcher.found(Path(_s(event.src_path)), self.watch)
         elif isinstance(event, FileMovedEvent):
+            self.watcher.gone(Path(_s(event.src_path)), self.watch, False)
             if event.dest_path:  # empty: moved out of the watch
                 self.watcher.found(Path(_s(event.dest_path)), self.watch)
+        elif isinstance(event, FileDeletedEvent | DirDeletedEvent):
+            self.watcher.gone(Path(_s(event.src_path)), self.watch, event.is_directory)
         elif isinstance(event, DirMovedEvent):
+            self.watcher.gone(Path(_s(event.src_path)), self.watch, True)
             # polling reports every file of a moved folder as moved: no walk needed there
             if event.dest_path and self.watch.recursive and not self.polling:
                 self.watcher.found_folder(Path(_s(event.dest_path)), self.watch)
@@ -103,9 +111,14 @@ def _s(value: str | bytes) -> str:
 class Watcher:
     """Watches every ``[[watch]]`` folder and calls ``on_file`` for each complete file."""
 
-    def __init__(self, watches: tuple[WatchConfig, ...], on_file: OnFile) -> None:
+    def __init__(
+        self, watches: tuple[WatchConfig, ...], on_file: OnFile,
+        on_deleted: OnDeleted | None = None,
+    ) -> None:  # fmt: skip
         self.watches = watches
         self.on_file = on_file
+        self.on_deleted = on_deleted
+        """Optional: told when a sample file or a folder leaves a watch (deletion sync)."""
         self._observers: list[BaseObserver] = []
         self._settle: dict[Path, tuple[WatchConfig, float, tuple[int, int]]] = {}
         self._settle_cv = threading.Condition()
@@ -159,6 +172,11 @@ class Watcher:
             with self._settle_cv:
                 self._settle.pop(path, None)  # complete now: no need to wait for it to settle
             self.on_file(path, watch)
+
+    def gone(self, path: Path, watch: WatchConfig, is_dir: bool) -> None:
+        on_deleted = self.on_deleted
+        if on_deleted is not None and (is_dir or wanted(path, watch)):
+            on_deleted(path, watch, is_dir)
 
     def found_folder(self, folder: Path, watch: WatchConfig, *, settle: bool = False) -> None:
         """Report the files under ``folder``; with ``settle``, once they stopped changing."""

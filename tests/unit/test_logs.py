@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 
 import pytest
@@ -29,16 +30,24 @@ def test_every_line_of_a_multiline_message_carries_the_prefix() -> None:
     assert fmt.format(record(logging.ERROR, "one\ntwo")) == "<3>agent.test: one\n<3>two"
 
 
+def _stderr_stream() -> str:
+    st = os.fstat(2)
+    return f"{st.st_dev}:{st.st_ino}"
+
+
 def test_under_journald(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not under_journald()
-    monkeypatch.setenv("JOURNAL_STREAM", "8:12345")
+    monkeypatch.setenv("JOURNAL_STREAM", _stderr_stream())
     assert under_journald()
+    # inherited by a process whose stderr goes elsewhere: not the journal
+    monkeypatch.setenv("JOURNAL_STREAM", "8:12345")
+    assert not under_journald()
 
 
 def test_setup_under_systemd(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("JOURNAL_STREAM", "8:12345")
+    monkeypatch.setenv("JOURNAL_STREAM", _stderr_stream())
     setup_logging("warning")
     log = logging.getLogger("agent.x")
     log.info("hidden")

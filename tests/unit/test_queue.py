@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 import tracemalloc
@@ -486,3 +487,17 @@ def test_a_newer_version_supersedes_a_held_row(q: Queue) -> None:
     assert old is not None
     assert (old.state, old.last_error) == (State.GONE, "superseded by a newer version of the file")
     assert state_of(q, newer) is State.PENDING
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to own files as another user")
+def test_root_keeps_the_service_owner_of_the_queue_files(tmp_path: Path) -> None:
+    path = tmp_path / "queue.db"
+    Queue(path).close()
+    os.chown(path, 4242, 4242)
+    q = Queue(path)  # root opens the service's queue, as `sudo edge-uploader status` would
+    try:
+        q.enqueue_many([nf(1)])
+        for suffix in ("-wal", "-shm"):
+            assert Path(f"{path}{suffix}").stat().st_uid == 4242
+    finally:
+        q.close()

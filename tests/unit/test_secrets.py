@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -117,7 +118,11 @@ def test_readable_by_others(tmp_path: Path) -> None:
     f.chmod(0o600)
     assert not readable_by_others(f)
     f.chmod(0o640)
-    assert readable_by_others(f)
+    os.chown(f, -1, os.getegid())
+    assert not readable_by_others(f)  # only our own group: the service's, e.g. edge-uploader
+    if os.geteuid() == 0:
+        os.chown(f, -1, 65534)  # another group
+        assert readable_by_others(f)
     f.chmod(0o604)
     assert readable_by_others(f)
     assert not readable_by_others(tmp_path / "absent")

@@ -58,6 +58,10 @@ def test_gather(q: Queue) -> None:
             {"id": c_id, "path": "/d/c.wav", "reason": "HTTP 400: nope", "attempts": 1}
         ],
         "held": [{"id": h_id, "path": "/d/h.wav", "reason": "bad sidecar"}],
+        "remote_deletes": dict.fromkeys(
+            ("scheduled", "done", "cancelled", "failed", "due", "unconfirmed", "done_last_hour"), 0
+        )
+        | {"blocked": None},
     }
 
 

@@ -1,0 +1,132 @@
+"""Command sources: run a fixed program (camera, microphone) that writes one file.
+
+The argument list comes from the config; only the declared placeholders ``{output}``,
+``{duration_ms}`` and ``{duration_s}`` are filled, with values the agent made (a temp path
+inside the capture folder, a validated whole number). No shell, no payload text.
+
+The program runs in its own session so a timeout or a stop kills its whole process group
+(``arecord`` piped into something, a wrapper script). Its output and errors go to a
+temporary file, of which only the last line is kept for the failure reason; the agent's
+secrets (API key, HMAC key, MQTT password variables) are removed from its environment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import stat
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+from typing import IO
+
+from agent.capture_config import CommandSource, render_arg
+from agent.errors import CaptureError
+
+SECRET_ENV = ("EI_API_KEY", "EI_HMAC_KEY", "EI_MQTT_PASSWORD", "CREDENTIALS_DIRECTORY")
+MAX_OUTPUT_BYTES = 100_000_000
+"""The ingestion service's per-file limit."""
+MAX_REASON_CHARS = 200
+
+
+def build_argv(source: CommandSource, output: Path, duration_ms: int) -> list[str]:
+    seconds = duration_ms / 1000
+    values = {
+        "output": str(output),
+        "duration_ms": str(duration_ms),
+        "duration_s": f"{seconds:g}" if seconds >= 0.001 else "0.001",
+    }
+    return [render_arg(arg, values) for arg in source.argv]
+
+
+class CommandRunner:
+    """Runs command captures; ``kill_all`` ends every running one (used on stop)."""
+
+    def __init__(self) -> None:
+        self._procs: set[subprocess.Popen[bytes]] = set()
+        self._lock = threading.Lock()
+        self._stopping = False
+
+    def run(self, source: CommandSource, output: Path, duration_ms: int) -> int:
+        """Run the program; return the size of the file it wrote at ``output``."""
+        argv = build_argv(source, output, duration_ms)
+        env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
+        with tempfile.TemporaryFile() as log:
+            with self._lock:
+                if self._stopping:
+                    raise CaptureError("capture cancelled: the agent is stopping")
+                try:
+                    proc = subprocess.Popen(
+                        argv,
+                        stdin=subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        cwd=output.parent,
+                        env=env,
+                        start_new_session=True,
+                        close_fds=True,
+                    )
+                except OSError as exc:
+                    raise CaptureError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
+                self._procs.add(proc)
+            try:
+                try:
+                    code = proc.wait(timeout=source.timeout_seconds)
+                except subprocess.TimeoutExpired:
+                    _kill(proc)
+                    proc.wait()
+                    raise CaptureError(
+                        f"{argv[0]} did not finish within {source.timeout_seconds:g} s"
+                    ) from None
+            finally:
+                with self._lock:
+                    self._procs.discard(proc)
+            if self._stopping:
+                raise CaptureError("capture cancelled: the agent is stopping")
+            if code != 0:
+                what = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
+                raise CaptureError(f"{argv[0]} {what}{_last_line(log)}")
+        return _check_output(output, argv[0])
+
+    def kill_all(self) -> None:
+        with self._lock:
+            self._stopping = True
+            procs = list(self._procs)
+        for proc in procs:
+            _kill(proc)
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _last_line(log: IO[bytes]) -> str:
+    try:
+        size = log.seek(0, os.SEEK_END)
+        log.seek(max(0, size - 1024))
+        tail = log.read().decode("utf-8", "replace").strip().splitlines()
+    except OSError:
+        return ""
+    if not tail:
+        return ""
+    line = " ".join(tail[-1].split())[:MAX_REASON_CHARS]
+    return f": {line}"
+
+
+def _check_output(output: Path, program: str) -> int:
+    try:
+        st = os.lstat(output)
+    except FileNotFoundError:
+        raise CaptureError(f"{program} exited without writing its output file") from None
+    except OSError as exc:
+        raise CaptureError(f"cannot check the output of {program}: {exc.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise CaptureError(f"{program} left something other than a regular file at {{output}}")
+    if st.st_size == 0:
+        raise CaptureError(f"{program} wrote an empty file")
+    if st.st_size > MAX_OUTPUT_BYTES:
+        raise CaptureError(f"{program} wrote {st.st_size} bytes, over the ingestion limit")
+    return st.st_size
