@@ -2,7 +2,7 @@
 
 On a terminal the line is redrawn a few times a second::
 
-    [ 1234/5000]  24%  12.3/50.0 MB  312 files/s  1.2 MB/s  ETA 0:12  failed 2
+    [1234/5000]   24%  12.3 MB/50.0 MB  312 files/s  1.2 MB/s  ETA 0:12  failed 2
 
 When the output is not a terminal (a log file, CI), a plain line is written every
 ``interval`` seconds instead, so logs stay readable. Messages (a refused file, a skipped
