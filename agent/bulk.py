@@ -39,7 +39,7 @@ from agent.bulkinputs import UploadRequest, batch_id, candidates
 from agent.config import Config
 from agent.events import Event, Stats
 from agent.intake import BATCH, Intake, Item
-from agent.pipeline import Pipeline
+from agent.pipeline import PREFETCH, Pipeline
 from agent.progress import Progress
 from agent.queue import Queue, State
 from agent.service import build_uploader
@@ -47,8 +47,6 @@ from agent.service import build_uploader
 log = logging.getLogger("agent.bulk")
 
 STOP_TIMEOUT_SECONDS = 5.0
-PREFETCH = 32
-"""Rows leased ahead of the workers: leases and settles come in batches (bench/bulk.py)."""
 MAX_REMEMBERED = 100
 """Refused inputs remembered for the summary (all are printed as they happen)."""
 _FINAL = (Event.DELIVERED, Event.DUPLICATE, Event.DEAD, Event.GONE)

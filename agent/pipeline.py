@@ -56,6 +56,8 @@ class _Done:
 
 
 GATHER_SECONDS = 0.02
+PREFETCH = 32
+"""Rows leased ahead of the workers while a backlog drains: fewer, larger transactions."""
 """Bulk mode: the longest a result waits before it is settled (with the others that came
 back meanwhile, in one transaction)."""
 

@@ -43,7 +43,7 @@ from agent.events import Stats
 from agent.health import Health, assess, count_body_progress
 from agent.intake import Intake, Item, ignored_name, matches, walk
 from agent.notify import Heartbeat, Notifier, watchdog_seconds
-from agent.pipeline import Pipeline, finish_pending_local
+from agent.pipeline import PREFETCH, Pipeline, finish_pending_local
 from agent.preflight import prepare
 from agent.queue import Queue
 from agent.uploader import Uploader, make_client
@@ -137,7 +137,7 @@ class Service:
                                   on_progress=self.stats.progress)  # fmt: skip
         roots = {w.key: w.path for w in cfg.watches}
         self.pipeline = Pipeline(queue, uploader, cfg.ingestion, self.stats, clock=self.clock,
-                                 watch_roots=roots)  # fmt: skip
+                                 watch_roots=roots, prefetch=PREFETCH)  # fmt: skip
         finish_pending_local(queue, self.pipeline)
         self.intake = Intake(queue, cfg, self.stats, on_queued=self.pipeline.wake)
         self.disk = DiskGuard(cfg.disk, [w.path for w in cfg.watches], cfg.queue.path,
