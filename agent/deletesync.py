@@ -355,6 +355,7 @@ class DeleteSyncComponent:
         while not self._stop.is_set():
             self._wake.clear()
             self.started += 1
+            held = True  # a pass that fails before run_due waits like a blocked one
             try:
                 self._drain_paths()
                 if self._reconcile or time.monotonic() >= next_check:
@@ -362,7 +363,6 @@ class DeleteSyncComponent:
                     next_check = time.monotonic() + interval
                     assert self.sync is not None
                     self.sync.reconcile(self._stop)
-                held = True
                 if not self._stop.is_set():
                     assert self.sync is not None
                     result = self.sync.run_due()

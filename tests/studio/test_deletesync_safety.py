@@ -1,0 +1,75 @@
+"""Deletion sync must only ever delete a sample whose file a person deleted: not one the
+disk guard pruned, not one it merely cannot see (an I/O or permission error), and its
+thread must survive a failed pass."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from types import SimpleNamespace
+
+import pytest
+
+from agent.clock import FakeClock
+from agent.config import Config
+from agent.deletesync import DeleteSyncComponent, DeletionSync
+from agent.errors import QueueError
+from agent.ledger import Ledger
+from agent.queue import Queue, State
+from agent.studio import StudioClient
+
+from .conftest import Env, wait_for
+
+SYNC = "\n[sync]\ndelete_remote = true\ngrace_seconds = {grace}\nmax_deletes_per_hour = 50\n"
+
+
+def deletes(env: Env) -> list[int]:
+    return sorted(c["sampleId"] for c in env.changes() if c["op"] == "delete")
+
+
+def rows(queue: Queue) -> dict[str, int]:
+    return {r.path: r.id for r in queue.rows(State.DELIVERED)}
+
+
+@pytest.fixture
+def delivered(env: Env) -> Iterator[tuple[Env, Config, Queue, StudioClient]]:
+    env.make_files(4)
+    env.deliver(4)
+    env.write_config(SYNC.format(grace=60))
+    config = env.config()
+    queue = Queue(config.queue.path)
+    studio = StudioClient.from_config(config)
+    try:
+        yield env, config, queue, studio
+    finally:
+        studio.close()
+        queue.close()
+
+
+def test_the_sync_thread_survives_a_failing_first_pass(delivered, monkeypatch) -> None:
+    """A queue that cannot be written at start (a full disk, a lock held by the ``sync``
+    command) must not kill the thread: it says "trying again later", so it must."""
+    _env, config, queue, _studio = delivered
+    calls: list[int] = []
+    original = DeletionSync.reconcile
+
+    def flaky(self: DeletionSync, stop: threading.Event | None = None) -> int:
+        calls.append(1)
+        if len(calls) == 1:
+            raise QueueError("database or disk is full")
+        return original(self, stop)
+
+    monkeypatch.setattr(DeletionSync, "reconcile", flaky)
+    comp = DeleteSyncComponent(config)
+    service = SimpleNamespace(queue=queue, clock=FakeClock(), watcher=None)
+    comp.start(service)  # type: ignore[arg-type]
+    try:
+        wait_for(lambda: comp.passes >= 1, 10, "the first pass")
+        os.unlink(sorted(rows(queue))[0])
+        comp.reconcile_soon()
+        wait_for(lambda: len(calls) >= 2, 10, "a second reconciliation")
+        wait_for(lambda: Ledger(queue).counts(0.0)["scheduled"] == 1, 10, "the deletion noticed")
+        assert comp._thread is not None and comp._thread.is_alive()
+    finally:
+        comp.stop()
