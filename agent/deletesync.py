@@ -22,7 +22,8 @@ Safety, in order of importance:
   (``--cancel-deletes``: the samples stay), or restores the files.
 - **The grace period** (``grace_seconds``) gives time to notice and undo.
 - Only the newest version of a path counts, only rows with ``after_upload = "keep"`` and
-  only paths under a folder that is watched now.
+  only paths under a folder that is watched now. A file pruned by the disk guard is not a
+  deletion, even when the watcher reports the unlink before the row says ``pruned``.
 - Before deleting, the sample is fetched and its SHA-256 compared with the file's: a
   ledger that belongs to another project (the API key was changed) deletes nothing.
 
@@ -191,6 +192,14 @@ class DeletionSync:
             if d.sha256:  # back as a new version: the service called it a duplicate
                 self.ledger.adopt_sample(d.sha256, d.sample_id)
             log.info("%s is back: sample %d stays in the project", path, d.sample_id)
+            result.kept += 1
+            return
+        if not self.ledger.kept_locally(d.row_id):
+            # Pruned by the disk guard (the watcher may report its unlink before the row is
+            # marked), or no longer a kept file: nobody deleted the recording.
+            reason = "its file was not deleted by a user (pruned to free space)"
+            self.ledger.finish(d.row_id, DeleteState.CANCELLED, now=now, reason=reason)
+            log.info("not deleting sample %d of %s: %s", d.sample_id, path, reason)
             result.kept += 1
             return
         if d.sha256:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -45,6 +46,24 @@ def delivered(env: Env) -> Iterator[tuple[Env, Config, Queue, StudioClient]]:
     finally:
         studio.close()
         queue.close()
+
+
+def test_a_file_pruned_for_space_never_deletes_its_sample(delivered) -> None:
+    """The watcher can report the pruner's unlink before the row is marked ``pruned``: the
+    deletion gets scheduled, but when it falls due the row says "pruned", so it must not
+    run (the disk guard freed space; nobody deleted the recording)."""
+    env, config, queue, studio = delivered
+    clock = FakeClock()
+    sync = DeletionSync(config, queue, studio, clock=clock)
+    path = sorted(rows(queue))[0]
+    os.unlink(path)  # the disk guard's unlink...
+    assert sync.notice(Path(path)) == 1  # ...seen by the watcher first
+    queue.mark_pruned([rows(queue)[path]])  # ...and the row marked a moment later
+    clock.advance(61)
+    result = sync.run_due()
+    assert result.deleted == 0 and result.kept == 1
+    assert deletes(env) == []
+    assert sync.reconcile() == 0  # and a later pass does not bring it back
 
 
 def test_the_sync_thread_survives_a_failing_first_pass(delivered, monkeypatch) -> None:
