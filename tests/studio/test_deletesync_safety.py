@@ -66,6 +66,46 @@ def test_a_file_pruned_for_space_never_deletes_its_sample(delivered) -> None:
     assert sync.reconcile() == 0  # and a later pass does not bring it back
 
 
+def _loop_folder(folder: Path) -> None:
+    """Make every path under ``folder`` unanswerable (ELOOP), as a dying SD card (EIO) or a
+    folder the agent may no longer enter (EACCES; we run as root here) would."""
+    folder.rename(folder.with_name(folder.name + ".real"))
+    folder.symlink_to(folder.name)  # s1 -> s1
+
+
+def test_a_file_that_cannot_be_checked_is_not_deleted(delivered) -> None:
+    env, config, queue, studio = delivered
+    clock = FakeClock()
+    sync = DeletionSync(config, queue, studio, clock=clock)
+    paths = sorted(rows(queue))
+    _loop_folder(Path(paths[0]).parent)
+    with pytest.raises(OSError) as info:
+        os.lstat(paths[0])
+    assert not isinstance(info.value, FileNotFoundError)  # unknown, not gone
+    assert not os.path.lexists(paths[0])  # yet lexists says "gone"
+    assert sync.notice(Path(paths[0])) == 0
+    assert sync.reconcile() == 0
+    clock.advance(3600)
+    assert sync.run_due().deleted == 0
+    assert deletes(env) == []
+
+
+def test_a_due_deletion_whose_file_cannot_be_checked_is_postponed(delivered) -> None:
+    env, config, queue, studio = delivered
+    clock = FakeClock()
+    sync = DeletionSync(config, queue, studio, clock=clock)
+    paths = sorted(rows(queue))
+    os.unlink(paths[0])
+    assert sync.reconcile() == 1  # really deleted: scheduled
+    _loop_folder(Path(paths[0]).parent)  # then the folder turns unreadable
+    clock.advance(61)
+    result = sync.run_due()
+    assert result.deleted == 0 and result.postponed == 1
+    assert deletes(env) == []
+    (d,) = Ledger(queue).scheduled()
+    assert d.due_at > clock() and "cannot check" in (d.last_error or "")
+
+
 def test_the_sync_thread_survives_a_failing_first_pass(delivered, monkeypatch) -> None:
     """A queue that cannot be written at start (a full disk, a lock held by the ``sync``
     command) must not kill the thread: it says "trying again later", so it must."""
