@@ -33,7 +33,12 @@ def warn_exposed(config: Config) -> list[Path]:
     files: list[tuple[str, Path]] = []
     if config.source != "defaults":
         files.append(("config file", Path(config.source)))
-    for secret in (config.ingestion.api_key, config.ingestion.hmac_key):
+    secrets = [config.ingestion.api_key, config.ingestion.hmac_key]
+    if config.mqtt is not None:
+        secrets.append(config.mqtt.password)
+        if config.mqtt.tls is not None and config.mqtt.tls.key_file is not None:
+            files.append(("MQTT client key file (mqtt.tls.key_file)", config.mqtt.tls.key_file))
+    for secret in secrets:
         if secret.file is not None:
             files.append((f"{secret.what} file ({secret.config_key})", secret.file))
     exposed = [path for _, path in files if readable_by_others(path)]
