@@ -216,7 +216,11 @@ class MqttComponent:
             return
         track.source = cmd.source
         if msg.retain:
-            if self.journal.claim(cmd.id, cmd.source, reply, msg.correlation, "rejected") is None:
+            # Remembered apart from the live ids ("/" is never in an id): the retained copy
+            # is refused once, and the same command sent without retain, as the refusal
+            # advises, is a new command, not a duplicate.
+            key = f"retained/{cmd.id}"
+            if self.journal.claim(key, cmd.source, reply, msg.correlation, "rejected") is None:
                 self._reject(
                     track, "", "a retained message is not a command (publish without retain)"
                 )
