@@ -80,6 +80,12 @@ class CommandRunner:
                     raise CaptureError(
                         f"{argv[0]} did not finish within {source.timeout_seconds:g} s"
                     ) from None
+                except BaseException:
+                    # Ctrl-C in `edge-uploader capture`: the program is in its own session
+                    # and never saw the SIGINT; do not leave it running.
+                    _kill(proc)
+                    proc.wait()
+                    raise
             finally:
                 with self._lock:
                     self._procs.discard(proc)

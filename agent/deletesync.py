@@ -22,7 +22,10 @@ Safety, in order of importance:
   (``--cancel-deletes``: the samples stay), or restores the files.
 - **The grace period** (``grace_seconds``) gives time to notice and undo.
 - Only the newest version of a path counts, only rows with ``after_upload = "keep"`` and
-  only paths under a folder that is watched now.
+  only paths under a folder that is watched now. A file pruned by the disk guard is not a
+  deletion, even when the watcher reports the unlink before the row says ``pruned``.
+- Only "no such file" is a deletion: a path that cannot be checked (an I/O error on a
+  failing card, a folder the agent may no longer enter) postpones, never deletes.
 - Before deleting, the sample is fetched and its SHA-256 compared with the file's: a
   ledger that belongs to another project (the API key was changed) deletes nothing.
 
@@ -83,6 +86,20 @@ def under(path: Path, roots: list[Path]) -> bool:
     return any(root in path.parents for root in roots)
 
 
+def presence(path: str | Path) -> OSError | bool:
+    """True: ``path`` exists; False: it is gone (``ENOENT``/``ENOTDIR``); else the error
+    that stopped us from telling. Only "gone" may ever lead to a remote deletion: an I/O
+    error on a failing card or a folder the agent may no longer enter is not a deletion
+    (``os.path.lexists`` says False for both)."""
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as exc:
+        return exc
+    return True
+
+
 class DeletionSync:
     """The logic, shared by the daemon component and the ``sync`` command."""
 
@@ -104,7 +121,7 @@ class DeletionSync:
 
     def notice(self, path: Path) -> int:
         """The watcher saw ``path`` go: schedule its sample if it is one of ours."""
-        if os.path.lexists(path) or not under(path, self.live_roots()):
+        if presence(path) is not False or not under(path, self.live_roots()):
             return 0
         c = self.ledger.candidate_for_path(str(path))
         return 0 if c is None else self._schedule([c])
@@ -119,7 +136,7 @@ class DeletionSync:
             if stop is not None and stop.is_set():
                 break
             path = Path(c.path)
-            if not under(path, roots) or os.path.lexists(path):
+            if not under(path, roots) or presence(path) is not False:
                 continue
             batch.append(c)
             if len(batch) >= SCHEDULE_BATCH:
@@ -186,17 +203,33 @@ class DeletionSync:
         assert self.studio is not None
         now = self.clock()
         path = Path(d.path)
-        if os.path.lexists(path):
+        here = presence(path)
+        if isinstance(here, OSError):
+            delay = min(HOUR, 60.0 * 2 ** min(d.attempts, 6))  # 1 min, doubling to 1 h
+            reason = f"cannot check {path}: {here.strerror or here}; not deleting its sample"
+            self.ledger.retry_later(d.row_id, due=now + delay, reason=reason)
+            log.warning("deletion sync: %s (trying again in %.0f s)", reason, delay)
+            result.postponed += 1
+            return
+        if here:
             self.ledger.forget(d.row_id)
             if d.sha256:  # back as a new version: the service called it a duplicate
                 self.ledger.adopt_sample(d.sha256, d.sample_id)
             log.info("%s is back: sample %d stays in the project", path, d.sample_id)
             result.kept += 1
             return
+        if not self.ledger.kept_locally(d.row_id):
+            # Pruned by the disk guard (the watcher may report its unlink before the row is
+            # marked), or no longer a kept file: nobody deleted the recording.
+            reason = "its file was not deleted by a user (pruned to free space)"
+            self.ledger.finish(d.row_id, DeleteState.CANCELLED, now=now, reason=reason)
+            log.info("not deleting sample %d of %s: %s", d.sample_id, path, reason)
+            result.kept += 1
+            return
         if d.sha256:
             others = [
                 p for p in self.ledger.paths_with_sha256(d.sha256, exclude_row=d.row_id)
-                if os.path.lexists(p)
+                if presence(p) is not False  # present, or cannot tell: keep the sample
             ]  # fmt: skip
             if others:
                 self.ledger.adopt_sample(d.sha256, d.sample_id)
@@ -355,6 +388,7 @@ class DeleteSyncComponent:
         while not self._stop.is_set():
             self._wake.clear()
             self.started += 1
+            held = True  # a pass that fails before run_due waits like a blocked one
             try:
                 self._drain_paths()
                 if self._reconcile or time.monotonic() >= next_check:
@@ -362,7 +396,6 @@ class DeleteSyncComponent:
                     next_check = time.monotonic() + interval
                     assert self.sync is not None
                     self.sync.reconcile(self._stop)
-                held = True
                 if not self._stop.is_set():
                     assert self.sync is not None
                     result = self.sync.run_due()

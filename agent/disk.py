@@ -9,8 +9,8 @@ holds a watched folder, a capture directory or the queue. Below it:
   the floor is met again, if ``[disk] prune_delivered = true``. Only files inside a watched
   folder or a registered capture directory, still exactly as delivered (same size and
   modification time), are touched; the queue is synced first so no delivered state can
-  roll back after its file is gone, and the rows are marked ``pruned`` so deletion sync
-  never mistakes them for a user's deletion;
+  roll back after its file is gone, and each row is marked ``pruned`` before its file goes
+  so deletion sync never mistakes the unlink for a user's deletion;
 - the queue is left alone: its rows are small, and a write that fails with "database or
   disk is full" is retried by intake and pipeline without losing anything.
 
@@ -226,7 +226,9 @@ class DiskGuard:
                     self._prune(s)
                 self.check(force=True)
             self._wake.clear()
-            self._wake.wait(self.config.check_interval_seconds if low else None)
+            self._mark_pruned()  # rows pruned while the queue could not be written
+            retry = low or bool(self._unmarked)
+            self._wake.wait(self.config.check_interval_seconds if retry else None)
 
     def _prune(self, state: FsState) -> None:
         """Delete delivered, kept files on ``state``'s file system, oldest first, until
@@ -275,6 +277,15 @@ class DiskGuard:
         if st.st_dev != dev or st.st_size != row.size or st.st_mtime_ns != row.mtime_ns:
             return 0  # elsewhere, or rewritten since delivery: a newer version may be queued
         freed = st.st_blocks * 512
+        # Marked first: the watcher reports the unlink at once, and deletion sync must find
+        # a pruned row, not a kept file a user deleted. A queue too full to write is
+        # marked later (the unlink is what frees the space).
+        assert self.queue is not None
+        try:
+            self.queue.mark_pruned([row.id])
+            marked = True
+        except QueueError:
+            marked = False
         try:
             path.unlink()
         except OSError as exc:
@@ -285,7 +296,8 @@ class DiskGuard:
         except OSError:
             pass
         log.info("pruned %s (delivered as sample %s) to free space", path, row.sample_id)
-        self._unmarked.append(row.id)
+        if not marked:
+            self._unmarked.append(row.id)
         return max(freed, 1)
 
     def _may_prune(self, path: Path) -> bool:

@@ -160,6 +160,15 @@ class Ledger:
             r = db.execute(_CANDIDATE_SQL + " AND f.path=?", (State.DELIVERED, path)).fetchone()
         return None if r is None else Candidate(int(r[0]), r[1], int(r[2]), r[3], r[4])
 
+    def kept_locally(self, row_id: int) -> bool:
+        """Is this row still a delivered file kept locally (not pruned by the disk guard)?"""
+        with self.queue.reading() as db:
+            r = db.execute(
+                "SELECT 1 FROM files WHERE id=? AND state=? AND after_upload='keep'",
+                (row_id, State.DELIVERED),
+            ).fetchone()
+        return r is not None
+
     def paths_with_sha256(self, sha256: str, *, exclude_row: int) -> list[str]:
         """Other queued paths with the same content (a rename keeps the sample)."""
         with self.queue.reading() as db:

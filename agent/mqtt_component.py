@@ -143,13 +143,23 @@ class MqttComponent:
             deadline = time.monotonic() + STOP_CAPTURES_SECONDS
             for t in list(self._threads):
                 t.join(max(0.0, deadline - time.monotonic()))
-            self._inbox.put(None)
-            self._worker.join(2)
-            self.heartbeat.stop()
-            self.stats.unsubscribe(self._on_event)
-            self.stats.unsubscribe(self.heartbeat.on_event)
-            self.link.stop(encode(offline_document(self.config.device_id, "stopped", time.time())))
-            self.journal.close()
+            # A start() that failed half-way (a bad TLS file) left some parts unbuilt.
+            worker = getattr(self, "_worker", None)
+            if worker is not None:
+                self._inbox.put(None)
+                worker.join(2)
+            heartbeat: Heartbeat | None = getattr(self, "heartbeat", None)
+            if heartbeat is not None:
+                heartbeat.stop()
+                self.stats.unsubscribe(heartbeat.on_event)
+            if hasattr(self, "stats"):
+                self.stats.unsubscribe(self._on_event)
+            link: Link | None = getattr(self, "link", None)
+            if link is not None:
+                link.stop(encode(offline_document(self.config.device_id, "stopped", time.time())))
+            journal: CommandJournal | None = getattr(self, "journal", None)
+            if journal is not None:
+                journal.close()
         except Exception:
             log.exception("stopping the MQTT component failed")
 
@@ -206,7 +216,11 @@ class MqttComponent:
             return
         track.source = cmd.source
         if msg.retain:
-            if self.journal.claim(cmd.id, cmd.source, reply, msg.correlation, "rejected") is None:
+            # Remembered apart from the live ids ("/" is never in an id): the retained copy
+            # is refused once, and the same command sent without retain, as the refusal
+            # advises, is a new command, not a duplicate.
+            key = f"retained/{cmd.id}"
+            if self.journal.claim(key, cmd.source, reply, msg.correlation, "rejected") is None:
                 self._reject(
                     track, "", "a retained message is not a command (publish without retain)"
                 )

@@ -128,8 +128,10 @@ class Service:
             cfg.device_id, len(cfg.watches), cfg.queue.path, cfg.ingestion.url,
         )  # fmt: skip
 
-    def _start_stages(self) -> None:
-        """Everything but the queue, from ``self.config``: start-up and reload share it."""
+    def _start_stages(self, *, tolerant: bool = False) -> None:
+        """Everything but the queue, from ``self.config``: start-up and reload share it.
+        ``tolerant``: a component that fails to start is logged, not raised (going back to
+        the running config must not end the daemon because a file it read went bad)."""
         cfg, queue = self.config, self.queue
         assert queue is not None
         self._halt = halt = threading.Event()
@@ -154,7 +156,13 @@ class Service:
                                          daemon=True)  # fmt: skip
         self._scanner.start()
         for component in self.components:
-            component.start(self)
+            if not tolerant:
+                component.start(self)
+                continue
+            try:
+                component.start(self)
+            except Exception as exc:
+                log.error("%s did not start again: %s", component.name, exc)
 
     def _stop_stages(self, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
         """Stop everything but the queue; uploads in flight go back to pending."""
@@ -234,7 +242,7 @@ class Service:
                 self._stop_stages()
                 # stopped components are not restarted: fresh ones for the old config
                 self.config, self.components = old, build_components(old)
-                self._start_stages()
+                self._start_stages(tolerant=True)
                 self.notifier.ready()
                 return False
         self.reload_error = None

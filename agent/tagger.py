@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -108,12 +110,26 @@ def read_sidecar(path: Path) -> Context | None:
     """The sidecar of ``path`` if there is one; ``SidecarError`` if it cannot be used."""
     side = sidecar_path(path)
     try:
-        with open(side, "rb") as handle:
-            raw = handle.read(MAX_SIDECAR_BYTES + 1)
+        # O_NONBLOCK: a FIFO at the sidecar's name must not block intake until a writer
+        # comes; anything but a regular file is refused below.
+        fd = os.open(side, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise SidecarError(str(side), f"cannot read: {exc.strerror or exc}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise SidecarError(str(side), "cannot read: not a regular file")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_SIDECAR_BYTES and (chunk := os.read(fd, MAX_SIDECAR_BYTES + 1 - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+        raw = b"".join(chunks)
+    except OSError as exc:
+        raise SidecarError(str(side), f"cannot read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
     return parse_sidecar(raw, str(side))
 
 

@@ -139,3 +139,23 @@ def test_journal_is_durable_and_bounded(tmp_path: Path) -> None:
     j.prune()
     assert j._db.execute("SELECT count(*) FROM commands").fetchone()[0] == 0
     j.close()
+
+
+def test_a_command_refused_as_retained_runs_when_sent_again_without_retain(parts: Any) -> None:
+    """The refusal says "publish without retain": doing exactly that must work, the id was
+    never run (a retained message is remembered apart, so it is still refused only once)."""
+    comp, link, service = parts
+    service.disk = None  # no disk floor in this fake
+    raw = json.dumps({"id": "c-77", "source": "cam", "duration_ms": 5}).encode()
+    comp.handle(Message("t", raw, retain=True))
+    comp.handle(Message("t", raw))
+    for t in list(comp._threads):
+        t.join(10)  # the capture ends (the source is free again)
+    comp.handle(Message("t", raw, retain=True))  # the retained copy again: still ignored
+    comp.handle(Message("t", raw))  # the live id again: a duplicate
+    events = [(d["event"], d.get("reason") or "") for t, d, _ in link.sent
+              if t.endswith("/events") and d["id"] == "c-77"]  # fmt: skip
+    assert events[0][0] == "rejected" and "without retain" in events[0][1]
+    assert ("accepted", "") in events
+    rejected = [reason for event, reason in events if event == "rejected"]
+    assert len(rejected) == 2 and "duplicate" in rejected[1]
