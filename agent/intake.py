@@ -227,14 +227,15 @@ class Intake:
         new: list[NewFile] = []
         callbacks: list[tuple[Item, NewFile]] = []
         adopt: list[tuple[str, int, int, str]] = []
-        paths: set[str] = set()
+        paths: set[tuple[str, int, int]] = set()
         for item in items:
             decided = self._decide(item, adopt)
             if decided is None:
                 continue
-            if decided.path in paths:
+            version = (decided.path, decided.size, decided.mtime_ns)
+            if version in paths:
                 continue
-            paths.add(decided.path)
+            paths.add(version)
             new.append(decided)
             callbacks.append((item, decided))
         for batch in {a[3] for a in adopt}:

@@ -20,9 +20,11 @@ committed with a full sync.
 from __future__ import annotations
 
 import logging
+import os
 import queue as stdqueue
 import random
 import shutil
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -442,8 +444,21 @@ class Pipeline:
 
     # -- after_upload --------------------------------------------------------------------
     def finish_local(self, row: Row) -> bool:
-        """Delete or move a delivered file (and its sidecar). True when done or moot."""
+        """Delete or move a delivered file (and its sidecar). True when done or moot.
+
+        Only the version that was delivered: a file rewritten in place since then is a new
+        capture (queued as its own row), and it and its sidecar are left alone."""
         src = Path(row.path)
+        try:
+            st = os.stat(src, follow_symlinks=False)
+        except FileNotFoundError:
+            return True
+        except OSError as exc:
+            log.error("after delivery, cannot check %s: %s", src, exc.strerror or exc)
+            return False
+        if not stat.S_ISREG(st.st_mode) or (st.st_size, st.st_mtime_ns) != (row.size, row.mtime_ns):
+            log.info("kept %s: it changed after it was delivered (the new version is queued)", src)
+            return True
         try:
             if row.after_upload == "delete":
                 for p in (src, sidecar_path(src)):

@@ -29,9 +29,11 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import errno
 import hashlib
 import json
 import os
+import stat
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -236,11 +238,19 @@ class Uploader:
 
     def upload(self, sample: Sample) -> Answer:
         try:
-            handle = open(sample.path, "rb")  # noqa: SIM115 - closed in finally, after the send
+            # non-blocking and no symlinks: a FIFO or a link swapped in after the file was
+            # queued must not hang a worker or send another file's bytes
+            fd = os.open(sample.path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
             return Answer(Outcome.GONE, "the file no longer exists")
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return Answer(Outcome.GONE, "the file was replaced by a symbolic link")
             return Answer(Outcome.DEAD, f"cannot read the file: {exc.strerror or exc}")
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            return Answer(Outcome.GONE, "the file was replaced by something that is not a file")
+        handle = os.fdopen(fd, "rb")
         try:
             st = _fstat(handle)
             if sample.expect_size is not None and (

@@ -388,3 +388,15 @@ def test_row_sample() -> None:
     assert (s.expect_size, s.expect_mtime_ns) == (3, 4)
     assert s.extra_parts == (("bounding_boxes.labels", b"{}", "application/json"),)
     assert replace(row, upload_name=None).file_name == "a.wav"
+
+
+def test_a_file_rewritten_after_delivery_is_not_deleted(rig: Rig) -> None:
+    rid = rig.add("a.wav", after_upload="delete")
+    sidecar_path(rig.root / "a.wav").write_text('{"label": "v2"}')
+    rig.queue.lease(1)
+    rig.queue.settle([Result(rid, State.DELIVERED, sample_id=3)], durable=True)  # then a crash
+    (rig.root / "a.wav").write_bytes(b"version 2, not yet delivered")  # a new capture
+    finish_pending_local(rig.queue, rig.pipeline)
+    assert (rig.root / "a.wav").read_bytes() == b"version 2, not yet delivered"
+    assert sidecar_path(rig.root / "a.wav").exists()
+    assert rig.queue.unfinished_local_actions() == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -382,10 +383,47 @@ def test_file_changed_since_queued(uploader: Uploader, rec: Recorder, wav: Path)
     assert len(rec.requests) == 1
 
 
-def test_unreadable_path_is_dead(uploader: Uploader, rec: Recorder, tmp_path: Path) -> None:
-    a = uploader.upload(sample(tmp_path))  # a folder: open() fails with EISDIR
-    assert a.outcome is Outcome.DEAD
-    assert a.reason.startswith("cannot read the file: ")
+def test_a_folder_in_place_of_the_file_is_gone(
+    uploader: Uploader, rec: Recorder, tmp_path: Path
+) -> None:
+    a = uploader.upload(sample(tmp_path))
+    assert (a.outcome, a.reason) == (
+        Outcome.GONE,
+        "the file was replaced by something that is not a file",
+    )
+    assert rec.requests == []
+
+
+def test_a_fifo_in_place_of_the_file_does_not_hang(
+    uploader: Uploader, rec: Recorder, tmp_path: Path
+) -> None:
+    fifo = tmp_path / "swapped.wav"
+    os.mkfifo(fifo)  # opening it for reading without O_NONBLOCK would wait for a writer
+    a = uploader.upload(sample(fifo))
+    assert a.outcome is Outcome.GONE
+    assert rec.requests == []
+
+
+def test_a_symlink_in_place_of_the_file_is_not_followed(
+    uploader: Uploader, rec: Recorder, wav: Path, tmp_path: Path
+) -> None:
+    link = tmp_path / "link.wav"
+    link.symlink_to(wav)
+    a = uploader.upload(sample(link))
+    assert (a.outcome, a.reason) == (Outcome.GONE, "the file was replaced by a symbolic link")
+    assert rec.requests == []
+
+
+def test_unreadable_file_is_dead(
+    uploader: Uploader, rec: Recorder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def deny(*args: object, **kw: object) -> int:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("agent.uploader.os.open", deny)  # root may read anything
+    a = uploader.upload(sample(tmp_path / "x.wav"))
+    monkeypatch.undo()
+    assert (a.outcome, a.reason) == (Outcome.DEAD, "cannot read the file: Permission denied")
     assert rec.requests == []
 
 
