@@ -34,6 +34,7 @@ Time comes from the injected clock, so tests move through the grace period insta
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
 import os
@@ -113,11 +114,36 @@ class DeletionSync:
         self.studio = studio
         self.clock = clock
         self.roots = [w.path for w in config.watches]
+        self._unmounted: set[Path] = set()
 
     # -- noticing ------------------------------------------------------------------------
     def live_roots(self) -> list[Path]:
-        """Watched folders that exist now; rows under a missing folder are left alone."""
-        return [r for r in self.roots if r.is_dir()]
+        """Watched folders whose files can be judged now; rows under the others are left
+        alone. A folder that is missing, or empty on another file system than it was on
+        before (an SD card or USB disk that is not mounted), does not count: every file
+        under it would look deleted."""
+        known = self.queue.get_state()
+        live: list[Path] = []
+        for root in self.roots:
+            try:
+                dev = root.stat().st_dev
+                empty = not any(os.scandir(root))
+            except OSError:
+                continue
+            key = f"watch_device:{root}"
+            before = known.get(key)
+            if before is not None and before != dev and empty:
+                if root not in self._unmounted:
+                    log.warning("deletion sync: %s is empty and on another file system than"
+                                " before (not mounted?); its files are not treated as deleted",
+                                root)  # fmt: skip
+                    self._unmounted.add(root)
+                continue
+            self._unmounted.discard(root)
+            if before != dev:
+                self.queue.set_state(**{key: dev})
+            live.append(root)
+        return live
 
     def notice(self, path: Path) -> int:
         """The watcher saw ``path`` go: schedule its sample if it is one of ours."""
@@ -181,8 +207,9 @@ class DeletionSync:
             # Once per client: a wrong URL or project must stop the pass, not turn every
             # "not found" into "already deleted".
             self._guard(self.studio.check_project, result)
+            roots = self.live_roots()
             for d in itertools.chain((first,), todo):
-                self._execute(d, result)
+                self._execute(d, result, roots)
         except _Stop:
             pass
         return result
@@ -199,11 +226,13 @@ class DeletionSync:
             log.error("deletion sync stopped: %s", exc)
             raise _Stop from None
 
-    def _execute(self, d: Delete, result: PassResult) -> None:
+    def _execute(self, d: Delete, result: PassResult, roots: list[Path]) -> None:
         assert self.studio is not None
         now = self.clock()
         path = Path(d.path)
-        here = presence(path)
+        here: OSError | bool = presence(path)
+        if not here and not under(path, roots):
+            here = OSError(errno.ENOENT, "its watched folder is not there (not mounted?)")
         if isinstance(here, OSError):
             delay = min(HOUR, 60.0 * 2 ** min(d.attempts, 6))  # 1 min, doubling to 1 h
             reason = f"cannot check {path}: {here.strerror or here}; not deleting its sample"

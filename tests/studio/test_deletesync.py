@@ -281,3 +281,27 @@ def test_schema_1_queue_files_are_migrated(tmp_path: Path) -> None:
     db.close()
     with pytest.raises(Exception, match="newer edge-uploader"):
         Queue(path)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a file system")
+def test_an_unmounted_card_deletes_nothing(env: Env) -> None:
+    import subprocess
+
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "edge-uploader-card",
+                    str(env.captures)], check=True)  # fmt: skip
+    mounted = True
+    try:
+        env.make_files(3)
+        env.deliver(3)
+        env.write_config(SYNC.format(grace=0, cap=50))
+        assert "0 deleted" in _run(["sync", "--config", str(env.config_path)])  # sees the card
+        subprocess.run(["umount", str(env.captures)], check=True)
+        mounted = False
+        # the folder is now empty, on the root file system: nothing was deleted by anyone
+        out = _run(["sync", "--config", str(env.config_path)])
+        assert "0 deleted" in out
+        assert deletes(env) == [] and len(live_ids(env)) == 3
+        assert counts(env)["scheduled"] == 0
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(env.captures)], check=False)
