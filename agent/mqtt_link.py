@@ -37,6 +37,9 @@ from agent.capture_config import MqttConfig
 from agent.errors import ConfigError
 from agent.secrets import Secret
 
+MAX_INBOUND_PACKET_BYTES = 256 * 1024
+"""The largest MQTT 5 packet the broker may send us (a command is at most 8 KiB)."""
+
 log = logging.getLogger("agent.mqtt")
 
 MAX_QUEUED_MESSAGES = 1000
@@ -170,9 +173,16 @@ class MqttLink:
     def start(self) -> None:
         cfg = self.config
         clean: Any = True if cfg.protocol == "5" else mqtt.MQTT_CLEAN_START_FIRST_ONLY
+        props = None
+        if cfg.protocol == "5":
+            # paho reads a whole message into memory before we can refuse it: ask the
+            # broker not to send anything larger (commands are at most a few KiB)
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.MaximumPacketSize = MAX_INBOUND_PACKET_BYTES
         self.client.connect_async(
-            cfg.host, cfg.port, keepalive=cfg.keepalive_seconds, clean_start=clean
-        )
+            cfg.host, cfg.port, keepalive=cfg.keepalive_seconds, clean_start=clean,
+            properties=props,
+        )  # fmt: skip
         self.client.loop_start()
         log.info(
             "MQTT: connecting to %s:%d as %s (MQTT %s%s), topics %s/...",

@@ -44,3 +44,19 @@ def test_manual_capture_is_refused_below_the_floor(
     assert done.returncode == 1
     assert "capture refused: low disk space" in done.stdout
     assert list((tmp_path / "captures").iterdir()) == []
+
+
+def test_a_huge_payload_never_reaches_the_agent(
+    broker: Broker, observer: Observer, tmp_path: Path, make_agent: Callable[..., AgentRun],
+) -> None:  # fmt: skip
+    """MQTT 5: the agent asks the broker for at most 256 KiB per packet, so a 2 MiB payload
+    is dropped by the broker instead of being read into the agent's memory."""
+    agent = make_agent(mqtt_port=broker.port, ingestion_url="http://127.0.0.1:9", sensor_path=None)
+    agent.start()
+    wait_until(lambda: observer.json_on(f"{PREFIX}/status"), what="online status")
+    observer.publish(f"{PREFIX}/capture", b"{" + b" " * (2 * 1024 * 1024) + b"}")
+    observer.publish(f"{PREFIX}/capture", command("after-big", source="snap", duration_ms=10))
+    first = observer.wait_event("after-big", ("accepted", "rejected"))
+    assert first["event"] == "accepted"
+    # the huge one produced no event at all: it never arrived
+    assert all(e.get("id") == "after-big" for e in observer.json_on(f"{PREFIX}/events"))
