@@ -1,4 +1,4 @@
-"""Below the ``[disk]`` floor new captures are refused with the reason; nothing is written."""
+"""Limits: below the ``[disk]`` floor captures are refused with the reason; huge payloads never arrive."""
 
 from __future__ import annotations
 
