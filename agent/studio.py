@@ -376,6 +376,7 @@ class StudioClient:
         params = self._filters(category, labels, filename, metadata)
         offset = 0
         seen_total: int | None = None
+        previous: list[int] = []
         while True:
             page_params = {**params, "limit": str(page_size), "offset": str(offset)}
             data = self._request("GET", f"/api/{self.project_id}/raw-data",
@@ -386,8 +387,15 @@ class StudioClient:
             total = data.get("totalCount")
             if isinstance(total, int) and not isinstance(total, bool):
                 seen_total = total
-            for item in samples:
-                yield parse_sample(item, f"list samples (offset {offset})")
+            page = [parse_sample(item, f"list samples (offset {offset})") for item in samples]
+            ids = [s.id for s in page]
+            if ids and ids == previous:
+                raise PermanentError(
+                    "list samples: the Studio API sent the same page twice (it ignores"
+                    " 'offset'); stopping instead of listing forever"
+                )
+            previous = ids
+            yield from page
             offset += len(samples)
             if len(samples) < page_size or (seen_total is not None and offset >= seen_total):
                 return

@@ -209,6 +209,22 @@ def test_listing_pages_and_filters() -> None:
     assert json.loads(seen[0]["metadata"]) == [{"key": "site", "op": "neq", "values": ["a"]}]
 
 
+def test_a_server_that_ignores_offset_does_not_list_forever() -> None:
+    calls = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        calls.append(req)
+        limit = int(req.url.params["limit"])  # always the first page, no totalCount
+        return httpx.Response(
+            200, json={"success": True, "samples": [sample(i) for i in range(1, limit + 1)]}
+        )
+
+    c = client(handler)
+    with pytest.raises(PermanentError, match="same page twice"):
+        list(c.list_samples("training"))
+    assert len(calls) == 2
+
+
 def test_bounded_map_keeps_order_and_returns_errors() -> None:
     def fn(i: int) -> int:
         if i == 3:
