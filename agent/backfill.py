@@ -192,6 +192,20 @@ class Backfill:
     def _fatal(exc: Exception) -> bool:
         return isinstance(exc, AuthError | TransientError | ConfigError | ProjectNotFound)
 
+    @classmethod
+    def _outcome(
+        cls, res: tuple[ItemState, str | None] | Exception
+    ) -> tuple[ItemState, str | None] | None:
+        """One sample's result; None when the error stops the whole run (key, network,
+        project). A per-sample refusal is a failure of that sample only; a bug re-raises."""
+        if not isinstance(res, Exception):
+            return res
+        if cls._fatal(res):
+            return None
+        if not isinstance(res, AgentError):
+            raise res
+        return ItemState.FAILED, str(res)
+
     # -- dry run -------------------------------------------------------------------------
     def dry_run(self) -> Summary:
         """Say what would change, sample by sample; change nothing anywhere."""
@@ -209,16 +223,11 @@ class Backfill:
             results = bounded_map(lambda i: self._one(i, write=False), self.selected_ids(),
                                   self.workers)  # fmt: skip
         for sid, res in results:
-            detail: str | None
-            if isinstance(res, Exception):
-                if self._fatal(res):
-                    summary.stopped = str(res)
-                    break
-                if not isinstance(res, AgentError):
-                    raise res
-                state, detail = ItemState.FAILED, str(res)
-            else:
-                state, detail = res
+            outcome = self._outcome(res)
+            if outcome is None:
+                summary.stopped = str(res)
+                break
+            state, detail = outcome
             summary.counts[state.label] += 1
             if state is ItemState.WRITTEN and detail:
                 print(detail, file=self.out)
@@ -251,16 +260,11 @@ class Backfill:
         try:
             for sid, res in bounded_map(lambda i: self._one(i, write=True),
                                         ledger.open_items(job), self.workers):  # fmt: skip
-                detail: str | None
-                if isinstance(res, Exception):
-                    if self._fatal(res):
-                        summary.stopped = str(res)
-                        break
-                    if not isinstance(res, AgentError):
-                        raise res
-                    state, detail = ItemState.FAILED, str(res)
-                else:
-                    state, detail = res
+                outcome = self._outcome(res)
+                if outcome is None:
+                    summary.stopped = str(res)
+                    break
+                state, detail = outcome
                 if state is ItemState.WRITTEN:
                     detail = None  # the change line is for dry runs; keep the table small
                 summary.counts[state.label] += 1
