@@ -42,7 +42,6 @@ from agent.uploader import Answer, Outcome, Sample, Uploader
 
 log = logging.getLogger("agent.pipeline")
 
-Hook = Callable[[Row, Answer], None]
 
 QUEUE_RETRY_SECONDS = 5.0
 
@@ -126,7 +125,6 @@ class Pipeline:
         self.clock = clock
         self.rng = rng
         self.watch_roots = watch_roots or {}
-        self.hooks: list[Hook] = []
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._work: stdqueue.SimpleQueue[Row | None] = stdqueue.SimpleQueue()
@@ -429,11 +427,6 @@ class Pipeline:
             event = Event.RETRY
             log.info("will retry %s: %s", row.path, a.reason)
         self.stats.emit(event, **info)
-        for hook in self.hooks:
-            try:
-                hook(row, a)
-            except Exception:
-                log.exception("delivery hook failed")
 
     def _note(self, **values: object) -> None:
         """Best-effort facts for ``status``; a full disk must not stop the reporting."""

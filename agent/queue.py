@@ -600,14 +600,6 @@ class Queue:
             got = {State(s).label: (int(n), int(b)) for s, n, b in cur.fetchall()}
         return {s.label: got.get(s.label, (0, 0)) for s in State}
 
-    def batch_counts(self, batch: str) -> dict[str, int]:
-        with self._lock:
-            cur = self._db.execute(
-                "SELECT state, count(*) FROM files WHERE batch=? GROUP BY state", (batch,)
-            )
-            got = {State(s).label: n for s, n in cur.fetchall()}
-        return {s.label: got.get(s.label, 0) for s in State}
-
     def delivered_since(self, since: float) -> tuple[int, int]:
         """(files, bytes) delivered since ``since``: the recent throughput."""
         with self._lock:

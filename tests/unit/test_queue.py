@@ -86,7 +86,7 @@ def test_enqueue_of_a_known_file_joins_the_new_batch(q: Queue) -> None:
     assert q.enqueue_many([nf(1, batch="upload-2")]) == []
     row = q.get(rid)
     assert row is not None and row.batch == "upload-2"
-    assert q.batch_counts("upload-2")["pending"] == 1
+    assert q.batch_totals("upload-2")["pending"] == (1, 101)
 
 
 # -- lease and settle ---------------------------------------------------------------------
