@@ -109,24 +109,27 @@ class Ledger:
     def __init__(self, queue: Queue) -> None:
         self.queue = queue
 
-    # -- the ledger ----------------------------------------------------------------------
-    def sample_ids(self) -> Iterator[int]:
-        """Distinct sample ids of delivered rows, ascending."""
+    def _pages(self, sql: str, args: tuple[Any, ...]) -> Iterator[tuple[Any, ...]]:
+        """Rows of ``sql`` a page at a time (keyset paging on its first column): ``sql``
+        ends in ``... > ? ORDER BY <that column> LIMIT ?``; memory stays flat."""
         last = 0
         while True:
             with self.queue.reading() as db:
-                ids = [
-                    int(r[0])
-                    for r in db.execute(
-                        "SELECT DISTINCT sample_id FROM files WHERE state=? AND sample_id>?"
-                        " ORDER BY sample_id LIMIT ?",
-                        (State.DELIVERED, last, PAGE),
-                    )
-                ]
-            yield from ids
-            if len(ids) < PAGE:
+                rows = db.execute(sql, (*args, last, PAGE)).fetchall()
+            yield from rows
+            if len(rows) < PAGE:
                 return
-            last = ids[-1]
+            last = rows[-1][0]
+
+    # -- the ledger ----------------------------------------------------------------------
+    def sample_ids(self) -> Iterator[int]:
+        """Distinct sample ids of delivered rows, ascending."""
+        sql = (
+            "SELECT DISTINCT sample_id FROM files WHERE state=? AND sample_id>?"
+            " ORDER BY sample_id LIMIT ?"
+        )
+        for r in self._pages(sql, (State.DELIVERED,)):
+            yield int(r[0])
 
     def delivered_without_id(self) -> int:
         """Delivered rows with no sample id (the service had the file already)."""
@@ -145,15 +148,8 @@ class Ledger:
         if unscheduled:
             sql += " AND NOT EXISTS (SELECT 1 FROM remote_deletes d WHERE d.row_id=f.id)"
         sql += " ORDER BY f.id LIMIT ?"
-        last = 0
-        while True:
-            with self.queue.reading() as db:
-                rows = db.execute(sql, (State.DELIVERED, last, PAGE)).fetchall()
-            for r in rows:
-                yield Candidate(int(r[0]), r[1], int(r[2]), r[3], r[4])
-            if len(rows) < PAGE:
-                return
-            last = int(rows[-1][0])
+        for r in self._pages(sql, (State.DELIVERED,)):
+            yield Candidate(int(r[0]), r[1], int(r[2]), r[3], r[4])
 
     def candidate_for_path(self, path: str) -> Candidate | None:
         with self.queue.reading() as db:
@@ -350,21 +346,12 @@ class Ledger:
 
     def open_items(self, job: str) -> Iterator[int]:
         """Sample ids still to do (pending, or failed last time), ascending."""
-        last = 0
-        while True:
-            with self.queue.reading() as db:
-                ids = [
-                    int(r[0])
-                    for r in db.execute(
-                        "SELECT sample_id FROM backfill_items WHERE job=? AND state IN (?,?)"
-                        " AND sample_id>? ORDER BY sample_id LIMIT ?",
-                        (job, ItemState.PENDING, ItemState.FAILED, last, PAGE),
-                    )
-                ]
-            yield from ids
-            if len(ids) < PAGE:
-                return
-            last = ids[-1]
+        sql = (
+            "SELECT sample_id FROM backfill_items WHERE job=? AND state IN (?,?)"
+            " AND sample_id>? ORDER BY sample_id LIMIT ?"
+        )
+        for r in self._pages(sql, (job, ItemState.PENDING, ItemState.FAILED)):
+            yield int(r[0])
 
     def mark_items(self, job: str, results: Iterable[tuple[int, ItemState, str | None]]) -> None:
         with self.queue.transaction() as db:
