@@ -6,7 +6,7 @@ inside the capture folder, a validated whole number). No shell, no payload text.
 
 The program runs in its own session so a timeout or a stop kills its whole process group
 (``arecord`` piped into something, a wrapper script). Its output and errors go to a
-temporary file, of which only the last line is kept for the failure reason; the agent's
+pipe of which only the last few KiB are kept (its last line is the failure reason); the agent's
 secrets (API key, HMAC key, MQTT password variables) are removed from its environment.
 """
 
@@ -17,7 +17,6 @@ import os
 import signal
 import stat
 import subprocess
-import tempfile
 import threading
 from pathlib import Path
 from typing import IO
@@ -41,6 +40,10 @@ def build_argv(source: CommandSource, output: Path, duration_ms: int) -> list[st
     return [render_arg(arg, values) for arg in source.argv]
 
 
+TAIL_BYTES = 4096
+"""How much of a program's output is kept, for the failure reason."""
+
+
 class CommandRunner:
     """Runs command captures; ``kill_all`` ends every running one (used on stop)."""
 
@@ -53,47 +56,48 @@ class CommandRunner:
         """Run the program; return the size of the file it wrote at ``output``."""
         argv = build_argv(source, output, duration_ms)
         env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
-        with tempfile.TemporaryFile() as log:
-            with self._lock:
-                if self._stopping:
-                    raise CaptureError("capture cancelled: the agent is stopping")
-                try:
-                    proc = subprocess.Popen(
-                        argv,
-                        stdin=subprocess.DEVNULL,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        cwd=output.parent,
-                        env=env,
-                        start_new_session=True,
-                        close_fds=True,
-                    )
-                except OSError as exc:
-                    raise CaptureError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
-                self._procs.add(proc)
-            try:
-                try:
-                    code = proc.wait(timeout=source.timeout_seconds)
-                except subprocess.TimeoutExpired:
-                    _kill(proc)
-                    proc.wait()
-                    raise CaptureError(
-                        f"{argv[0]} did not finish within {source.timeout_seconds:g} s"
-                    ) from None
-                except BaseException:
-                    # Ctrl-C in `edge-uploader capture`: the program is in its own session
-                    # and never saw the SIGINT; do not leave it running.
-                    _kill(proc)
-                    proc.wait()
-                    raise
-            finally:
-                with self._lock:
-                    self._procs.discard(proc)
+        with self._lock:
             if self._stopping:
                 raise CaptureError("capture cancelled: the agent is stopping")
-            if code != 0:
-                what = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
-                raise CaptureError(f"{argv[0]} {what}{_last_line(log)}")
+            try:
+                proc = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    cwd=output.parent,
+                    env=env,
+                    start_new_session=True,
+                    close_fds=True,
+                )
+            except OSError as exc:
+                raise CaptureError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
+            self._procs.add(proc)
+        tail = _Tail(proc.stdout)
+        try:
+            try:
+                code = proc.wait(timeout=source.timeout_seconds)
+            except subprocess.TimeoutExpired:
+                _kill(proc)
+                proc.wait()
+                raise CaptureError(
+                    f"{argv[0]} did not finish within {source.timeout_seconds:g} s"
+                ) from None
+            except BaseException:
+                # Ctrl-C in `edge-uploader capture`: the program is in its own session
+                # and never saw the SIGINT; do not leave it running.
+                _kill(proc)
+                proc.wait()
+                raise
+        finally:
+            with self._lock:
+                self._procs.discard(proc)
+            tail.data()
+        if self._stopping:
+            raise CaptureError("capture cancelled: the agent is stopping")
+        if code != 0:
+            what = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
+            raise CaptureError(f"{argv[0]} {what}{_last_line(tail.data())}")
         return _check_output(output, argv[0])
 
     def kill_all(self) -> None:
@@ -109,13 +113,36 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-def _last_line(log: IO[bytes]) -> str:
-    try:
-        size = log.seek(0, os.SEEK_END)
-        log.seek(max(0, size - 1024))
-        tail = log.read().decode("utf-8", "replace").strip().splitlines()
-    except OSError:
-        return ""
+class _Tail:
+    """Reads a program's output as it comes and keeps only the last ``TAIL_BYTES``: a
+    chatty program cannot fill memory or a disk, and cannot block on a full pipe."""
+
+    def __init__(self, stream: IO[bytes] | None) -> None:
+        self._stream = stream
+        self._data = b""
+        self._thread = threading.Thread(target=self._read, name="capture-output", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        if self._stream is None:
+            return
+        try:
+            with contextlib.suppress(OSError, ValueError):
+                while chunk := self._stream.read1(65536):  # type: ignore[attr-defined]
+                    self._data = (self._data + chunk)[-TAIL_BYTES:]
+        finally:
+            with contextlib.suppress(OSError):
+                self._stream.close()
+
+    def data(self) -> bytes:
+        """What was kept; waits a moment for the last output (a child of the program that
+        kept the pipe open must not hold the capture up: its reader ends at its EOF)."""
+        self._thread.join(1.0)
+        return self._data
+
+
+def _last_line(data: bytes) -> str:
+    tail = data.decode("utf-8", "replace").strip().splitlines()
     if not tail:
         return ""
     line = " ".join(tail[-1].split())[:MAX_REASON_CHARS]

@@ -154,3 +154,15 @@ def test_file_names_are_unique_and_plain() -> None:
     cmd = Command("c", "accel", 10, "run 2")
     a, b = file_name(cmd, ".json", 1.5), file_name(cmd, ".json", 1.5)
     assert a != b and a.startswith("accel.run_2.19700101T000001.500Z.") and a.endswith(".json")
+
+
+def test_a_chatty_failing_program_keeps_only_its_last_output(tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "for i in range(200000): print('noise line', i)\n"
+        "print('camera not detected', file=sys.stderr); sys.exit(3)"
+    )
+    with pytest.raises(CaptureError) as err:
+        CommandRunner().run(src(code, timeout=30), tmp_path / "x.png", 10)
+    assert str(err.value).endswith("exited with status 3: camera not detected")
+    assert list(tmp_path.iterdir()) == []
