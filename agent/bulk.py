@@ -37,6 +37,7 @@ import httpx
 
 from agent.bulkinputs import UploadRequest, batch_id, candidates
 from agent.config import Config
+from agent.errors import InputError
 from agent.events import Event, Stats
 from agent.intake import BATCH, Intake, Item
 from agent.pipeline import PREFETCH, Pipeline
@@ -242,11 +243,15 @@ class BulkUpload:
     def _feed(self, intake: Intake, queue: Queue) -> str:
         """Queue every candidate in chunks; returns early when the run must stop."""
         items = candidates(self.request, self.config, self.batch, self._refused)
-        for chunk in _chunks(items, BATCH):
-            intake.process(chunk)
-            outcome = self._should_stop()
-            if outcome:
-                return outcome
+        try:
+            for chunk in _chunks(items, BATCH):
+                intake.process(chunk)
+                outcome = self._should_stop()
+                if outcome:
+                    return outcome
+        except InputError as exc:
+            # the info file cannot be read on (a syntax error): what was read is still sent
+            self._refused(exc.field, exc.message)
         self.tracker.refresh(queue)
         return "done"
 
@@ -356,10 +361,15 @@ class BulkUpload:
 
 def _chunks(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
     chunk: list[Item] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) >= size:
+    try:
+        for item in items:
+            chunk.append(item)
+            if len(chunk) >= size:
+                yield chunk
+                chunk = []
+    except InputError:  # the reading ended: the items read before it still go
+        if chunk:
             yield chunk
-            chunk = []
+        raise
     if chunk:
         yield chunk

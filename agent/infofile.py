@@ -139,6 +139,11 @@ def _ndjson(handle: IO[str], where: str) -> Iterator[tuple[str, Any]]:
                 raise InputError(where, f"line 1: not valid JSON: {exc.msg}") from None
             yield place, BadEntry(f"{where}: {place}", f"not valid JSON: {exc.msg}")
             continue
+        except RecursionError:  # nested brackets within the size limit
+            if line_no == 1:
+                raise InputError(where, "line 1: not valid JSON: nested too deeply") from None
+            yield place, BadEntry(f"{where}: {place}", "not valid JSON: nested too deeply")
+            continue
         if line_no == 1:
             _check_version(doc, where)
         elif not isinstance(doc, dict):
@@ -207,6 +212,8 @@ class _Stream:
                 if self._fill():
                     continue
                 raise InputError(self.where, f"not valid JSON: {exc.msg}") from None
+            except RecursionError:  # nested brackets within the size limit
+                raise InputError(self.where, "not valid JSON: nested too deeply") from None
             if end == len(self.buf) and not self.eof and self._fill():
                 continue  # a number may go on in the next chunk
             size, self.pos = end - self.pos, end

@@ -82,6 +82,8 @@ def parse_sidecar(raw: bytes, where: str) -> Context:
         data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise SidecarError(where, f"not valid JSON: {exc}") from None
+    except RecursionError:  # nested brackets within the size limit
+        raise SidecarError(where, "not valid JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise SidecarError(where, "expected a JSON object")
     unknown = sorted(set(data) - {"label", "category", "metadata"})

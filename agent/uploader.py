@@ -144,7 +144,8 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
 
 
 def _short(text: str) -> str:
-    text = " ".join(text.split())
+    # the service's text reaches terminals: no escape sequences, one line
+    text = " ".join("".join(c if c.isprintable() else " " for c in text).split())
     return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"
 
 

@@ -205,3 +205,21 @@ def test_an_oversized_entry_is_refused(tmp_path: Path, monkeypatch: pytest.Monke
     path.write_text("\n".join(lines) + "\n")
     got = _entries(path)
     assert len(got) == 1 and "longer than 1000 bytes" in str(got[0])
+
+
+def test_deeply_nested_entries_are_refused_not_a_crash(tmp_path: Path) -> None:
+    """Nested brackets within the entry size limit make the JSON decoder raise
+    RecursionError: an NDJSON line is a bad entry (the rest proceeds); in JSON the
+    reading ends with an InputError naming the file."""
+    _tree(tmp_path)
+    deep = "[" * 100_000 + "]" * 100_000
+    good = json.dumps({"__key": "files", "__item": {"path": "training/idle.01.wav"}})
+    (tmp_path / "nd.labels").write_text(
+        '{"__ndjson":true,"version":1}\n' + f'{{"__key":"files","__item":{deep}}}\n' + good + "\n"
+    )
+    got = _entries(tmp_path / "nd.labels")
+    assert [type(e).__name__ for e in got] == ["BadEntry", "InfoEntry"]
+    assert "line 2" in str(got[0]) and "not valid JSON" in str(got[0])
+    (tmp_path / "js.labels").write_text('{"version": 1, "files": [' + deep + "]}")
+    with pytest.raises(InputError, match=r"js\.labels.*nested too deeply"):
+        _entries(tmp_path / "js.labels")

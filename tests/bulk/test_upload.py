@@ -365,3 +365,25 @@ def test_paths_globs_and_refused_names(
     (tmp_path / "empty").mkdir()
     assert main(["upload", "--no-progress", str(tmp_path / "empty")]) == 0
     assert "files in this batch: 0" in capsys.readouterr().out
+
+
+def test_a_truncated_info_file_delivers_what_was_read_and_reports_the_rest(
+    tmp_path: Path,
+    env: dict[str, str],
+    server: LocalIngestionServer,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A JSON syntax error ends the reading, not the run: the entries read before it are
+    delivered, the error is reported with the file, and the summary and exit 1 follow."""
+    root = tmp_path / "dataset"
+    root.mkdir()
+    (root / "good.1.wav").write_bytes(b"good one")
+    (root / "good.2.wav").write_bytes(b"good two")
+    info = root / "info.labels"
+    info.write_text('{"version": 1, "files": [{"path": "good.1.wav"}, {"path": "good.2.wav"}, {"pa')
+    assert main(["upload", "--info-file", str(info), "--no-progress"]) == 1
+    captured = capsys.readouterr()
+    text = captured.out + captured.err
+    assert f"{info}: not valid JSON" in text
+    assert "NOT everything" in captured.out
+    assert set(_by_name(index(server.data_dir))) == {"good.1.wav", "good.2.wav"}

@@ -304,3 +304,16 @@ def test_walk_skips_hidden_folders_and_symlinked_folders(tmp_path: Path) -> None
     found = sorted(str(p.relative_to(tmp_path)) for p in walk(tmp_path, True))
     assert found == ["a/b/x.wav", "top.wav"]
     assert [p.name for p in walk(tmp_path, False)] == ["top.wav"]
+
+
+def test_a_deeply_nested_sidecar_is_held_and_the_batch_proceeds(rig: Rig) -> None:
+    """A sidecar of nested brackets (fits in the size limit) makes the JSON decoder raise
+    RecursionError: that file is held, the other files of the batch are queued."""
+    bad = rig.file("a.wav")
+    sidecar_path(bad).write_text("[" * 30000 + "]" * 30000)
+    good = rig.file("b.wav")
+    rig.process(bad, good)
+    bad_row, good_row = rig.queue.latest_for_path(str(bad)), rig.queue.latest_for_path(str(good))
+    assert bad_row is not None and bad_row.state is State.HELD
+    assert "not valid JSON" in (bad_row.last_error or "")
+    assert good_row is not None and good_row.state is State.PENDING

@@ -310,6 +310,15 @@ def test_reasons_are_short_and_one_line() -> None:
     assert long.reason == "HTTP 400: " + "e" * 299 + "…"
 
 
+def test_reasons_carry_no_control_characters() -> None:
+    """The service's text reaches terminals (progress line, dead list, logs): escape
+    sequences in it must not drive the operator's terminal."""
+    a = classify(400, {}, body({"error": "bad\x1b[2J\x1b]0;owned\x07 file\x00"}), NOW)
+    assert a.reason.isprintable() and "owned" in a.reason
+    plain = classify(502, {}, b"gateway \x1b[31mred\x1b[0m", NOW)
+    assert plain.reason.isprintable()
+
+
 # -- through the client -------------------------------------------------------------------
 
 
