@@ -24,6 +24,17 @@ log = logging.getLogger("agent.cli")
 Handler = Callable[[argparse.Namespace], int]
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {value}")
+    return value
+
+
 def _config_arg(p: argparse.ArgumentParser, *, required: bool = True) -> None:
     p.add_argument("--config", "-c", type=Path, required=required, metavar="FILE",
                    help="the agent's TOML config file")  # fmt: skip
@@ -86,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="what the queue holds: counts, backlog, dead letters")
     _config_arg(p, required=False)  # without: the per-user queue of `upload`
     p.add_argument("--json", action="store_true", help="stable machine-readable output")
-    p.add_argument("--limit", type=int, default=20, help="dead letters and held files to list")
+    p.add_argument("--limit", type=positive_int, default=20,
+                   help="dead letters and held files to list")  # fmt: skip
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("local-ingestion", help="run a local ingestion service (no account needed)")

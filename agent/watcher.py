@@ -218,6 +218,8 @@ class Watcher:
                         self._settle_cv.release()
                         try:
                             self.found(p, w)
+                        except Exception:  # the settle thread must outlive one bad file
+                            log.exception("while taking %s", p)
                         finally:
                             self._settle_cv.acquire()
                 if self._settle:

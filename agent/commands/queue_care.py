@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
+from agent.cli import positive_int
 from agent.config import load_config
 from agent.errors import ConfigError
 from agent.queue import Queue, Row, State
@@ -29,7 +30,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = dead_sub.add_parser("list", help="list dead letters with the service's reason")
     _common(p)
     p.add_argument("--json", action="store_true", help="stable machine-readable output")
-    p.add_argument("--limit", type=int, metavar="N", help="at most N rows")
+    p.add_argument("--limit", type=positive_int, metavar="N", help="at most N rows")
     p.set_defaults(func=cmd_dead_list)
 
     for name, func, text in (
