@@ -44,7 +44,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from agent.clock import Clock, retry_delay, system_clock
 from agent.errors import AgentError, AuthError, ConfigError, PermanentError, TransientError
@@ -217,14 +217,19 @@ class DeletionSync:
     def _guard(self, fn: Callable[[], object], result: PassResult) -> None:
         try:
             fn()
-        except TransientError as exc:
+        except (TransientError, AuthError, ConfigError, ProjectNotFound) as exc:
+            self._stop(result, exc)
+
+    @staticmethod
+    def _stop(result: PassResult, exc: Exception) -> NoReturn:
+        """End the pass: the service is unreachable (try later) or refuses us (say why)."""
+        if isinstance(exc, TransientError):
             result.stopped = f"the Studio API is unreachable ({exc}); trying again later"
             log.warning("deletion sync: %s", result.stopped)
-            raise _Stop from None
-        except (AuthError, ConfigError, ProjectNotFound) as exc:
+        else:
             result.stopped = str(exc)
             log.error("deletion sync stopped: %s", exc)
-            raise _Stop from None
+        raise _Stop from None
 
     def _execute(self, d: Delete, result: PassResult, roots: list[Path]) -> None:
         assert self.studio is not None
@@ -284,13 +289,9 @@ class DeletionSync:
             delay = retry_delay(d.attempts + 1, 60.0, HOUR, exc.retry_after)
             self.ledger.retry_later(d.row_id, due=now + delay, reason=str(exc))
             result.postponed += 1
-            result.stopped = f"the Studio API is unreachable ({exc}); trying again later"
-            log.warning("deletion sync: %s", result.stopped)
-            raise _Stop from None
+            self._stop(result, exc)
         except (AuthError, ConfigError, ProjectNotFound) as exc:
-            result.stopped = str(exc)
-            log.error("deletion sync stopped: %s", exc)
-            raise _Stop from None
+            self._stop(result, exc)
         except PermanentError as exc:
             self.ledger.finish(d.row_id, DeleteState.FAILED, now=now, reason=str(exc))
             log.error("could not delete sample %d of %s: %s", d.sample_id, path, exc)
