@@ -1,5 +1,5 @@
-"""Allow ``python -m agent``."""
+"""Allow ``python -m edge_uploader``."""
 
-from agent.cli import main
+from .cli import main
 
 raise SystemExit(main())

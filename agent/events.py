@@ -84,7 +84,7 @@ class Stats:
             except Exception:
                 import logging
 
-                logging.getLogger("agent.events").exception("event listener failed")
+                logging.getLogger(__name__).exception("event listener failed")
 
     def progress(self) -> None:
         """Mark that the pipeline did something (the systemd watchdog reads this)."""

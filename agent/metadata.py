@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
-from agent.errors import InputError
+from .errors import InputError
 
 MAX_KEYS = 64
 MAX_KEY_CHARS = 64

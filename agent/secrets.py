@@ -13,7 +13,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.errors import SecretError
+from .errors import SecretError
 
 MAX_SECRET_BYTES = 4096
 

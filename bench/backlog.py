@@ -70,7 +70,8 @@ def run(work: Path, n: int, deliver: int) -> dict[str, float]:
         )
     )
     agent = subprocess.Popen(
-        [sys.executable, "-m", "agent", "--log-level", "warning", "run", "--config", str(cfg)],
+        [sys.executable, "-m", "edge_uploader", "--log-level", "warning", "run",
+             "--config", str(cfg)],
         env=env(EI_API_KEY=KEY), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     server = None

@@ -3,7 +3,7 @@
     python bench/bulk.py [--files 5000] [--size 2048] [--concurrency N] [--latency-ms 0]
 
 Creates a folder of small files, starts the local ingestion server (a subprocess, fresh
-data dir), uploads the folder with ``python -m agent upload`` (a subprocess; its peak RSS is
+data dir), uploads the folder with ``python -m edge_uploader upload`` (a subprocess; its peak RSS is
 read from ``wait4``), then restarts the server with a fresh data dir and uploads the same
 folder with one ``httpx.Client`` in a plain loop (same headers, one file per request).
 Prints files/s for both, the ratio and the agent's peak RSS, and checks that every file
@@ -43,7 +43,7 @@ class Server:
         cmd = [
             sys.executable,
             "-m",
-            "agent.localserver",
+            "edge_uploader.localserver",
             "--port",
             "0",
             "--data-dir",
@@ -85,7 +85,7 @@ class Server:
 def run_agent(
     folder: Path, state: Path, url: str, concurrency: int | None
 ) -> tuple[float, float, int]:
-    """(seconds, peak RSS in MB, exit status) of ``python -m agent upload FOLDER``."""
+    """(seconds, peak RSS in MB, exit status) of ``python -m edge_uploader upload FOLDER``."""
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
@@ -93,7 +93,7 @@ def run_agent(
         "EI_INGESTION_URL": url,
         "XDG_STATE_HOME": str(state),
     }
-    cmd = [sys.executable, "-m", "agent", "upload", str(folder), "--no-progress"]
+    cmd = [sys.executable, "-m", "edge_uploader", "upload", str(folder), "--no-progress"]
     if concurrency:
         cmd += ["--concurrency", str(concurrency)]
     started = time.perf_counter()

@@ -86,7 +86,7 @@ def start_server(data: Path, port: int) -> subprocess.Popen[str]:
     keyfile = data.parent / f"{data.name}.key"
     keyfile.write_text(KEY)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agent", "local-ingestion", "--host", "127.0.0.1",
+        [sys.executable, "-m", "edge_uploader", "local-ingestion", "--host", "127.0.0.1",
          "--port", str(port), "--data-dir", str(data), "--api-key-file", str(keyfile), "--quiet"],
         stdout=subprocess.PIPE, text=True, env=env(),
     )  # fmt: skip
@@ -152,7 +152,8 @@ def run_agent(work: Path, backlog: Path, want: int, idle_seconds: float) -> dict
     try:
         started = time.monotonic()
         agent = subprocess.Popen(
-            [sys.executable, "-m", "agent", "--log-level", "warning", "run", "--config", str(cfg)],
+            [sys.executable, "-m", "edge_uploader", "--log-level", "warning", "run",
+             "--config", str(cfg)],
             env=env(EI_API_KEY=KEY), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )  # fmt: skip
         done = wait_done(agent, data / "index.jsonl", want, 600)

@@ -33,11 +33,11 @@ from mqtt.harness import (
     free_port,
 )
 
-from agent.capture_command import validate
-from agent.capture_config import Sensor as Axis
-from agent.capture_config import SerialSource
-from agent.localserver import LocalIngestionServer
-from agent.serial_capture import read_serial
+from edge_uploader.config.capture import Sensor as Axis
+from edge_uploader.config.capture import SerialSource
+from edge_uploader.localserver import LocalIngestionServer
+from edge_uploader.sources.mqtt.command import validate
+from edge_uploader.sources.serial import read_serial
 
 
 def serial_timing() -> None:

@@ -17,7 +17,7 @@ import time
 import uuid
 from pathlib import Path
 
-from agent.localserver import LocalIngestionServer
+from edge_uploader.localserver import LocalIngestionServer
 
 KEY = "ei_bench_key_0123456789"
 
@@ -39,7 +39,7 @@ def main() -> None:
     sock.bind(b"\0" + name.encode())
     env = dict(os.environ, NOTIFY_SOCKET="@" + name, WATCHDOG_USEC="120000000")
     started = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(config)],
+    proc = subprocess.Popen([sys.executable, "-m", "edge_uploader", "run", "--config", str(config)],
                             env=env, stderr=subprocess.DEVNULL)  # fmt: skip
 
     def wait_ready() -> None:

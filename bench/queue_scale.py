@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from agent.queue import NewFile, Queue, State
+from edge_uploader.store.queue import NewFile, Queue, State
 
 
 def timed(fn: Callable[[], object], repeat: int = 5) -> float:

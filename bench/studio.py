@@ -25,8 +25,8 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent.localserver import LocalIngestionServer  # noqa: E402
-from agent.queue import NewFile, Queue, Result, State  # noqa: E402
+from edge_uploader.localserver import LocalIngestionServer  # noqa: E402
+from edge_uploader.store.queue import NewFile, Queue, Result, State  # noqa: E402
 
 KEY = "ei_bench_key_000000"
 
@@ -54,8 +54,8 @@ def run(argv: list[str], tmp: Path) -> tuple[float, int, str]:
     """Wall seconds, peak RSS in KiB and stdout of one edge-uploader command."""
     started = time.monotonic()
     with open(tmp / "out.txt", "w+") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "agent", *argv], cwd=ROOT, stdout=out,
-                                stderr=subprocess.DEVNULL)  # fmt: skip
+        proc = subprocess.Popen([sys.executable, "-m", "edge_uploader", *argv], cwd=ROOT,
+                                stdout=out, stderr=subprocess.DEVNULL)  # fmt: skip
         peak = 0
         while proc.poll() is None:
             try:

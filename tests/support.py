@@ -64,7 +64,7 @@ class LocalServer:
     def start(self, *extra: str) -> LocalServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         cmd = [
-            sys.executable, "-m", "agent", "local-ingestion", "--host", "127.0.0.1",
+            sys.executable, "-m", "edge_uploader", "local-ingestion", "--host", "127.0.0.1",
             "--port", str(self.port), "--data-dir", str(self.data_dir),
             "--api-key-file", str(self.key_file), "--quiet", *extra,
         ]  # fmt: skip
@@ -106,7 +106,7 @@ class Agent:
     def start(self, **env: str) -> Agent:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "agent", "run", "--config", str(self.config)],
+                [sys.executable, "-m", "edge_uploader", "run", "--config", str(self.config)],
                 stdout=log, stderr=subprocess.STDOUT, env=child_env(**env),
             )  # fmt: skip
         return self

@@ -6,8 +6,8 @@ API), ``ingest`` (upload rules), ``multipart`` (streaming parser), ``store`` (da
 ``studio`` (``/v1`` routes), ``faults`` (fault injection) and ``cli``.
 """
 
-from agent.localserver.faults import FaultAction, FaultConfig
-from agent.localserver.server import LocalIngestionServer
-from agent.localserver.store import SampleRecord
+from .faults import FaultAction, FaultConfig
+from .server import LocalIngestionServer
+from .store import SampleRecord
 
 __all__ = ["FaultAction", "FaultConfig", "LocalIngestionServer", "SampleRecord"]

@@ -1,18 +1,18 @@
-"""``python -m agent.localserver --port 0 --data-dir D``: the emulator without the main CLI."""
+"""``python -m edge_uploader.localserver --port 0 --data-dir D``: the emulator alone."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from agent.errors import EX_CONFIG, ConfigError
-from agent.localserver.cli import add_arguments, run
+from ..errors import EX_CONFIG, ConfigError
+from .cli import add_arguments, run
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse, run, and map a configuration error to exit status 78."""
     parser = argparse.ArgumentParser(
-        prog="python -m agent.localserver",
+        prog="python -m edge_uploader.localserver",
         description="Local emulator of the Edge Impulse ingestion service.",
     )
     add_arguments(parser)

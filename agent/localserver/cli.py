@@ -20,10 +20,10 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-from agent.errors import ConfigError, SecretError
-from agent.localserver.faults import FaultConfig
-from agent.localserver.ingest import DUPLICATE_STYLES
-from agent.localserver.server import DEFAULT_MAX_FILE_BYTES, LocalIngestionServer
+from ..errors import ConfigError, SecretError
+from .faults import FaultConfig
+from .ingest import DUPLICATE_STYLES
+from .server import DEFAULT_MAX_FILE_BYTES, LocalIngestionServer
 
 SOURCE = "command line"
 

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from agent.localserver.multipart import Part
-from agent.localserver.store import DuplicateSample, NewSample, SampleStore, safe_filename
+from .multipart import Part
+from .store import DuplicateSample, NewSample, SampleStore, safe_filename
 
 FILE_CATEGORIES = frozenset(
     {"training", "testing", "validation", "post-processing", "anomaly", "split"}

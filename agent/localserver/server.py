@@ -29,9 +29,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TextIO
 
-from agent.localserver import ingest
-from agent.localserver.faults import FaultAction, FaultConfig, FaultInjector
-from agent.localserver.multipart import (
+from . import ingest
+from .faults import FaultAction, FaultConfig, FaultInjector
+from .multipart import (
     BodyError,
     BodyReader,
     ChunkedReader,
@@ -44,8 +44,8 @@ from agent.localserver.multipart import (
     drain,
     spool,
 )
-from agent.localserver.store import SampleRecord, SampleStore
-from agent.localserver.studio import StudioApi
+from .store import SampleRecord, SampleStore
+from .studio import StudioApi
 
 MAX_HEADER_BYTES = 16 * 1024
 MAX_STUDIO_BODY = 1024 * 1024

@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agent.localserver.multipart import make_tmp_dir
+from .multipart import make_tmp_dir
 
 PROJECT_ID = 1
 MAX_FILENAME_BYTES = 200

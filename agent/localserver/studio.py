@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
-from agent.localserver.store import PROJECT_ID, SampleRecord, SampleStore
+from .store import PROJECT_ID, SampleRecord, SampleStore
 
 PROJECT = {"id": PROJECT_ID, "name": "local", "owner": "edge-uploader"}
 LIST_CATEGORIES = frozenset(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.localserver import LocalIngestionServer
+from edge_uploader.localserver import LocalIngestionServer
 
 from .helpers import API_KEY, ServerProcess
 

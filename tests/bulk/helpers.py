@@ -40,7 +40,7 @@ def run_cli(
 ) -> subprocess.CompletedProcess[str]:
     full = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
-        [sys.executable, "-m", "agent", *args],
+        [sys.executable, "-m", "edge_uploader", *args],
         env=full,
         text=True,
         capture_output=True,
@@ -53,7 +53,7 @@ def run_cli(
 def cli_popen(args: list[str], env: dict[str, str], **kwargs: Any) -> subprocess.Popen[str]:
     full = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(
-        [sys.executable, "-m", "agent", *args], env=full, text=True, cwd=ROOT, **kwargs
+        [sys.executable, "-m", "edge_uploader", *args], env=full, text=True, cwd=ROOT, **kwargs
     )
 
 
@@ -74,7 +74,7 @@ class ServerProcess:
         cmd = [
             sys.executable,
             "-m",
-            "agent.localserver",
+            "edge_uploader.localserver",
             "--port",
             str(self.port),
             "--data-dir",

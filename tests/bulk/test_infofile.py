@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from agent import infofile
-from agent.errors import InputError
-from agent.infofile import BadEntry, InfoEntry, read_info_file
-from agent.tagger import UNSET
+from edge_uploader.bulk import infofile
+from edge_uploader.bulk.infofile import BadEntry, InfoEntry, read_info_file
+from edge_uploader.core.tagger import UNSET
+from edge_uploader.errors import InputError
 
 
 def _tree(root: Path) -> None:

@@ -11,13 +11,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from agent.clock import FakeClock
-from agent.config import IngestionConfig
-from agent.events import Stats
-from agent.pipeline import Pipeline
-from agent.queue import NewFile, Queue, State
-from agent.secrets import Secret
-from agent.uploader import Uploader, make_client
+from edge_uploader.clock import FakeClock
+from edge_uploader.config.load import IngestionConfig
+from edge_uploader.core.delivery import Pipeline
+from edge_uploader.events import Stats
+from edge_uploader.remote.ingestion import Uploader, make_client
+from edge_uploader.secrets import Secret
+from edge_uploader.store.queue import NewFile, Queue, State
 
 from .helpers import wait_for
 

@@ -9,8 +9,8 @@ import select
 import subprocess
 from pathlib import Path
 
-from agent.bulk import Summary
-from agent.progress import Progress, render_summary
+from edge_uploader.bulk.progress import Progress, render_summary
+from edge_uploader.bulk.run import Summary
 
 from .helpers import API_KEY, ServerProcess, cli_popen, make_files
 

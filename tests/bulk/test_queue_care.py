@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from agent.cli import main
-from agent.clock import FakeClock
-from agent.localserver import LocalIngestionServer
-from agent.queue import Queue, State
-from agent.wake import STATE_KEY, process_start, wake_daemon
+from edge_uploader.cli import main
+from edge_uploader.clock import FakeClock
+from edge_uploader.daemon.wake import STATE_KEY, process_start, wake_daemon
+from edge_uploader.localserver import LocalIngestionServer
+from edge_uploader.store.queue import Queue, State
 
 from .helpers import (
     API_KEY,
@@ -120,7 +120,7 @@ def test_retry_now_wakes_only_a_live_daemon(
 ) -> None:
     clock = FakeClock(time.time() + 1000)  # rows due far in the future
     q = Queue(queue_path(tmp_path), clock=clock)
-    from agent.queue import NewFile, Result
+    from edge_uploader.store.queue import NewFile, Result
 
     (rid,) = q.enqueue_many(
         [

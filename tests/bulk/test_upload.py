@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from agent.cli import main
-from agent.localserver import LocalIngestionServer
-from agent.queue import NewFile, Queue, State
+from edge_uploader.cli import main
+from edge_uploader.localserver import LocalIngestionServer
+from edge_uploader.store.queue import NewFile, Queue, State
 
 from .helpers import index, make_files, queue_path
 

@@ -120,7 +120,7 @@ def test_malformed_sidecar_holds_the_file_until_fixed(tmp_path, server, key_file
     make_file(cap, "ok.wav")
     wait_for(lambda: "ok.wav" in by_name(server.index()), timeout=20)
     status = subprocess.run(
-        [sys.executable, "-m", "agent", "status", "--config", str(cfg), "--json"],
+        [sys.executable, "-m", "edge_uploader", "status", "--config", str(cfg), "--json"],
         capture_output=True, text=True, env=child_env(), check=True,
     )  # fmt: skip
     info = json.loads(status.stdout)
@@ -209,7 +209,7 @@ def test_wrong_api_key_pauses_without_dead_letters(tmp_path, server, agents):
     assert "ei_wrong_key" not in out
     assert server.index() == []
     status = subprocess.run(
-        [sys.executable, "-m", "agent", "status", "--config", str(cfg), "--json"],
+        [sys.executable, "-m", "edge_uploader", "status", "--config", str(cfg), "--json"],
         capture_output=True, text=True, env=child_env(), check=True,
     )  # fmt: skip
     info = json.loads(status.stdout)
@@ -261,7 +261,7 @@ def test_sigterm_stops_quickly(tmp_path, server, key_file, agents):
 def test_bad_config_exits_78_naming_the_problem(tmp_path, body, expected):
     cfg = write_config(tmp_path / "bad.toml", body)
     proc = subprocess.run(
-        [sys.executable, "-m", "agent", "run", "--config", str(cfg)],
+        [sys.executable, "-m", "edge_uploader", "run", "--config", str(cfg)],
         capture_output=True, text=True, env=child_env(EI_API_KEY=API_KEY), timeout=30,
     )  # fmt: skip
     assert proc.returncode == 78

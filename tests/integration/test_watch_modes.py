@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from agent import watcher as watcher_mod
-from agent.config import parse_config
-from agent.localserver import LocalIngestionServer
-from agent.service import Service
+from edge_uploader.config.load import parse_config
+from edge_uploader.daemon.lifecycle import Service
+from edge_uploader.localserver import LocalIngestionServer
+from edge_uploader.sources import watcher as watcher_mod
 from tests.support import API_KEY, wait_for
 
 

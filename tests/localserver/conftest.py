@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from agent.localserver import LocalIngestionServer
+from edge_uploader.localserver import LocalIngestionServer
 
 API_KEY = "ei_test_key"
 HMAC_KEY = "hmac-secret"

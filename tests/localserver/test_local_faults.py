@@ -8,8 +8,8 @@ import time
 import httpx
 import pytest
 
-from agent.localserver import FaultAction, FaultConfig, LocalIngestionServer
-from agent.localserver.faults import FaultInjector
+from edge_uploader.localserver import FaultAction, FaultConfig, LocalIngestionServer
+from edge_uploader.localserver.faults import FaultInjector
 
 from .conftest import upload
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from agent.localserver import LocalIngestionServer
+from edge_uploader.localserver import LocalIngestionServer
 
 from .conftest import API_KEY, acquisition, make_client, upload
 

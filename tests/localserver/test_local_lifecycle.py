@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import ConfigError
-from agent.localserver import LocalIngestionServer
-from agent.localserver.cli import add_arguments, build_server
+from edge_uploader.errors import ConfigError
+from edge_uploader.localserver import LocalIngestionServer
+from edge_uploader.localserver.cli import add_arguments, build_server
 
 from .conftest import make_client, upload
 
@@ -107,7 +107,7 @@ def test_subprocess_prints_port_serves_and_stops_on_sigterm(tmp_path: Path) -> N
         [
             sys.executable,
             "-m",
-            "agent.localserver",
+            "edge_uploader.localserver",
             "--port",
             "0",
             "--data-dir",

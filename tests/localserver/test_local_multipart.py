@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.localserver.multipart import (
+from edge_uploader.localserver.multipart import (
     BodyError,
     ChunkedReader,
     LengthReader,

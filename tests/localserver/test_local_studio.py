@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from agent.localserver import LocalIngestionServer
+from edge_uploader.localserver import LocalIngestionServer
 
 from .conftest import HMAC_KEY, upload
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from agent.localserver import LocalIngestionServer
+from edge_uploader.localserver import LocalIngestionServer
 
 from .harness import (
     API_KEY,

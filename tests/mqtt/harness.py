@@ -29,8 +29,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.config import load_config
-from agent.service import Service
+from edge_uploader.config.load import load_config
+from edge_uploader.daemon.lifecycle import Service
 
 API_KEY = "ei_mqtt_test_key"
 HMAC_KEY = "hmac-test-secret"

@@ -8,14 +8,14 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from agent.localserver import LocalIngestionServer
+from edge_uploader.localserver import LocalIngestionServer
 
 from .harness import DEVICE, AgentRun, Sensor, wait_until
 
 
 def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "agent", "capture", "--config", str(config), *args],
+        [sys.executable, "-m", "edge_uploader", "capture", "--config", str(config), *args],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
 

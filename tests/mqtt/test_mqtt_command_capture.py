@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from agent.capture import Capturer, clean_stale, file_name
-from agent.capture_command import Command
-from agent.capture_config import CommandSource
-from agent.command_capture import CommandRunner, build_argv
-from agent.config import load_config
-from agent.errors import CaptureError
+from edge_uploader.config.capture import CommandSource
+from edge_uploader.config.load import load_config
+from edge_uploader.errors import CaptureError
+from edge_uploader.sources.capture import Capturer, clean_stale, file_name
+from edge_uploader.sources.mqtt.command import Command
+from edge_uploader.sources.program import CommandRunner, build_argv
 
 
 def src(code: str, timeout: float = 5.0, extra: tuple[str, ...] = ()) -> CommandSource:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.capture_config import CommandSource
-from agent.command_capture import CommandRunner
+from edge_uploader.config.capture import CommandSource
+from edge_uploader.sources.program import CommandRunner
 
 
 def _gone(pid: int) -> bool:

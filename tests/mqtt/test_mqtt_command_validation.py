@@ -11,8 +11,9 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from agent.capture import file_name
-from agent.capture_command import (
+from edge_uploader.errors import InputError
+from edge_uploader.sources.capture import file_name
+from edge_uploader.sources.mqtt.command import (
     ID_RE,
     KEYS,
     MAX_COMMAND_BYTES,
@@ -21,7 +22,6 @@ from agent.capture_command import (
     command_id_of,
     validate,
 )
-from agent.errors import InputError
 
 SOURCES = ("accel", "snap")
 MAX_MS = 10_000

@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from agent.command_journal import CommandJournal
-from agent.config import load_config
-from agent.events import Event, Stats
-from agent.mqtt_component import MqttComponent, Track
-from agent.mqtt_link import Message
-from agent.queue import NewFile, Queue
+from edge_uploader.config.load import load_config
+from edge_uploader.events import Event, Stats
+from edge_uploader.sources.mqtt.component import MqttComponent, Track
+from edge_uploader.sources.mqtt.link import Message
+from edge_uploader.store.journal import CommandJournal
+from edge_uploader.store.queue import NewFile, Queue
 
 
 class FakeLink:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.capture_config import CommandSource, SerialSource, argv_fields, render_arg
-from agent.config import load_config
-from agent.errors import ConfigError
+from edge_uploader.config.capture import CommandSource, SerialSource, argv_fields, render_arg
+from edge_uploader.config.load import load_config
+from edge_uploader.errors import ConfigError
 
 BASE = '[device]\nid = "pi-7"\n[queue]\npath = "q.db"\n'
 SERIAL = (

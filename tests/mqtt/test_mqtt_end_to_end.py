@@ -15,7 +15,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.localserver import LocalIngestionServer
+from edge_uploader.localserver import LocalIngestionServer
 
 from .harness import DEVICE, HMAC_KEY, AgentRun, Broker, Observer, Sensor, command, wait_until
 

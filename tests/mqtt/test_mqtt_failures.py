@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.localserver import LocalIngestionServer
+from edge_uploader.localserver import LocalIngestionServer
 
 from .harness import (
     API_KEY,
@@ -123,7 +123,7 @@ def test_kill_9_during_delivery_loses_nothing(
         mqtt_port=broker.port, ingestion_url=f"http://127.0.0.1:{port}", sensor_path=None
     )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agent", "run", "--config", str(agent.config_path)],
+        [sys.executable, "-m", "edge_uploader", "run", "--config", str(agent.config_path)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )

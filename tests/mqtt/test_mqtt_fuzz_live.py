@@ -20,8 +20,8 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.capture_command import MAX_COMMAND_BYTES
-from agent.localserver import LocalIngestionServer
+from edge_uploader.localserver import LocalIngestionServer
+from edge_uploader.sources.mqtt.command import MAX_COMMAND_BYTES
 
 from .harness import DEVICE, AgentRun, Broker, Observer, Sensor, command, wait_until
 

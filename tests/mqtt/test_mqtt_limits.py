@@ -37,7 +37,7 @@ def test_manual_capture_is_refused_below_the_floor(
     agent = make_agent(mqtt_port=None, ingestion_url="http://127.0.0.1:9", sensor_path=None)
     agent.config_path.write_text(agent.config_path.read_text() + FLOOR)
     done = subprocess.run(
-        [sys.executable, "-m", "agent", "capture", "--config", str(agent.config_path),
+        [sys.executable, "-m", "edge_uploader", "capture", "--config", str(agent.config_path),
          "--source", "snap", "--duration-ms", "10"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip

@@ -10,11 +10,11 @@ import threading
 
 import pytest
 
-from agent.capture_config import Sensor as SensorSpec
-from agent.capture_config import SerialSource
-from agent.errors import CaptureError
-from agent.secrets import Secret
-from agent.serial_capture import acquisition_bytes, parse_line, read_serial, slope
+from edge_uploader.config.capture import Sensor as SensorSpec
+from edge_uploader.config.capture import SerialSource
+from edge_uploader.errors import CaptureError
+from edge_uploader.secrets import Secret
+from edge_uploader.sources.serial import acquisition_bytes, parse_line, read_serial, slope
 
 from .harness import Sensor
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.localserver import LocalIngestionServer
+from edge_uploader.localserver import LocalIngestionServer
 
 from .harness import DEVICE, AgentRun, Broker, Observer, TlsFiles, command, wait_until
 
@@ -69,7 +69,7 @@ def test_wrong_password_is_a_clear_error_with_backoff(
     agent = make_agent(
         mqtt_port=broker.port, ingestion_url=ingestion.url, sensor_path=None, mqtt_extra=extra
     )
-    caplog.set_level(logging.INFO, logger="agent.mqtt")
+    caplog.set_level(logging.INFO, logger="edge_uploader.sources.mqtt")
     started = time.monotonic()
     service = agent.start()
 
@@ -103,7 +103,7 @@ def test_untrusted_server_certificate_is_named(
     agent = make_agent(
         mqtt_port=broker.port, ingestion_url=ingestion.url, sensor_path=None, mqtt_extra=extra
     )
-    caplog.set_level(logging.INFO, logger="agent.mqtt")
+    caplog.set_level(logging.INFO, logger="edge_uploader.sources.mqtt")
     agent.start()
     record = wait_until(
         lambda: next((r for r in caplog.records if "cannot reach broker" in r.getMessage()), None),
@@ -126,7 +126,7 @@ def test_publishes_the_acl_refuses_are_an_error(
     agent = make_agent(
         mqtt_port=broker.port, ingestion_url=ingestion.url, sensor_path=None, mqtt_extra=extra
     )
-    caplog.set_level(logging.INFO, logger="agent.mqtt")
+    caplog.set_level(logging.INFO, logger="edge_uploader.sources.mqtt")
     agent.start()
     record = wait_until(
         lambda: next((r for r in caplog.records if "refused a message" in r.getMessage()), None),

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.localserver import LocalIngestionServer
+from edge_uploader.localserver import LocalIngestionServer
 
 API_KEY = "ei_ops_test_key_0123456789abcdef"
 REPO = Path(__file__).resolve().parents[2]
@@ -143,7 +143,7 @@ def notify_socket() -> Iterator[NotifySocket]:
 
 
 class Agent:
-    """``python -m agent run`` as a child process, its output in a log file."""
+    """``python -m edge_uploader run`` as a child process, its output in a log file."""
 
     def __init__(self, config: Path, *, env: dict[str, str] | None = None,
                  level: str = "info", log_dir: Path | None = None) -> None:  # fmt: skip
@@ -151,7 +151,7 @@ class Agent:
         self._log = open(self.log_path, "wb")
         full_env = {k: v for k, v in os.environ.items() if k not in _SYSTEMD_VARS}
         full_env.update(env or {})
-        self.argv = [sys.executable, "-m", "agent", "--log-level", level, "run",
+        self.argv = [sys.executable, "-m", "edge_uploader", "--log-level", level, "run",
                      "--config", str(config)]  # fmt: skip
         self.proc = subprocess.Popen(self.argv, env=full_env, stdout=self._log,
                                      stderr=subprocess.STDOUT, cwd=REPO)  # fmt: skip

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import Config, load_config, parse_config
-from agent.errors import ConfigError
-from agent.ops_config import DiskConfig, is_loopback
-from agent.preflight import prepare, warn_exposed
-from agent.secrets import SecretSource, readable_by_others
+from edge_uploader.config.load import Config, load_config, parse_config
+from edge_uploader.config.ops import DiskConfig, is_loopback
+from edge_uploader.config.preflight import prepare, warn_exposed
+from edge_uploader.errors import ConfigError
+from edge_uploader.secrets import SecretSource, readable_by_others
 
 
 def _parse(text: str, tmp_path: Path) -> Config:
@@ -118,7 +118,7 @@ def test_start_up_warns_about_exposed_config_and_key_files(
     config = tmp_path / "agent.toml"
     config.write_text('[ingestion]\nurl = "http://127.0.0.1:1"\napi_key_file = "api_key"\n')
     config.chmod(0o604)
-    with caplog.at_level(logging.WARNING, logger="agent.preflight"):
+    with caplog.at_level(logging.WARNING, logger="edge_uploader.config.preflight"):
         cfg = prepare(config)
     assert set(warn_exposed(cfg)) == {config, key}
     text = caplog.text
@@ -128,7 +128,7 @@ def test_start_up_warns_about_exposed_config_and_key_files(
     key.chmod(0o600)
     config.chmod(0o600)
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="agent.preflight"):
+    with caplog.at_level(logging.WARNING, logger="edge_uploader.config.preflight"):
         prepare(config)
     assert caplog.text == ""
 

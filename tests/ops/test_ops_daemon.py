@@ -1,4 +1,4 @@
-"""The daemon under a stand-in for systemd: a real ``python -m agent run`` subprocess, a
+"""The daemon under a stand-in for systemd: a real ``python -m edge_uploader run`` subprocess, a
 datagram socket as ``NOTIFY_SOCKET``, the local ingestion server.
 
 READY/STATUS/WATCHDOG arrive; a hung upload stops the watchdog pings; SIGHUP applies a
@@ -12,7 +12,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from agent.localserver import FaultConfig, LocalIngestionServer
+from edge_uploader.localserver import FaultConfig, LocalIngestionServer
 
 from .conftest import Agent, NotifySocket, wait_for, write_config
 

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import load_config
-from agent.disk import DiskGuard
-from agent.localserver import FaultConfig, LocalIngestionServer
-from agent.ops_config import DiskConfig
-from agent.queue import NewFile, Queue, State
-from agent.service import Service
+from edge_uploader.config.load import load_config
+from edge_uploader.config.ops import DiskConfig
+from edge_uploader.daemon.disk import DiskGuard
+from edge_uploader.daemon.lifecycle import Service
+from edge_uploader.localserver import FaultConfig, LocalIngestionServer
+from edge_uploader.store.queue import NewFile, Queue, State
 
 from .conftest import Agent, free_port, http_get, wait_for, write_config
 
@@ -230,7 +230,7 @@ def test_pruning_skips_rewritten_and_foreign_files(tmp_path: Path) -> None:
         rows.append(NewFile(str(p), st.st_size, st.st_mtime_ns, "t", None, "training", {}))
     ids = queue.enqueue_many(rows)
     leased = queue.lease(10)
-    from agent.queue import Result
+    from edge_uploader.store.queue import Result
 
     queue.settle([Result(r.id, State.DELIVERED) for r in leased])
     files[1].write_bytes(b"z" * 9000)  # rewritten after delivery: a newer version

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.preflight import prepare, warn_exposed
+from edge_uploader.config.preflight import prepare, warn_exposed
 
 
 def test_exposed_mqtt_password_and_client_key_files_are_warned_about(
@@ -30,7 +30,7 @@ def test_exposed_mqtt_password_and_client_key_files_are_warned_about(
         '[mqtt.tls]\ncert_file = "client.crt"\nkey_file = "client.key"\n'
     )
     config.chmod(0o600)
-    with caplog.at_level(logging.WARNING, logger="agent.preflight"):
+    with caplog.at_level(logging.WARNING, logger="edge_uploader.config.preflight"):
         cfg = prepare(config)
     assert set(warn_exposed(cfg)) == {password, tmp_path / "client.key"}
     assert f"{password} can be read by other users" in caplog.text

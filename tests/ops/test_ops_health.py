@@ -9,10 +9,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from agent.config import load_config
-from agent.health import assess
-from agent.localserver import LocalIngestionServer
-from agent.service import Service
+from edge_uploader.config.load import load_config
+from edge_uploader.daemon.health import assess
+from edge_uploader.daemon.lifecycle import Service
+from edge_uploader.localserver import LocalIngestionServer
 
 from .conftest import free_port, http_get, wait_for, write_config
 

@@ -42,7 +42,7 @@ def test_install_and_uninstall_into_destdir(tmp_path: Path) -> None:
     unit = dest / "etc/systemd/system/edge-uploader.service"
     assert _mode(unit) == 0o644
     text = unit.read_text()
-    assert f"ExecStart={prefix}/venv/bin/python -m agent run" in text
+    assert f"ExecStart={prefix}/venv/bin/python -m edge_uploader run" in text
     assert "/opt/edge-uploader" not in text
     assert (dest / "usr/lib/sysusers.d/edge-uploader.conf").read_text().count("edge-uploader") >= 2
     link = dest / "usr/local/bin/edge-uploader"
@@ -52,7 +52,7 @@ def test_install_and_uninstall_into_destdir(tmp_path: Path) -> None:
     script = (venv / "bin/edge-uploader").read_text().splitlines()[0]
     assert script == f"#!{prefix}/venv/bin/python3", "scripts name the final location"
     assert str(dest) not in (venv / "bin/activate").read_text()
-    version = subprocess.run([str(venv / "bin/python"), "-m", "agent", "--version"],
+    version = subprocess.run([str(venv / "bin/python"), "-m", "edge_uploader", "--version"],
                              capture_output=True, text=True, timeout=60, cwd=tmp_path)  # fmt: skip
     assert version.stdout.startswith("edge-uploader "), version.stderr
 
@@ -79,7 +79,7 @@ def test_install_and_uninstall_into_destdir(tmp_path: Path) -> None:
 
 def test_skeleton_config_parses(tmp_path: Path) -> None:
     """The installed skeleton is a valid config (its folders made up under tmp_path)."""
-    from agent.config import parse_config
+    from edge_uploader.config.load import parse_config
 
     text = (REPO / "systemd/agent.toml").read_text()
     text = text.replace("/srv/edge-uploader/captures", str(tmp_path))

@@ -13,7 +13,7 @@ from .conftest import REPO
 
 _CHILD = """
 import logging
-from agent.logs import setup_logging
+from edge_uploader.daemon.logs import setup_logging
 setup_logging("debug")
 log = logging.getLogger("agent.test")
 log.debug("a debug line"); log.info("an info line"); log.warning("a warning")

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.disk import DiskGuard
-from agent.ledger import Ledger
-from agent.ops_config import DiskConfig
-from agent.queue import NewFile, Queue, Result, State
+from edge_uploader.config.ops import DiskConfig
+from edge_uploader.daemon.disk import DiskGuard
+from edge_uploader.store.ledger import Ledger
+from edge_uploader.store.queue import NewFile, Queue, Result, State
 
 MiB = 1024 * 1024
 

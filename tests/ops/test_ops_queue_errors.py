@@ -11,13 +11,13 @@ from typing import Any
 
 import httpx
 
-from agent.config import load_config
-from agent.errors import QueueError
-from agent.events import Stats
-from agent.intake import Intake, Item
-from agent.pipeline import Pipeline
-from agent.queue import NewFile, Queue, State
-from agent.service import build_uploader
+from edge_uploader.config.load import load_config
+from edge_uploader.core.delivery import Pipeline
+from edge_uploader.core.intake import Intake, Item
+from edge_uploader.daemon.lifecycle import build_uploader
+from edge_uploader.errors import QueueError
+from edge_uploader.events import Stats
+from edge_uploader.store.queue import NewFile, Queue, State
 
 from .conftest import wait_for, write_config
 

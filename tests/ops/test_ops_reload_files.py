@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.health import assess
-from agent.localserver import LocalIngestionServer
-from agent.preflight import prepare
-from agent.service import Service
+from edge_uploader.config.preflight import prepare
+from edge_uploader.daemon.health import assess
+from edge_uploader.daemon.lifecycle import Service
+from edge_uploader.localserver import LocalIngestionServer
 
 from .conftest import free_port, wait_for, write_config
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.localserver import LocalIngestionServer
+from edge_uploader.localserver import LocalIngestionServer
 from tests.mqtt.harness import MOSQUITTO, Broker
 
 from .conftest import (
@@ -32,7 +32,7 @@ SECRETS = (API_KEY, HMAC_KEY, MQTT_PASSWORD)
 
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> str:
-    result = subprocess.run([sys.executable, "-m", "agent", "--log-level", "debug", *args],
+    result = subprocess.run([sys.executable, "-m", "edge_uploader", "--log-level", "debug", *args],
                             capture_output=True, text=True, timeout=60, cwd=REPO,
                             env=env)  # fmt: skip
     return result.stdout + result.stderr

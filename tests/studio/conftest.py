@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from agent.config import Config, load_config
-from agent.localserver import LocalIngestionServer
-from agent.queue import Queue, State
-from agent.service import Service
+from edge_uploader.config.load import Config, load_config
+from edge_uploader.daemon.lifecycle import Service
+from edge_uploader.localserver import LocalIngestionServer
+from edge_uploader.store.queue import Queue, State
 
 API_KEY = "ei_studio_test_key"
 

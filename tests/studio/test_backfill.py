@@ -13,12 +13,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from agent.backfill import Backfill, Plan, Selection
-from agent.cli import main
-from agent.ledger import Ledger
-from agent.queue import Queue
-from agent.secrets import Secret
-from agent.studio import StudioClient
+from edge_uploader.cli import main
+from edge_uploader.project.backfill import Backfill, Plan, Selection
+from edge_uploader.remote.studio import StudioClient
+from edge_uploader.secrets import Secret
+from edge_uploader.store.ledger import Ledger
+from edge_uploader.store.queue import Queue
 
 from .conftest import API_KEY, Env, wait_for
 
@@ -160,7 +160,7 @@ def test_interrupted_backfill_resumes_with_only_the_rest(delivered: Env) -> None
 @pytest.mark.slow
 def test_backfill_killed_with_sigkill_resumes_without_rewriting(delivered: Env) -> None:
     env = delivered
-    cmd = [sys.executable, "-m", "agent", "metadata", "backfill", "--config",
+    cmd = [sys.executable, "-m", "edge_uploader", "metadata", "backfill", "--config",
            str(env.config_path), *SET, "--concurrency", "1"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             cwd=Path(__file__).parents[2])  # fmt: skip

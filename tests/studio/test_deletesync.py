@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import main
-from agent.clock import FakeClock
-from agent.config import Config
-from agent.deletesync import DeleteSyncComponent, DeletionSync
-from agent.ledger import DeleteState, Ledger
-from agent.queue import Queue, State
-from agent.service import Service
+from edge_uploader.cli import main
+from edge_uploader.clock import FakeClock
+from edge_uploader.config.load import Config
+from edge_uploader.daemon.lifecycle import Service
+from edge_uploader.project.deletesync import DeleteSyncComponent, DeletionSync
+from edge_uploader.store.ledger import DeleteState, Ledger
+from edge_uploader.store.queue import Queue, State
 
 from .conftest import Env, wait_for
 
@@ -215,7 +215,7 @@ def test_a_sample_with_other_content_is_not_deleted(env: Env) -> None:
         with q.transaction() as db:
             db.execute("UPDATE files SET sha256=? WHERE path=?", ("0" * 64, path))
         os.unlink(path)
-        from agent.studio import StudioClient
+        from edge_uploader.remote.studio import StudioClient
 
         config = env.config()
         studio = StudioClient.from_config(config)
@@ -254,7 +254,7 @@ def test_only_kept_files_under_a_watched_folder_count(env: Env) -> None:
 def test_schema_1_queue_files_are_migrated(tmp_path: Path) -> None:
     import sqlite3
 
-    from agent import queue as queue_mod
+    from edge_uploader.store import queue as queue_mod
 
     path = tmp_path / "old.db"
     db = sqlite3.connect(path)

@@ -12,13 +12,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from agent.clock import FakeClock
-from agent.config import Config
-from agent.deletesync import DeleteSyncComponent, DeletionSync
-from agent.errors import QueueError
-from agent.ledger import Ledger
-from agent.queue import Queue, State
-from agent.studio import StudioClient
+from edge_uploader.clock import FakeClock
+from edge_uploader.config.load import Config
+from edge_uploader.errors import QueueError
+from edge_uploader.project.deletesync import DeleteSyncComponent, DeletionSync
+from edge_uploader.remote.studio import StudioClient
+from edge_uploader.store.ledger import Ledger
+from edge_uploader.store.queue import Queue, State
 
 from .conftest import Env, wait_for
 

@@ -7,7 +7,7 @@ import io
 import json
 import os
 
-from agent.cli import main
+from edge_uploader.cli import main
 
 from .conftest import Env
 

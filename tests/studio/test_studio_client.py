@@ -9,9 +9,8 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from agent.errors import AuthError, ConfigError, InputError, PermanentError, TransientError
-from agent.secrets import Secret
-from agent.studio import (
+from edge_uploader.errors import AuthError, ConfigError, InputError, PermanentError, TransientError
+from edge_uploader.remote.studio import (
     MAX_RESPONSE_BYTES,
     MetaFilter,
     ProjectNotFound,
@@ -19,6 +18,7 @@ from agent.studio import (
     StudioClient,
     bounded_map,
 )
+from edge_uploader.secrets import Secret
 
 Handler = Callable[[httpx.Request], httpx.Response]
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import DEFAULT_STUDIO_URL, load_config, parse_config
-from agent.errors import ConfigError
+from edge_uploader.config.load import DEFAULT_STUDIO_URL, load_config, parse_config
+from edge_uploader.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 

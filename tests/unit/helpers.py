@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from agent.config import Config, parse_config
-from agent.queue import NewFile
+from edge_uploader.config.load import Config, parse_config
+from edge_uploader.store.queue import NewFile
 
 
 def make_config(data: dict[str, Any] | None = None, base: Path | None = None) -> Config:

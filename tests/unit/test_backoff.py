@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from agent.clock import FakeClock, backoff_delay, retry_delay
+from edge_uploader.clock import FakeClock, backoff_delay, retry_delay
 
 
 @pytest.mark.parametrize(

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from agent import cli
-from agent.config import DEFAULT_PATTERNS, DEFAULT_URL, Config, load_config
-from agent.errors import EX_CONFIG, ConfigError, SecretError
-from agent.metadata import MAX_METADATA_BYTES, encode_metadata
-from agent.tagger import tag
+from edge_uploader import cli
+from edge_uploader.config.load import DEFAULT_PATTERNS, DEFAULT_URL, Config, load_config
+from edge_uploader.core.tagger import tag
+from edge_uploader.errors import EX_CONFIG, ConfigError, SecretError
+from edge_uploader.metadata import MAX_METADATA_BYTES, encode_metadata
 
 Load = Callable[..., Config]
 Write = Callable[..., Path]

@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
-from agent import intake as intake_mod
-from agent.clock import FakeClock
-from agent.config import Config
-from agent.events import Event, Stats
-from agent.intake import Intake, Item, ignored_name, matches, walk
-from agent.queue import Queue, State
-from agent.tagger import Context, sidecar_path
+from edge_uploader.clock import FakeClock
+from edge_uploader.config.load import Config
+from edge_uploader.core import intake as intake_mod
+from edge_uploader.core.intake import Intake, Item, ignored_name, matches, walk
+from edge_uploader.core.tagger import Context, sidecar_path
+from edge_uploader.events import Event, Stats
+from edge_uploader.store.queue import Queue, State
 from tests.unit.helpers import make_config
 
 

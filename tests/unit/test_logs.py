@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from agent.logs import JournalFormatter, setup_logging, under_journald
+from edge_uploader.daemon.logs import JournalFormatter, setup_logging, under_journald
 
 
 def record(level: int, msg: str, *args: object) -> logging.LogRecord:

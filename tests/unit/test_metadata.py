@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from agent.errors import InputError
-from agent.metadata import (
+from edge_uploader.errors import InputError
+from edge_uploader.metadata import (
     MAX_KEYS,
     MAX_METADATA_BYTES,
     check_key,

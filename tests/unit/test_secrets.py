@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import ConfigError, SecretError
-from agent.secrets import (
+from edge_uploader.errors import ConfigError, SecretError
+from edge_uploader.secrets import (
     MAX_SECRET_BYTES,
     Secret,
     SecretSource,

@@ -8,11 +8,9 @@ from typing import Any
 
 import pytest
 
-from agent import __version__
-from agent.config import Config
-from agent.errors import InputError, SidecarError
-from agent.metadata import MAX_METADATA_BYTES
-from agent.tagger import (
+from edge_uploader import __version__
+from edge_uploader.config.load import Config
+from edge_uploader.core.tagger import (
     MAX_SIDECAR_BYTES,
     UNSET,
     Context,
@@ -24,6 +22,8 @@ from agent.tagger import (
     sidecar_path,
     tag,
 )
+from edge_uploader.errors import InputError, SidecarError
+from edge_uploader.metadata import MAX_METADATA_BYTES
 from tests.unit.helpers import make_config
 
 PATH = Path("/data/in/sess-7/idle.01.wav")

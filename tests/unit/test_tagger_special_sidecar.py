@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import SidecarError
-from agent.tagger import read_sidecar, sidecar_path
+from edge_uploader.core.tagger import read_sidecar, sidecar_path
+from edge_uploader.errors import SidecarError
 
 
 def _read_within(path: Path, seconds: float) -> BaseException | object:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import InputError
-from agent.templates import parse_template, render_all
+from edge_uploader.config.templates import parse_template, render_all
+from edge_uploader.errors import InputError
 
 PATH = Path("/data/captures/sess-12/idle.01.wav")
 

@@ -14,10 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
-from agent import __version__
-from agent.clock import FakeClock
-from agent.secrets import Secret
-from agent.uploader import (
+from edge_uploader import __version__
+from edge_uploader.clock import FakeClock
+from edge_uploader.remote.ingestion import (
     Answer,
     Outcome,
     Sample,
@@ -28,6 +27,7 @@ from agent.uploader import (
     make_client,
     parse_retry_after,
 )
+from edge_uploader.secrets import Secret
 from tests.unit.multipart import read_parts
 
 KEY = "ei_0123456789abcdef"
@@ -429,7 +429,7 @@ def test_unreadable_file_is_dead(
     def deny(*args: object, **kw: object) -> int:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr("agent.uploader.os.open", deny)  # root may read anything
+    monkeypatch.setattr("edge_uploader.remote.ingestion.os.open", deny)  # root may read anything
     a = uploader.upload(sample(tmp_path / "x.wav"))
     monkeypatch.undo()
     assert (a.outcome, a.reason) == (Outcome.DEAD, "cannot read the file: Permission denied")

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from agent.config import WatchConfig
-from agent.watcher import Watcher, wanted
+from edge_uploader.config.load import WatchConfig
+from edge_uploader.sources.watcher import Watcher, wanted
 from tests.support import wait_for
 
 

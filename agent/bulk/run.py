@@ -1,0 +1,375 @@
+"""``edge-uploader upload``: a one-off bulk upload through the daemon's own machinery.
+
+There is no second upload path: files go through the same ``Intake`` (tagging, sidecars),
+the same durable ``Queue`` and the same ``Pipeline``/``Uploader`` as the daemon. What the
+command adds is a *batch*: every row it queues carries the batch id (derived from the
+command's inputs, see ``bulkinputs.batch_id``), and its pipeline leases and recovers only
+that batch's rows. Hence:
+
+- resumable: after a kill, a network loss or Ctrl-C, the same command finds the same
+  batch; known files (same path, size, mtime) are not queued twice, delivered ones are not
+  sent again, rows a kill left ``uploading`` go back to ``pending``;
+- a daemon running on the same queue file keeps working: the command never touches its
+  rows. (The daemon does deliver batch rows too, since it leases every due row; the
+  command simply sees them delivered. A daemon *starting* while the command uploads
+  returns the command's in-flight rows to pending; the resend is refused as a duplicate
+  by the service, which counts as delivered.)
+- finite: the command ends when its batch has no pending or uploading rows, or when the
+  service has been unreachable for ``give_up_after`` seconds, or refuses the API key.
+  Undelivered rows stay pending, so a re-run delivers the rest.
+
+Memory does not grow with the folder: inputs are expanded lazily and queued in chunks,
+and all per-file state lives in the queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from types import FrameType
+from typing import Any
+
+import httpx
+
+from ..config.load import Config
+from ..core.delivery import PREFETCH, Pipeline
+from ..core.intake import BATCH, Intake, Item
+from ..daemon.lifecycle import build_uploader
+from ..errors import InputError
+from ..events import Event, Stats
+from ..store.queue import Queue, State
+from .inputs import UploadRequest, batch_id, candidates
+from .progress import Progress
+
+log = logging.getLogger(__name__)
+
+STOP_TIMEOUT_SECONDS = 5.0
+MAX_REMEMBERED = 100
+"""Refused inputs remembered for the summary (all are printed as they happen)."""
+_FINAL = (Event.DELIVERED, Event.DUPLICATE, Event.DEAD, Event.GONE)
+_QUIET_LOGGERS = (Intake.__module__, Pipeline.__module__)
+
+
+@dataclass
+class Tracker:
+    """What the run knows: the batch's totals from the queue, and this run's events.
+
+    Written by the pipeline's dispatcher (events), the feeder and the progress thread;
+    every access holds the lock.
+    """
+
+    batch: str
+    started: float = field(default_factory=time.monotonic)
+    totals: dict[str, tuple[int, int]] = field(default_factory=dict)
+    scanning: bool = True
+    sent_files: int = 0
+    sent_bytes: int = 0
+    duplicates: int = 0
+    dead: int = 0
+    retries: int = 0
+    finals: int = 0
+    skipped: int = 0
+    skipped_examples: list[tuple[str, str]] = field(default_factory=list)
+    last_error: str | None = None
+    paused: str | None = None
+    trouble_since: float | None = None
+    wake_at_finals: int = 0
+    """The waiting command is woken when ``finals`` reaches this (not on every file)."""
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    changed: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def refresh(self, queue: Queue) -> dict[str, tuple[int, int]]:
+        totals = queue.batch_totals(self.batch)
+        with self.lock:
+            before = self._final_count(self.totals) if self.totals else None
+            self.totals = totals
+            if before is not None and self._final_count(totals) > before:
+                self.trouble_since = None  # someone (maybe the daemon) delivers: reachable
+        return totals
+
+    @staticmethod
+    def _final_count(totals: dict[str, tuple[int, int]]) -> int:
+        return sum(totals[s][0] for s in ("delivered", "dead", "gone"))
+
+    def snapshot(self) -> dict[str, Any]:
+        with self.lock:
+            totals = dict(self.totals)
+            return {
+                "totals": totals,
+                "scanning": self.scanning,
+                "sent_files": self.sent_files,
+                "sent_bytes": self.sent_bytes,
+                "retries": self.retries,
+                "skipped": self.skipped,
+                "last_error": self.last_error,
+                "paused": self.paused,
+                "trouble_since": self.trouble_since,
+                "elapsed": time.monotonic() - self.started,
+            }
+
+
+@dataclass(frozen=True)
+class Summary:
+    """How a run ended, for the final report and the exit status."""
+
+    batch: str
+    outcome: str
+    """done, gave-up (service unreachable), refused (API key), interrupted."""
+    totals: dict[str, tuple[int, int]]
+    sent_files: int
+    sent_bytes: int
+    duplicates: int
+    skipped: int
+    skipped_examples: list[tuple[str, str]]
+    elapsed: float
+    last_error: str | None
+    dead_examples: list[tuple[int, str, str]]
+
+    @property
+    def undelivered(self) -> int:
+        t = self.totals
+        return sum(t[s][0] for s in ("pending", "uploading", "dead", "held", "gone"))
+
+    @property
+    def exit_code(self) -> int:
+        if self.outcome == "interrupted":
+            return 130
+        return 0 if self.outcome == "done" and not self.undelivered and not self.skipped else 1
+
+
+class BulkUpload:
+    """One run of the ``upload`` command. ``run`` returns a ``Summary``."""
+
+    def __init__(
+        self,
+        config: Config,
+        request: UploadRequest,
+        progress: Progress,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        verbose: bool = False,
+    ) -> None:
+        ing = config.ingestion
+        if request.concurrency is not None:
+            ing = replace(ing, concurrency=request.concurrency)
+        self.config = replace(config, ingestion=ing)
+        self.request = request
+        self.progress = progress
+        self.transport = transport
+        self.verbose = verbose
+        self.batch = batch_id(request, config)
+        self.tracker = Tracker(self.batch)
+        self._stop = threading.Event()
+        self._previous_handlers: dict[int, Any] = {}
+
+    # -- control -------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        """Stop soon (Ctrl-C): in-flight uploads finish or go back to pending."""
+        self._stop.set()
+        self.tracker.changed.set()
+
+    def install_signals(self) -> None:
+        """SIGINT/SIGTERM stop the run cleanly; a second Ctrl-C aborts at once."""
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            if self._stop.is_set() and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self.progress.message("stopping: uploads in flight finish, the rest stay queued "
+                                  "(run the same command again to continue)")  # fmt: skip
+            self.request_stop()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous_handlers[sig] = signal.signal(sig, on_signal)
+
+    def _restore_signals(self) -> None:
+        for sig, handler in self._previous_handlers.items():
+            signal.signal(sig, handler)
+        self._previous_handlers.clear()
+
+    # -- the run -------------------------------------------------------------------------
+    def run(self) -> Summary:
+        cfg = self.config
+        uploader = build_uploader(cfg, transport=self.transport)
+        queue = Queue(cfg.queue.path)
+        levels = self._quiet_logs()
+        stats = Stats()
+        stats.subscribe(self._on_event)
+        pipeline: Pipeline | None = None
+        outcome = "done"
+        try:
+            returned = queue.recover(batch=self.batch)
+            queue.retry_now(batch=self.batch)  # a re-run is the user saying "try again now"
+            if returned:
+                self.progress.message(f"{returned} upload(s) interrupted last time are queued "
+                                      "again")  # fmt: skip
+            pipeline = Pipeline(
+                queue, uploader, cfg.ingestion, stats, batch=self.batch, prefetch=PREFETCH
+            )
+            intake = Intake(queue, cfg, stats, on_queued=pipeline.wake)
+            self.tracker.refresh(queue)
+            pipeline.start()
+            self.progress.start(self.tracker, queue)
+            outcome = self._feed(intake, queue)
+            with self.tracker.lock:
+                self.tracker.scanning = False
+            if outcome == "done":
+                outcome = self._wait(queue, pipeline)
+        finally:
+            if pipeline is not None:
+                pipeline.stop(STOP_TIMEOUT_SECONDS)
+            uploader.client.close()
+            self.progress.stop()
+            self._restore_signals()
+            for name, level in levels.items():
+                logging.getLogger(name).setLevel(level)
+            try:
+                summary = self._summary(queue, outcome)
+            finally:
+                queue.close()
+        return summary
+
+    def _quiet_logs(self) -> dict[str, int]:
+        """Per-file log lines would break the progress line; the run reports them itself."""
+        levels = {name: logging.getLogger(name).level for name in _QUIET_LOGGERS}
+        if not self.verbose:
+            for name in _QUIET_LOGGERS:
+                logging.getLogger(name).setLevel(logging.CRITICAL)
+        return levels
+
+    def _feed(self, intake: Intake, queue: Queue) -> str:
+        """Queue every candidate in chunks; returns early when the run must stop."""
+        items = candidates(self.request, self.config, self.batch, self._refused)
+        try:
+            for chunk in _chunks(items, BATCH):
+                intake.process(chunk)
+                outcome = self._should_stop()
+                if outcome:
+                    return outcome
+        except InputError as exc:
+            # the info file cannot be read on (a syntax error): what was read is still sent
+            self._refused(exc.field, exc.message)
+        self.tracker.refresh(queue)
+        return "done"
+
+    def _wait(self, queue: Queue, pipeline: Pipeline) -> str:
+        """Until the batch has nothing pending or uploading, or the run must stop.
+
+        Woken by every final outcome; the queue is counted only when the outcomes seen
+        since the last count could have finished the batch, or once a second (rows the
+        daemon delivers for us send no events here).
+        """
+        t = self.tracker
+        while True:
+            totals = t.refresh(queue)
+            outstanding = totals["pending"][0] + totals["uploading"][0]
+            if outstanding == 0:
+                return "done"
+            with t.lock:
+                finals_seen = t.finals
+                t.wake_at_finals = finals_seen + outstanding
+            while True:
+                outcome = self._should_stop()
+                if outcome:
+                    return outcome
+                t.changed.wait(self._wait_timeout())
+                t.changed.clear()
+                with t.lock:
+                    progressed = t.finals - finals_seen
+                if progressed >= outstanding or progressed == 0:
+                    break  # maybe done, or a quiet second passed: count again
+
+    def _wait_timeout(self) -> float:
+        with self.tracker.lock:
+            since = self.tracker.trouble_since
+        if since is None:
+            return 1.0
+        left = since + self.request.give_up_after - time.monotonic()
+        return max(0.01, min(1.0, left))
+
+    def _should_stop(self) -> str | None:
+        if self._stop.is_set():
+            return "interrupted"
+        with self.tracker.lock:
+            if self.tracker.paused:
+                return "refused"
+            since = self.tracker.trouble_since
+        if since is not None and time.monotonic() - since >= self.request.give_up_after:
+            return "gave-up"
+        return None
+
+    # -- events --------------------------------------------------------------------------
+    def _on_event(self, event: Event, info: dict[str, Any]) -> None:
+        t = self.tracker
+        message = None
+        with t.lock:
+            if event in _FINAL:
+                t.finals += 1
+                t.trouble_since = None
+            if event is Event.DELIVERED or event is Event.DUPLICATE:
+                t.sent_files += 1
+                t.sent_bytes += int(info.get("bytes", 0))
+                t.duplicates += event is Event.DUPLICATE
+            elif event is Event.DEAD:
+                t.dead += 1
+                message = f"refused by the service: {info.get('path')}: {info.get('reason')}"
+            elif event is Event.GONE:
+                message = f"not sent: {info.get('path')}: {info.get('reason')}"
+            elif event is Event.RETRY:
+                t.retries += 1
+                t.last_error = str(info.get("reason") or "")
+                if t.trouble_since is None:
+                    t.trouble_since = time.monotonic()
+            elif event is Event.PAUSED:
+                t.paused = str(info.get("reason") or "refused")
+                t.last_error = t.paused
+            elif event is Event.HELD:
+                message = f"held (not sent): {info.get('path')}: {info.get('reason')}"
+        if event is Event.SKIPPED:
+            self._refused(str(info.get("path")), str(info.get("reason")))
+        if message:
+            self.progress.message(message)
+        if event is Event.PAUSED or (event in _FINAL and t.finals >= t.wake_at_finals):
+            t.changed.set()
+
+    def _refused(self, what: str, reason: str) -> None:
+        """An input that is not queued: print it now, remember a few for the summary."""
+        with self.tracker.lock:
+            self.tracker.skipped += 1
+            if len(self.tracker.skipped_examples) < MAX_REMEMBERED:
+                self.tracker.skipped_examples.append((what, reason))
+        self.progress.message(f"skipped {what}: {reason}")
+
+    # -- the end -------------------------------------------------------------------------
+    def _summary(self, queue: Queue, outcome: str) -> Summary:
+        t = self.tracker
+        totals = t.refresh(queue)
+        dead = [(r.id, r.path, r.last_error or "") for r in
+                queue.rows(State.DEAD, batch=self.batch, limit=20)]  # fmt: skip
+        with t.lock:
+            return Summary(
+                batch=self.batch, outcome=outcome, totals=totals, sent_files=t.sent_files,
+                sent_bytes=t.sent_bytes, duplicates=t.duplicates, skipped=t.skipped,
+                skipped_examples=list(t.skipped_examples),
+                elapsed=time.monotonic() - t.started, last_error=t.last_error or t.paused,
+                dead_examples=dead,
+            )  # fmt: skip
+
+
+def _chunks(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
+    chunk: list[Item] = []
+    try:
+        for item in items:
+            chunk.append(item)
+            if len(chunk) >= size:
+                yield chunk
+                chunk = []
+    except InputError:  # the reading ended: the items read before it still go
+        if chunk:
+            yield chunk
+        raise
+    if chunk:
+        yield chunk

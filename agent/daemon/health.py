@@ -1,0 +1,107 @@
+"""Is the agent healthy? One assessment for the systemd watchdog and for ``/healthz``.
+
+Two levels, because restarting helps only with one of them:
+
+- **alive** (the watchdog pings): the delivery threads run, and uploads in flight make
+  progress — a body chunk sent, a result settled — within ``[health] stall_seconds``, or
+  nothing is in flight (idle, waiting for a retry, paused on a refused key: idle by
+  design). A queue that cannot be written (a full disk) is not a hang either: a restart
+  would not free space, so the pings go on and the daemon does not crash-loop.
+- **healthy** (``/healthz`` 200): alive, and nothing needs a person — uploads not paused,
+  the queue writable, free space above the floor.
+
+Progress is counted per body chunk sent (``count_body_progress``, a request hook on the
+HTTP client), so a 100 MB video on a slow link is never mistaken for a hang, while a
+request that waits forever on a silent server is.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import httpx
+
+if TYPE_CHECKING:
+    from .lifecycle import Service
+
+PROGRESS_MIN_INTERVAL_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class Health:
+    alive: bool
+    healthy: bool
+    reasons: list[str] = field(default_factory=list)
+    """Why not healthy (or not alive), one short sentence each."""
+
+
+def assess(service: Service, *, now: float | None = None) -> Health:
+    """Assess a running service; a service between stop and start (a reload) is alive."""
+    now = time.monotonic() if now is None else now
+    fatal: list[str] = []
+    notes: list[str] = []
+    pipeline, intake = service.pipeline, service.intake
+    if pipeline is None or intake is None:
+        return Health(alive=True, healthy=False, reasons=["starting or reloading"])
+    if not pipeline.alive():
+        fatal.append("the upload dispatcher thread is not running")
+    if not intake.alive():
+        fatal.append("the intake thread is not running")
+    cfg = service.config
+    stall = cfg.health.effective_stall_seconds(
+        cfg.ingestion.timeout_seconds, cfg.ingestion.connect_timeout_seconds
+    )
+    quiet = now - service.stats.last_progress
+    if pipeline.queue_error:
+        notes.append(f"the queue cannot be written: {pipeline.queue_error}")
+    elif pipeline.inflight and quiet > stall:
+        fatal.append(
+            f"uploads stalled: {pipeline.inflight} in flight and no progress for {quiet:.0f} s"
+            f" (limit {stall:g} s)"
+        )
+    if pipeline.paused:
+        notes.append(f"uploads paused: {pipeline.paused}")
+    disk = service.disk.reason() if service.disk is not None else None
+    if disk:
+        notes.append(disk)
+    return Health(alive=not fatal, healthy=not fatal and not notes, reasons=fatal + notes)
+
+
+class _CountingStream(httpx.SyncByteStream):
+    def __init__(self, inner: httpx.SyncByteStream, tick: Callable[[], None]) -> None:
+        self.inner = inner
+        self.tick = tick
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self.inner:
+            self.tick()
+            yield chunk
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def count_body_progress(client: httpx.Client, on_progress: Callable[[], None]) -> None:
+    """Have ``client`` call ``on_progress`` (at most every half second) while request
+    bodies stream out. A request hook, so it works whichever transport or proxy is used."""
+    lock = threading.Lock()
+    last = [0.0]
+
+    def tick() -> None:
+        now = time.monotonic()
+        with lock:
+            if now - last[0] < PROGRESS_MIN_INTERVAL_SECONDS:
+                return
+            last[0] = now
+        on_progress()
+
+    def hook(request: httpx.Request) -> None:
+        if isinstance(request.stream, httpx.SyncByteStream):
+            request.stream = _CountingStream(request.stream, tick)
+
+    hooks = client.event_hooks
+    client.event_hooks = {**hooks, "request": [*hooks["request"], hook]}

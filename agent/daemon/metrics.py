@@ -1,0 +1,142 @@
+"""Prometheus metrics (text exposition format 0.0.4) from the event counters and the queue.
+
+Counters come from ``agent.events.Stats`` (since the process started; a reload keeps
+them), gauges from the queue and the disk guard at scrape time. Names are part of the
+contract for dashboards: only ever add, never rename.
+
+=============================================  =========  ======================================
+metric                                         type       meaning
+=============================================  =========  ======================================
+edge_uploader_files_seen_total                 counter    files a source noticed
+edge_uploader_files_enqueued_total             counter    recorded in the queue for upload
+edge_uploader_files_delivered_total            counter    stored by the service
+edge_uploader_files_duplicate_total            counter    the service had them already
+edge_uploader_upload_retries_total             counter    transient failures, tried again later
+edge_uploader_files_dead_total                 counter    permanently refused (dead letters)
+edge_uploader_files_held_total                 counter    held back: unusable sidecar/metadata
+edge_uploader_files_skipped_total              counter    not samples (empty, vanished, ...)
+edge_uploader_files_gone_total                 counter    vanished or changed before sending
+edge_uploader_bytes_sent_total                 counter    bytes of delivered files
+edge_uploader_queue_depth{state}               gauge      rows per queue state
+edge_uploader_oldest_pending_age_seconds       gauge      age of the oldest undelivered file
+edge_uploader_last_delivery_timestamp_seconds  gauge      Unix time of the last delivery
+edge_uploader_upload_latency_seconds           histogram  time per upload request
+edge_uploader_uploads_in_flight                gauge      requests being sent now
+edge_uploader_uploads_paused                   gauge      1 while the service refuses the key
+edge_uploader_captures_allowed                 gauge      0 while below the free-space floor
+edge_uploader_disk_free_bytes{path}            gauge      free space per watched file system
+edge_uploader_disk_floor_bytes{path}           gauge      the configured floor there
+edge_uploader_healthy                          gauge      1 when /healthz answers 200
+edge_uploader_info{version}                    gauge      always 1
+=============================================  =========  ======================================
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from .. import __version__
+from .health import assess
+
+if TYPE_CHECKING:
+    from .lifecycle import Service
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+_COUNTERS = (
+    ("files_seen_total", "seen", "Files a source noticed."),
+    ("files_enqueued_total", "queued", "Files recorded in the queue for upload."),
+    ("files_delivered_total", "delivered", "Files the ingestion service stored."),
+    ("files_duplicate_total", "duplicate", "Files the service already had (count as delivered)."),
+    ("upload_retries_total", "retry", "Transient upload failures, tried again later."),
+    ("files_dead_total", "dead", "Files permanently refused (dead letters)."),
+    ("files_held_total", "held", "Files held back: their sidecar or metadata is unusable."),
+    ("files_skipped_total", "skipped", "Files that are not samples (empty, vanished, ...)."),
+    ("files_gone_total", "gone", "Files that vanished or changed before they were sent."),
+)
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _num(value: float) -> str:
+    return repr(float(value)) if isinstance(value, float) else str(value)
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def metric(self, name: str, kind: str, help_text: str,
+               samples: Iterable[tuple[str, float]]) -> None:  # fmt: skip
+        full = f"edge_uploader_{name}"
+        self.lines.append(f"# HELP {full} {help_text}")
+        self.lines.append(f"# TYPE {full} {kind}")
+        for suffix, value in samples:
+            self.lines.append(f"{full}{suffix} {_num(value)}")
+
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+
+def render(service: Service, *, now: float | None = None) -> str:
+    """The ``/metrics`` page for a running service."""
+    now = time.time() if now is None else now
+    stats = service.stats
+    w = _Writer()
+    snap = stats.snapshot()
+    counts = snap["counts"]
+    for name, event, help_text in _COUNTERS:
+        w.metric(name, "counter", help_text, [("", counts.get(event, 0))])
+    w.metric("bytes_sent_total", "counter", "Bytes of delivered files.",
+             [("", snap["bytes_sent"])])  # fmt: skip
+
+    queue = service.queue
+    if queue is not None:
+        depth = queue.counts()
+        w.metric("queue_depth", "gauge", "Queue rows per state.",
+                 [(f'{{state="{s}"}}', n) for s, n in depth.items()])  # fmt: skip
+        oldest = queue.oldest_pending()
+        w.metric("oldest_pending_age_seconds", "gauge",
+                 "Age of the oldest file not yet delivered (0 when none).",
+                 [("", round(max(0.0, now - oldest), 3) if oldest else 0.0)])  # fmt: skip
+    if snap["last_delivery_at"] is not None:
+        w.metric("last_delivery_timestamp_seconds", "gauge",
+                 "Unix time of the last delivery since start.",
+                 [("", round(snap["last_delivery_at"], 3))])  # fmt: skip
+
+    buckets = dict(stats.latency_buckets)
+    samples: list[tuple[str, float]] = [
+        (f'_bucket{{le="{_num(float(b))}"}}', n) for b, n in sorted(buckets.items())
+    ]
+    samples.append(('_bucket{le="+Inf"}', stats.latency_count))
+    samples.append(("_sum", round(stats.latency_sum, 6)))
+    samples.append(("_count", stats.latency_count))
+    w.metric("upload_latency_seconds", "histogram", "Time per upload request.", samples)
+
+    pipeline = service.pipeline
+    if pipeline is not None:
+        w.metric("uploads_in_flight", "gauge", "Upload requests being sent now.",
+                 [("", pipeline.inflight)])  # fmt: skip
+        w.metric("uploads_paused", "gauge", "1 while the service refuses the key or URL.",
+                 [("", 1 if pipeline.paused else 0)])  # fmt: skip
+
+    disk = service.disk
+    if disk is not None:
+        states = disk.states()
+        paths = [f'{{path="{_label(str(s.path))}"}}' for s in states]
+        w.metric("captures_allowed", "gauge", "0 while a file system is below the floor.",
+                 [("", 0 if any(s.low for s in states) else 1)])  # fmt: skip
+        w.metric("disk_free_bytes", "gauge", "Free space per capture or queue file system.",
+                 [(p, s.free_bytes) for p, s in zip(paths, states, strict=True)])  # fmt: skip
+        w.metric("disk_floor_bytes", "gauge", "The configured free-space floor.",
+                 [(p, s.floor_bytes) for p, s in zip(paths, states, strict=True)])  # fmt: skip
+
+    w.metric("healthy", "gauge", "1 when /healthz answers 200.",
+             [("", 1 if assess(service).healthy else 0)])  # fmt: skip
+    w.metric("info", "gauge", "The running version.",
+             [(f'{{version="{_label(__version__)}"}}', 1)])  # fmt: skip
+    return w.text()

@@ -1,0 +1,293 @@
+"""One capture, from a validated command to a complete file in the capture folder.
+
+Used by the MQTT component and by ``edge-uploader capture``, so both write exactly the
+same files. The order of writes is what makes a crash harmless:
+
+1. the data goes to a hidden temp name in the capture folder (``.tmp-<name>``; intake
+   and the watcher ignore hidden names), flushed to disk;
+2. the sidecar ``<name>.meta.json`` (label, category, session, command id) is written
+   atomically (temp + rename);
+3. the data file is renamed into place, and the folder synced.
+
+So a data file under its final name always has its sidecar: the watcher or, after a
+crash, the reconciliation scan queues it with the right tags. A crash before step 3 leaves
+only hidden temp files and perhaps an orphan sidecar; ``clean_stale`` removes those on
+the next start, so nothing half-written is ever uploaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ..config.capture import CaptureConfig, CommandSource, SerialSource, capture_watch
+from ..config.load import Config
+from ..core.tagger import SIDECAR_SUFFIX, Context, sidecar_path, tag
+from ..errors import CaptureError, InputError
+from ..secrets import Secret
+from .mqtt.command import Command
+from .program import CommandRunner
+from .serial import PortOpener, acquisition_bytes, open_port, read_serial
+
+log = logging.getLogger(__name__)
+
+TEMP_PREFIX = ".tmp-"
+
+
+@dataclass(frozen=True)
+class Captured:
+    """A capture whose data sits in a temp file, ready to be put in place by ``commit``."""
+
+    path: Path
+    temp: Path
+    sidecar: dict[str, Any]
+    sample_count: int | None = None
+    frequency_hz: float | None = None
+    interval_ms: float | None = None
+    size: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def commit(self) -> None:
+        """Sidecar first, then the data file renamed into place; the folder is synced."""
+        side = sidecar_path(self.path)
+        side_tmp = side.with_name(TEMP_PREFIX + side.name)
+        try:
+            _write_synced(side_tmp, json.dumps(self.sidecar, indent=2).encode("utf-8"))
+            side_tmp.replace(side)
+            self.temp.replace(self.path)
+            _sync_dir(self.path.parent)
+        except OSError as exc:
+            for p in (side_tmp, side, self.temp):
+                with contextlib.suppress(OSError):
+                    p.unlink()
+            raise CaptureError(f"cannot write {self.path}: {exc.strerror or exc}") from None
+
+    def discard(self) -> None:
+        with contextlib.suppress(OSError):
+            self.temp.unlink()
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def file_name(command: Command, extension: str, now: float, suffix: str | None = None) -> str:
+    """``<source>.<label>.<UTC time>.<random><ext>``: unique, readable, never hidden.
+
+    Every part comes from validated text (source names and labels cannot hold ``/``);
+    spaces become ``_``.
+    """
+    stamp = datetime.fromtimestamp(now, UTC).strftime("%Y%m%dT%H%M%S") + f"{now % 1:.3f}"[1:]
+    label = (command.label or "unlabeled").replace(" ", "_")
+    return f"{command.source}.{label}.{stamp}Z.{suffix or secrets.token_hex(3)}{extension}"
+
+
+class Capturer:
+    """Runs captures for one config. Thread-safe; one capture per source at a time."""
+
+    def __init__(
+        self,
+        config: Config,
+        hmac_key: Secret | None,
+        *,
+        opener: PortOpener = open_port,
+        clock: Any = time.time,
+        disk_reason: Callable[[Path], str | None] | None = None,
+    ) -> None:
+        if config.capture is None:
+            raise CaptureError("no [capture] section in the config")
+        self.config = config
+        self.capture_config: CaptureConfig = config.capture
+        self.dir = config.capture.dir
+        self.hmac_key = hmac_key
+        self.opener = opener
+        self.clock = clock
+        self.runner = CommandRunner()
+        self.disk_reason = disk_reason
+        """Why captures into a folder are refused now (the disk floor), or None."""
+        self.cancel = threading.Event()
+        self._busy: set[str] = set()
+        self._lock = threading.Lock()
+
+    # -- checks before anything runs -------------------------------------------------
+    def check_tags(self, command: Command) -> None:
+        """Would the sample's metadata be sendable? ``InputError`` (field metadata) if not."""
+        probe = self.dir / file_name(command, ".json", self.clock(), "000000")
+        tag(
+            probe,
+            self.config,
+            mtime=self.clock(),
+            watch=capture_watch(self.capture_config),
+            context=self.context(command),
+        )
+
+    def context(self, command: Command) -> Context:
+        return Context(
+            label=command.label if command.label is not None else "",
+            category=command.category,
+            metadata=command.trigger_metadata(),
+        )
+
+    def try_reserve(self, source: str) -> bool:
+        """Claim ``source`` for one capture; False when it is busy."""
+        with self._lock:
+            if source in self._busy:
+                return False
+            self._busy.add(source)
+            return True
+
+    def release(self, source: str) -> None:
+        with self._lock:
+            self._busy.discard(source)
+
+    def stop(self) -> None:
+        """Cancel running captures (serial reads notice within 50 ms; programs are killed)."""
+        self.cancel.set()
+        self.runner.kill_all()
+
+    # -- the capture -----------------------------------------------------------------
+    def refusal(self) -> str | None:
+        """Why no capture may start now (free space below ``[disk]``'s floor), or None."""
+        return self.disk_reason(self.dir) if self.disk_reason is not None else None
+
+    def capture(self, command: Command) -> Captured:
+        """Take the capture into a temp file; ``CaptureError`` with the reason on failure."""
+        source = self.capture_config.sources.get(command.source)
+        if source is None:
+            raise CaptureError(f"no capture source named {command.source!r}")
+        refused = self.refusal()
+        if refused is not None:
+            raise CaptureError(f"capture refused: {refused}")
+        name = file_name(command, source.extension, self.clock())
+        path = self.dir / name
+        if path.parent != self.dir or name.startswith("."):
+            raise CaptureError(f"refusing a capture name outside {self.dir}: {name!r}")
+        temp = self.dir / (TEMP_PREFIX + name)
+        sidecar = {
+            "label": command.label,
+            "metadata": command.trigger_metadata(),
+            **({"category": command.category} if command.category else {}),
+        }
+        try:
+            if isinstance(source, SerialSource):
+                return self._serial(source, command, path, temp, sidecar)
+            return self._command(source, command, path, temp, sidecar)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                temp.unlink()
+            raise
+
+    def _serial(
+        self,
+        source: SerialSource,
+        command: Command,
+        path: Path,
+        temp: Path,
+        sidecar: dict[str, Any],
+    ) -> Captured:
+        reading = read_serial(source, command.duration_ms, self.cancel, opener=self.opener)
+        data = acquisition_bytes(
+            device_name=self.config.device_id,
+            interval_ms=reading.interval_ms,
+            sensors=source.sensors,
+            values=reading.values,
+            hmac_key=self.hmac_key,
+            iat=int(self.clock()) if self.capture_config.include_iat else None,
+        )
+        try:
+            _write_synced(temp, data)
+        except OSError as exc:
+            raise CaptureError(f"cannot write {temp}: {exc.strerror or exc}") from None
+        return Captured(
+            path,
+            temp,
+            sidecar,
+            sample_count=len(reading.values),
+            frequency_hz=reading.measured_hz,
+            interval_ms=reading.interval_ms,
+            size=len(data),
+        )
+
+    def _command(
+        self,
+        source: CommandSource,
+        command: Command,
+        path: Path,
+        temp: Path,
+        sidecar: dict[str, Any],
+    ) -> Captured:
+        size = self.runner.run(source, temp, command.duration_ms)
+        try:
+            fd = os.open(temp, os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise CaptureError(f"cannot sync {temp}: {exc.strerror or exc}") from None
+        return Captured(path, temp, sidecar, sample_count=1, size=size)
+
+
+def clean_stale(folder: Path, older_than_seconds: float, now: float | None = None) -> int:
+    """Remove temp files and orphan sidecars a crash left in the capture folder.
+
+    Only entries older than ``older_than_seconds`` go: a manual ``capture`` running next to
+    the daemon may own fresh ones. Returns how many were removed.
+    """
+    now = time.time() if now is None else now
+    removed = 0
+    try:
+        entries = list(os.scandir(folder))
+    except OSError as exc:
+        log.warning("cannot list the capture folder %s: %s", folder, exc.strerror or exc)
+        return 0
+    for entry in entries:
+        try:
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            if now - entry.stat(follow_symlinks=False).st_mtime < older_than_seconds:
+                continue
+            orphan = (
+                entry.name.endswith(SIDECAR_SUFFIX)
+                and not (folder / entry.name[: -len(SIDECAR_SUFFIX)]).exists()
+            )
+            if entry.name.startswith(TEMP_PREFIX) or orphan:
+                Path(entry.path).unlink()
+                removed += 1
+                log.info("removed %s: left by a capture that did not finish", entry.path)
+        except OSError:
+            continue
+    return removed
+
+
+def check_command_tags(capturer: Capturer, command: Command) -> None:
+    """``check_tags`` with its error named for the command (field ``metadata``)."""
+    try:
+        capturer.check_tags(command)
+    except InputError as exc:
+        raise InputError("metadata", exc.message) from None

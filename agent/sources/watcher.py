@@ -1,0 +1,244 @@
+"""The directory watcher: watchdog's inotify observer, acting when a file is complete.
+
+With inotify a file is complete when a writer closes it after writing (``IN_CLOSE_WRITE``,
+watchdog's ``FileClosedEvent``) or when it is renamed into place (``FileMovedEvent``, also
+from a folder outside the watch: the observer runs with full move events, so such a move
+is not mistaken for a bare create); ``created``/``modified`` are ignored there, so a
+half-written file is never queued. A folder moved into a watch is walked at once: its files
+are complete and bring no events of their own. A folder *created* inside a watch is walked
+too (files may have been written before its watch was added), but its files are taken
+through the settle timer below, since a writer may still hold them open; their close events
+usually come first.
+
+Where only polling works (network file systems, ``force_polling = true``), there are no
+close events: a file is taken once its size and modification time have not changed for
+``settle_seconds``. The settle timer only runs while some file is settling.
+
+The reconciliation scan (``scan``) catches everything events missed: files written while
+the agent was down, or during a crash.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
+
+from ..config.load import WatchConfig
+from ..core.intake import ignored_name, matches, walk
+from ..core.tagger import is_sidecar
+
+log = logging.getLogger(__name__)
+
+OnFile = Callable[[Path, WatchConfig], None]
+OnDeleted = Callable[[Path, WatchConfig, bool], None]
+"""(path, watch, is_dir): a file or folder left a watched folder (deleted or moved away)."""
+
+
+def wanted(path: Path, watch: WatchConfig) -> bool:
+    """Would this path be a sample of ``watch`` (or a sidecar that may release one)?"""
+    if is_sidecar(path) and not path.name.startswith("."):
+        return True
+    if ignored_name(path.name) or not matches(path.name, watch.patterns):
+        return False
+    try:
+        rel = path.relative_to(watch.path)
+    except ValueError:
+        return False
+    if any(part.startswith(".") for part in rel.parts[:-1]):
+        return False
+    return watch.recursive or len(rel.parts) == 1
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, watcher: Watcher, watch: WatchConfig, polling: bool) -> None:
+        self.watcher = watcher
+        self.watch = watch
+        self.polling = polling
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        try:
+            self._handle(event)
+        except Exception:
+            log.exception("while handling %s", event)
+
+    def _handle(self, event: FileSystemEvent) -> None:
+        if event.is_synthetic:
+            return  # watchdog's per-file events for a moved folder: the walk covers them
+        if isinstance(event, FileClosedEvent):
+            self.watcher.found(Path(_s(event.src_path)), self.watch)
+        elif isinstance(event, FileMovedEvent):
+            self.watcher.gone(Path(_s(event.src_path)), self.watch, False)
+            if event.dest_path:  # empty: moved out of the watch
+                self.watcher.found(Path(_s(event.dest_path)), self.watch)
+        elif isinstance(event, FileDeletedEvent | DirDeletedEvent):
+            self.watcher.gone(Path(_s(event.src_path)), self.watch, event.is_directory)
+        elif isinstance(event, DirMovedEvent):
+            self.watcher.gone(Path(_s(event.src_path)), self.watch, True)
+            # polling reports every file of a moved folder as moved: no walk needed there
+            if event.dest_path and self.watch.recursive and not self.polling:
+                self.watcher.found_folder(Path(_s(event.dest_path)), self.watch)
+        elif isinstance(event, DirCreatedEvent):
+            if self.watch.recursive:
+                self.watcher.found_folder(Path(_s(event.src_path)), self.watch, settle=True)
+        elif self.polling and isinstance(event, FileCreatedEvent | FileModifiedEvent):
+            self.watcher.settling(Path(_s(event.src_path)), self.watch)
+
+
+def _s(value: str | bytes) -> str:
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
+
+
+class Watcher:
+    """Watches every ``[[watch]]`` folder and calls ``on_file`` for each complete file."""
+
+    def __init__(
+        self, watches: tuple[WatchConfig, ...], on_file: OnFile,
+        on_deleted: OnDeleted | None = None,
+    ) -> None:  # fmt: skip
+        self.watches = watches
+        self.on_file = on_file
+        self.on_deleted = on_deleted
+        """Optional: told when a sample file or a folder leaves a watch (deletion sync)."""
+        self._observers: list[BaseObserver] = []
+        self._settle: dict[Path, tuple[WatchConfig, float, tuple[int, int]]] = {}
+        self._settle_cv = threading.Condition()
+        self._stopping = False
+        self._settle_thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        polled = [w for w in self.watches if w.force_polling]
+        notified = [w for w in self.watches if not w.force_polling]
+        if notified:
+            inotify = _event_observer()
+            for w in notified:
+                inotify.schedule(_Handler(self, w, False), str(w.path), recursive=w.recursive)
+            problem = None
+            if type(inotify).__name__ != "InotifyObserver":
+                problem = "no close-after-write events on this platform"
+            else:
+                try:
+                    inotify.start()
+                    self._observers.append(inotify)
+                except OSError as exc:  # e.g. fs.inotify.max_user_watches reached
+                    problem = str(exc)
+            if problem is not None:
+                log.warning("inotify unavailable (%s); polling with a settle time instead", problem)
+                polled.extend(notified)
+        if polled:
+            interval = max(0.5, min(min(w.settle_seconds for w in polled), 5.0))
+            polling = PollingObserver(timeout=interval)
+            for w in polled:
+                polling.schedule(_Handler(self, w, True), str(w.path), recursive=w.recursive)
+            polling.start()
+            self._observers.append(polling)
+        if self._observers:
+            self._settle_thread = threading.Thread(target=self._settler, name="settle", daemon=True)
+            self._settle_thread.start()
+        for w in self.watches:
+            log.info("watching %s%s", w.path, " (polling)" if w in polled else "")
+
+    def stop(self) -> None:
+        with self._settle_cv:
+            self._stopping = True
+            self._settle_cv.notify_all()
+        for obs in self._observers:
+            obs.stop()
+        for obs in self._observers:
+            obs.join(5)
+        self._observers.clear()
+
+    def found(self, path: Path, watch: WatchConfig) -> None:
+        if wanted(path, watch):
+            with self._settle_cv:
+                self._settle.pop(path, None)  # complete now: no need to wait for it to settle
+            self.on_file(path, watch)
+
+    def gone(self, path: Path, watch: WatchConfig, is_dir: bool) -> None:
+        on_deleted = self.on_deleted
+        if on_deleted is not None and (is_dir or wanted(path, watch)):
+            on_deleted(path, watch, is_dir)
+
+    def found_folder(self, folder: Path, watch: WatchConfig, *, settle: bool = False) -> None:
+        """Report the files under ``folder``; with ``settle``, once they stopped changing."""
+        if not folder.is_dir():
+            return
+        for path in walk(folder, watch.recursive):
+            if settle:
+                self.settling(path, watch)
+            else:
+                self.found(path, watch)
+
+    # -- polling fallback ----------------------------------------------------------------
+    def settling(self, path: Path, watch: WatchConfig) -> None:
+        if not wanted(path, watch):
+            return
+        sig = _signature(path)
+        if sig is None:
+            return
+        with self._settle_cv:
+            self._settle[path] = (watch, time.monotonic() + watch.settle_seconds, sig)
+            self._settle_cv.notify()
+
+    def _settler(self) -> None:
+        with self._settle_cv:
+            while not self._stopping:
+                if not self._settle:
+                    self._settle_cv.wait()
+                    continue
+                now = time.monotonic()
+                ready = [(p, w, s) for p, (w, due, s) in self._settle.items() if due <= now]
+                for p, w, s in ready:
+                    del self._settle[p]
+                    current = _signature(p)
+                    if current is None:
+                        continue
+                    if current != s:
+                        self._settle[p] = (w, now + w.settle_seconds, current)
+                    else:
+                        self._settle_cv.release()
+                        try:
+                            self.found(p, w)
+                        except Exception:  # the settle thread must outlive one bad file
+                            log.exception("while taking %s", p)
+                        finally:
+                            self._settle_cv.acquire()
+                if self._settle:
+                    next_due = min(due for _, due, _ in self._settle.values())
+                    self._settle_cv.wait(max(0.01, next_due - time.monotonic()))
+
+
+def _event_observer() -> BaseObserver:
+    """inotify with full move events where there is inotify, else the native observer."""
+    try:
+        from watchdog.observers.inotify import InotifyObserver
+    except Exception:  # not Linux: the inotify module refuses to load
+        return Observer()
+    return InotifyObserver(generate_full_events=True)
+
+
+def _signature(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
