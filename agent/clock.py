@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import threading
 import time
 from collections.abc import Callable
 
@@ -11,22 +10,6 @@ Clock = Callable[[], float]
 """Seconds since the epoch, like ``time.time``."""
 
 system_clock: Clock = time.time
-
-
-class FakeClock:
-    """A settable clock for unit tests: ``advance`` moves time without sleeping."""
-
-    def __init__(self, start: float = 1_700_000_000.0) -> None:
-        self.now = start
-        self._lock = threading.Lock()
-
-    def __call__(self) -> float:
-        with self._lock:
-            return self.now
-
-    def advance(self, seconds: float) -> None:
-        with self._lock:
-            self.now += seconds
 
 
 def backoff_delay(

@@ -11,18 +11,38 @@ happens next, so callers catch by branch, not by message::
     ├── QueueError           the local queue cannot be opened or written (disk full, corrupt)
     ├── CaptureError         a capture source failed (port unplugged, garbage lines, timeout)
     └── RemoteError          the ingestion or Studio service refused or failed a request
-        ├── TransientError   worth retrying later (network, timeouts, 408, 429, 5xx)
-        ├── PermanentError   never worth retrying as is (400, 404, 413, parse errors)
-        └── AuthError        the API key is wrong or lacks rights: pause, do not dead-letter
+        ├── TransientError   worth retrying later (network, timeouts, 408, 429, 5xx)   RETRY
+        ├── PermanentError   never worth retrying as is (400, 404, 413, parse errors)  DEAD
+        └── AuthError        the API key is wrong or lacks rights                      PAUSE
+            └── UrlError     the URL is wrong (the service redirects elsewhere)        PAUSE
+
+The branches of ``RemoteError`` are also the vocabulary of what happens next: each names
+its ``Outcome``. The uploader reports an ``Outcome`` per file (it never raises for what the
+service or the network did); the Studio client raises the error; both decide the branch
+with the same status table (``remote.http.status_error``).
 
 Messages name the file, key or field and the reason, and never contain a secret: secrets
-are only ever held in ``agent.secrets.Secret`` objects, whose ``repr`` is redacted.
+are only ever held in ``secrets.Secret`` objects, whose ``repr`` is redacted.
 """
 
 from __future__ import annotations
 
+from enum import Enum
+from typing import ClassVar
+
 EX_CONFIG = 78
 """sysexits.h: configuration error. systemd's ``RestartPreventExitStatus=78`` stops a loop."""
+
+
+class Outcome(Enum):
+    """What happens to a file after one upload attempt."""
+
+    DELIVERED = "delivered"  # stored; the sample id is kept
+    DUPLICATE = "duplicate"  # the service had it already: counts as delivered
+    RETRY = "retry"  # pending again after a backoff
+    PAUSE = "pause"  # pending again; uploads pause until the key or URL is fixed
+    DEAD = "dead"  # set aside with the service's reason
+    GONE = "gone"  # the file vanished or changed before it was sent
 
 
 class AgentError(Exception):
@@ -61,7 +81,8 @@ class SidecarError(InputError):
 
 
 class QueueError(AgentError):
-    """The durable queue could not be opened or written."""
+    """The durable queue or command journal could not be opened, read or written (a full
+    disk, a corrupt file): every SQLite error on those files becomes this one."""
 
 
 class CaptureError(AgentError):
@@ -71,6 +92,8 @@ class CaptureError(AgentError):
 class RemoteError(AgentError):
     """A remote service refused or failed a request."""
 
+    outcome: ClassVar[Outcome] = Outcome.DEAD
+
     def __init__(self, message: str, *, status: int | None = None) -> None:
         self.status = status
         super().__init__(message)
@@ -78,6 +101,8 @@ class RemoteError(AgentError):
 
 class TransientError(RemoteError):
     """Worth retrying later; ``retry_after`` is the server's hint in seconds, if any."""
+
+    outcome = Outcome.RETRY
 
     def __init__(
         self, message: str, *, status: int | None = None, retry_after: float | None = None
@@ -91,4 +116,11 @@ class PermanentError(RemoteError):
 
 
 class AuthError(RemoteError):
-    """The API key is missing, wrong or lacks rights."""
+    """The API key is missing, wrong or lacks rights: a person must fix the config."""
+
+    outcome = Outcome.PAUSE
+
+
+class UrlError(AuthError):
+    """The URL is wrong: the service answers with a redirect (which is never followed, so
+    the API key never travels to another host)."""

@@ -33,8 +33,8 @@ from mqtt.harness import (
     free_port,
 )
 
-from edge_uploader.config.capture import Sensor as Axis
-from edge_uploader.config.capture import SerialSource
+from edge_uploader.config import Sensor as Axis
+from edge_uploader.config import SerialSource
 from edge_uploader.localserver import LocalIngestionServer
 from edge_uploader.sources.mqtt.command import validate
 from edge_uploader.sources.serial import read_serial

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from ..config.load import CATEGORIES
+from ..config import CATEGORIES
 from ..core.tagger import UNSET, _Unset, check_label
 from ..errors import InputError
 from ..metadata import check_metadata

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config.load import DEFAULT_PATTERNS, Config
+from ..config import DEFAULT_PATTERNS, Config
 from ..core.intake import Item, ignored_name, matches
 from ..core.tagger import UNSET, Context, is_sidecar
 from .infofile import BadEntry, read_info_file

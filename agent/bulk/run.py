@@ -35,7 +35,7 @@ from typing import Any
 
 import httpx
 
-from ..config.load import Config
+from ..config import Config
 from ..core.delivery import PREFETCH, Pipeline
 from ..core.intake import BATCH, Intake, Item
 from ..daemon.lifecycle import build_uploader

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .. import __version__
-from ..config.load import load_config
+from ..config import load_config
 from ..daemon.logs import setup_logging
 from ..errors import EX_CONFIG, AgentError, ConfigError, QueueError
 

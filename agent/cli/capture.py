@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..config.load import CONFIG_CATEGORIES, load_config
+from ..config import CONFIG_CATEGORIES, load_config
 from ..daemon.disk import DiskGuard
 from ..errors import CaptureError, ConfigError, InputError
 from ..sources.capture import Capturer, check_command_tags

@@ -14,7 +14,7 @@ import re
 import time
 from pathlib import Path
 
-from ..config.load import Config, WatchConfig, load_config
+from ..config import Config, WatchConfig, load_config
 from ..core.intake import ignored_name, matches
 from ..core.tagger import read_sidecar, sidecar_path, tag
 from ..errors import ConfigError, InputError

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from ..config.load import Config, load_config
+from ..config import Config, load_config
 from ..errors import ConfigError, InputError
 from ..metadata import check_key, check_metadata, check_value
 

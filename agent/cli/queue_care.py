@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from ..config.load import load_config
+from ..config import load_config
 from ..daemon.wake import wake_daemon
 from ..errors import ConfigError
 from ..store.queue import Queue, Row, State

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ..bulk.inputs import UploadRequest, candidates
-from ..config.load import CONFIG_CATEGORIES, Config, load_config
+from ..config import CONFIG_CATEGORIES, Config, load_config
 from ..core.intake import new_file, stat_sample
 from ..core.tagger import check_label
 from ..errors import ConfigError, InputError

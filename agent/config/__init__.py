@@ -1,1 +1,67 @@
-"""config"""
+"""The configuration: one TOML file, validated once into frozen dataclasses.
+
+``load_config`` is the entry point; ``prepare`` (in ``preflight``) adds what starting the
+daemon needs (secrets readable, exposed files warned about). The dataclasses and every
+default live in ``model``; each table's parser in its own module (``load`` for the core
+tables, ``mqtt``, ``capture``, ``ops``, ``project``), all reading through ``table.Table``.
+"""
+
+from .load import default_state_dir, load_config, parse_config
+from .model import (
+    AFTER_UPLOAD,
+    CATEGORIES,
+    CONFIG_CATEGORIES,
+    DEFAULT_PATTERNS,
+    DEFAULT_STUDIO_URL,
+    DEFAULT_URL,
+    SPLIT_BY_GROUP,
+    URL_ENV,
+    AfterUpload,
+    CaptureConfig,
+    CaptureSource,
+    CommandSource,
+    Config,
+    DiskConfig,
+    HealthConfig,
+    HttpConfig,
+    IngestionConfig,
+    MqttConfig,
+    QueueConfig,
+    Sensor,
+    SerialSource,
+    StudioConfig,
+    SyncConfig,
+    TlsConfig,
+    WatchConfig,
+)
+
+__all__ = [
+    "AFTER_UPLOAD",
+    "CATEGORIES",
+    "CONFIG_CATEGORIES",
+    "DEFAULT_PATTERNS",
+    "DEFAULT_STUDIO_URL",
+    "DEFAULT_URL",
+    "SPLIT_BY_GROUP",
+    "URL_ENV",
+    "AfterUpload",
+    "CaptureConfig",
+    "CaptureSource",
+    "CommandSource",
+    "Config",
+    "DiskConfig",
+    "HealthConfig",
+    "HttpConfig",
+    "IngestionConfig",
+    "MqttConfig",
+    "QueueConfig",
+    "Sensor",
+    "SerialSource",
+    "StudioConfig",
+    "SyncConfig",
+    "TlsConfig",
+    "WatchConfig",
+    "default_state_dir",
+    "load_config",
+    "parse_config",
+]

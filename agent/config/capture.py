@@ -1,233 +1,37 @@
-"""The ``[mqtt]`` and ``[capture]`` config sections, validated into frozen dataclasses.
+"""The ``[capture]`` table: the capture folder and its sources (serial sensors, programs).
 
-Parsed with the shared ``Table`` reader of ``agent.config``, so every error names the
-file, the key path and what was expected (exit status 78). The capture folder becomes an
-implicit ``[[watch]]`` (see ``capture_watch``): the watcher and the reconciliation scan
-then pick captures up like any other file, so a capture interrupted by a crash after its
-data file was renamed into place is found again on the next start, tagged by its sidecar.
+The capture folder becomes an implicit ``[[watch]]`` (``CaptureConfig.watch``, added by
+``load``). ``[[capture.command]]`` argument lists may hold only the declared placeholders
+(``ARGV_PLACEHOLDERS``); ``render_arg`` fills them and nothing else.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from functools import partial
 
-from ..errors import ConfigError
-from ..secrets import SecretSource
-from .load import DEFAULT_PATTERNS, WatchConfig
-
-if TYPE_CHECKING:
-    from .load import Table
+from .model import (
+    AFTER_UPLOAD,
+    DEFAULT_BAUDRATE,
+    DEFAULT_PATTERNS,
+    CaptureConfig,
+    CaptureSource,
+    CommandSource,
+    Sensor,
+    SerialSource,
+    default,
+)
+from .table import Table
 
 NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 """Capture source names: they appear in file names and MQTT commands."""
 EXT_RE = re.compile(r"\.[A-Za-z0-9]{1,10}\Z")
 ARGV_PLACEHOLDERS = ("output", "duration_ms", "duration_s")
 _PLACEHOLDER_RE = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
-MAX_TOPIC_CHARS = 200
-DEFAULT_MAX_DURATION_MS = 60_000
-
-Protocol = Literal["5", "3.1.1"]
+_default = partial(default, CaptureConfig)
 
 
-@dataclass(frozen=True)
-class TlsConfig:
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-
-
-@dataclass(frozen=True)
-class MqttConfig:
-    host: str
-    port: int
-    client_id: str
-    topic_prefix: str
-    username: str | None
-    password: SecretSource
-    tls: TlsConfig | None
-    protocol: Protocol = "5"
-    keepalive_seconds: int = 60
-    heartbeat_seconds: float = 60.0
-    reconnect_min_seconds: int = 1
-    reconnect_max_seconds: int = 120
-
-    @property
-    def capture_topic(self) -> str:
-        return f"{self.topic_prefix}/capture"
-
-    @property
-    def events_topic(self) -> str:
-        return f"{self.topic_prefix}/events"
-
-    @property
-    def status_topic(self) -> str:
-        return f"{self.topic_prefix}/status"
-
-
-@dataclass(frozen=True)
-class Sensor:
-    name: str
-    units: str
-
-
-@dataclass(frozen=True)
-class SerialSource:
-    name: str
-    port: str
-    baudrate: int
-    sensors: tuple[Sensor, ...]
-    frequency_hz: float | None
-    """None means "auto": the interval is measured from the lines' arrival times."""
-    start_command: str | None = None
-    stop_command: str | None = None
-    line_timeout_seconds: float = 2.0
-    kind: Literal["serial"] = "serial"
-
-    extension = ".json"
-
-
-@dataclass(frozen=True)
-class CommandSource:
-    name: str
-    argv: tuple[str, ...]
-    extension: str
-    timeout_seconds: float
-    kind: Literal["command"] = "command"
-
-
-Source = SerialSource | CommandSource
-
-
-@dataclass(frozen=True)
-class CaptureConfig:
-    dir: Path
-    sources: dict[str, Source]
-    max_duration_ms: int = DEFAULT_MAX_DURATION_MS
-    include_iat: bool = True
-    after_upload: Literal["keep", "delete", "move"] = "keep"
-    move_to: Path | None = None
-
-    @property
-    def patterns(self) -> tuple[str, ...]:
-        exts = sorted({s.extension.lower() for s in self.sources.values()} | {".json"})
-        return tuple(f"*{e}" for e in exts)
-
-
-def capture_watch(capture: CaptureConfig) -> WatchConfig:
-    """The implicit watch of the capture folder (captures are complete when renamed in)."""
-    return WatchConfig(
-        path=capture.dir,
-        patterns=capture.patterns,
-        recursive=False,
-        after_upload=capture.after_upload,
-        move_to=capture.move_to,
-        settle_seconds=0.0,
-    )
-
-
-def implicit_watches(
-    capture: CaptureConfig | None, watches: tuple[WatchConfig, ...], source: str
-) -> tuple[WatchConfig, ...]:
-    """``watches`` plus the capture folder's watch; overlapping folders are a config error."""
-    if capture is None:
-        return watches
-    for i, w in enumerate(watches):
-        inside = capture.dir == w.path or w.path in capture.dir.parents
-        if inside or capture.dir in w.path.parents:
-            raise ConfigError(
-                source,
-                "capture.dir",
-                f"{capture.dir} overlaps watch[{i}] ({w.path}); the capture folder is watched"
-                " on its own, keep it apart from [[watch]] folders",
-            )
-    return (*watches, capture_watch(capture))
-
-
-# -- [mqtt] ------------------------------------------------------------------------------
-def parse_mqtt(top: Table, device_id: str, *, check_files: bool = True) -> MqttConfig | None:
-    if not top.has("mqtt"):
-        return None
-    t = top.table("mqtt")
-    host = t.req_str("host")
-    if any(c.isspace() for c in host) or "/" in host:
-        raise t.error("host", f"expected a host name or address, got {host!r}")
-    tls: TlsConfig | None = None
-    if t.has("tls"):
-        tt = t.table("tls")
-        tls = TlsConfig(
-            ca_file=_readable(tt, "ca_file", check_files),
-            cert_file=_readable(tt, "cert_file", check_files),
-            key_file=_readable(tt, "key_file", check_files),
-        )
-        if (tls.cert_file is None) != (tls.key_file is None):
-            raise tt.error("key_file", "cert_file and key_file go together (a client certificate)")
-        tt.finish()
-    port = t.get_int("port", 8883 if tls else 1883, 1, 65535)
-    prefix = t.get_str("topic_prefix") or "edge-uploader/{device_id}"
-    prefix = prefix.replace("{device_id}", device_id).rstrip("/")
-    if not topic_ok(prefix) or not prefix:
-        raise t.error("topic_prefix", "expected a topic without +, #, NUL or empty levels")
-    client_id = t.get_str("client_id") or device_id
-    if len(client_id.encode("utf-8")) > 128:
-        raise t.error("client_id", "expected at most 128 bytes")
-    password_file = t.get_path("password_file")
-    username = t.get_str("username")
-    if password_file is not None and username is None:
-        raise t.error("password_file", "needs a username (set [mqtt] username)")
-    protocol = t.choice("protocol", "5", ("5", "3.1.1")) or "5"
-    keepalive = t.get_int("keepalive_seconds", 60, 5, 3600)
-    rmin = t.get_int("reconnect_min_seconds", 1, 1, 3600)
-    rmax = t.get_int("reconnect_max_seconds", 120, 1, 86400)
-    if rmax < rmin:
-        raise t.error("reconnect_max_seconds", "must be at least reconnect_min_seconds")
-    cfg = MqttConfig(
-        host=host,
-        port=port,
-        client_id=client_id,
-        topic_prefix=prefix,
-        username=username,
-        password=SecretSource(
-            "MQTT password",
-            t.key("password_file"),
-            file=password_file,
-            env="EI_MQTT_PASSWORD",
-            credential="mqtt_password",
-            config_source=t.source,
-        ),
-        tls=tls,
-        protocol=protocol,  # type: ignore[arg-type]
-        keepalive_seconds=keepalive,
-        heartbeat_seconds=t.get_float("heartbeat_seconds", 60.0, 1.0, 86400.0),
-        reconnect_min_seconds=rmin,
-        reconnect_max_seconds=rmax,
-    )
-    t.finish()
-    return cfg
-
-
-def topic_ok(topic: str) -> bool:
-    """A topic name we may publish to: no wildcards, NUL, empty levels; bounded length."""
-    return (
-        0 < len(topic) <= MAX_TOPIC_CHARS
-        and not any(c in topic for c in "+#\x00")
-        and "" not in topic.split("/")
-        and topic.isprintable()
-    )
-
-
-def _readable(t: Table, name: str, check: bool) -> Path | None:
-    path = t.get_path(name)
-    if check and path is not None and not os.access(path, os.R_OK):
-        raise t.error(name, f"{path} is not a readable file")
-    return path
-
-
-# -- [capture] ---------------------------------------------------------------------------
 def parse_capture(top: Table, *, check_dirs: bool = True) -> CaptureConfig | None:
     if not top.has("capture"):
         return None
@@ -240,12 +44,14 @@ def parse_capture(top: Table, *, check_dirs: bool = True) -> CaptureConfig | Non
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise t.error("dir", f"cannot create {directory}: {exc.strerror or exc}") from None
-    sources: dict[str, Source] = {}
+    sources: dict[str, CaptureSource] = {}
     for st in t.tables("serial"):
         _add(sources, st, _serial(st))
     for ct in t.tables("command"):
         _add(sources, ct, _command(ct, check_dirs))
-    after = t.choice("after_upload", "keep", ("keep", "delete", "move")) or "keep"
+    after = t.choice("after_upload", _default("after_upload"), AFTER_UPLOAD) or _default(
+        "after_upload"
+    )
     move_to = t.get_path("move_to")
     if (after == "move") != (move_to is not None):
         raise t.error("move_to", 'is required with, and only with, after_upload = "move"')
@@ -254,8 +60,8 @@ def parse_capture(top: Table, *, check_dirs: bool = True) -> CaptureConfig | Non
     cfg = CaptureConfig(
         dir=directory,
         sources=sources,
-        max_duration_ms=t.get_int("max_duration_ms", DEFAULT_MAX_DURATION_MS, 1, 3_600_000),
-        include_iat=t.get_bool("include_iat", True),
+        max_duration_ms=t.get_int("max_duration_ms", _default("max_duration_ms"), 1, 3_600_000),
+        include_iat=t.get_bool("include_iat", _default("include_iat")),
         after_upload=after,  # type: ignore[arg-type]
         move_to=move_to,
     )
@@ -263,7 +69,7 @@ def parse_capture(top: Table, *, check_dirs: bool = True) -> CaptureConfig | Non
     return cfg
 
 
-def _add(sources: dict[str, Source], t: Table, source: Source) -> None:
+def _add(sources: dict[str, CaptureSource], t: Table, source: CaptureSource) -> None:
     if source.name in sources:
         raise t.error("name", f"{source.name!r} names another capture source too")
     sources[source.name] = source
@@ -304,7 +110,7 @@ def _serial(t: Table) -> SerialSource:
     cfg = SerialSource(
         name=name,
         port=port,
-        baudrate=t.get_int("baudrate", 115200, 50, 10_000_000),
+        baudrate=t.get_int("baudrate", DEFAULT_BAUDRATE, 50, 10_000_000),
         sensors=tuple(sensors),
         frequency_hz=freq,
         start_command=_line(t, "start_command"),
@@ -355,7 +161,9 @@ def _command(t: Table, check_dirs: bool) -> CommandSource:
         name=name,
         argv=argv,
         extension=ext.lower(),
-        timeout_seconds=t.get_float("timeout_seconds", 60.0, 0.1, 86400.0),
+        timeout_seconds=t.get_float(
+            "timeout_seconds", default(CommandSource, "timeout_seconds"), 0.1, 86400.0
+        ),
     )
     t.finish()
     return cfg

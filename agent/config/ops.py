@@ -1,8 +1,7 @@
 """Config sections for running unattended: ``[http]``, ``[health]`` and ``[disk]``.
 
-Kept apart from ``agent.config`` so the core config module only gains one field and one
-parse call per section. Every error names the file, the key path and what was expected,
-like the rest of the config (exit status 78).
+Every error names the file, the key path and what was expected, like the rest of the
+config (exit status 78).
 
 Transport rules for service URLs live here too (``check_service_url``): plain ``http://``
 is refused for anything but a loopback host unless the config says
@@ -11,70 +10,10 @@ is refused for anything but a loopback host unless the config says
 
 from __future__ import annotations
 
-import ipaddress
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-if TYPE_CHECKING:
-    from .load import Table
-
-DEFAULT_HTTP_PORT = 9108
-DEFAULT_MIN_FREE_BYTES = 64 * 1024 * 1024
-DEFAULT_DISK_CHECK_SECONDS = 30.0
-
-
-@dataclass(frozen=True)
-class HttpConfig:
-    """The optional local health endpoint. ``listen`` None: no endpoint."""
-
-    listen: tuple[str, int] | None = None
-
-    @property
-    def loopback(self) -> bool:
-        return self.listen is None or is_loopback(self.listen[0])
-
-
-@dataclass(frozen=True)
-class HealthConfig:
-    """What counts as a hung pipeline (stops the systemd watchdog pings)."""
-
-    stall_seconds: float | None = None
-    """Uploads in flight that send no byte and finish nothing for this long: hung.
-    None: derived from the ingestion timeouts (see ``effective_stall_seconds``)."""
-
-    def effective_stall_seconds(self, timeout: float, connect_timeout: float) -> float:
-        """A legitimate request is silent for at most one read timeout (plus connect);
-        uploads count every body chunk they send as progress, so a large file on a slow
-        link never looks hung."""
-        if self.stall_seconds is not None:
-            return self.stall_seconds
-        return max(300.0, timeout + connect_timeout + 60.0)
-
-
-@dataclass(frozen=True)
-class DiskConfig:
-    """The free-space floor of the capture and queue file systems."""
-
-    min_free_bytes: int = DEFAULT_MIN_FREE_BYTES
-    min_free_percent: float = 0.0
-    prune_delivered: bool = False
-    check_interval_seconds: float = DEFAULT_DISK_CHECK_SECONDS
-
-    def floor(self, total_bytes: int) -> int:
-        """The floor in bytes for a file system of ``total_bytes``: the larger rule wins."""
-        return max(self.min_free_bytes, int(total_bytes * self.min_free_percent / 100.0))
-
-
-def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
-    host = host.strip("[]").lower()
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+from .model import DiskConfig, HealthConfig, HttpConfig, default, is_loopback
+from .table import Table
 
 
 def check_service_url(t: Table, key: str, url: str, allow_insecure_http: bool) -> None:
@@ -131,11 +70,13 @@ def parse_health(t: Table) -> HealthConfig:
 
 def parse_disk(t: Table) -> DiskConfig:
     cfg = DiskConfig(
-        min_free_bytes=t.get_int("min_free_bytes", DEFAULT_MIN_FREE_BYTES, 0, 2**62),
-        min_free_percent=t.get_float("min_free_percent", 0.0, 0.0, 90.0),
-        prune_delivered=t.get_bool("prune_delivered", False),
+        min_free_bytes=t.get_int("min_free_bytes", default(DiskConfig, "min_free_bytes"), 0, 2**62),
+        min_free_percent=t.get_float(
+            "min_free_percent", default(DiskConfig, "min_free_percent"), 0.0, 90.0
+        ),
+        prune_delivered=t.get_bool("prune_delivered", default(DiskConfig, "prune_delivered")),
         check_interval_seconds=t.get_float(
-            "check_interval_seconds", DEFAULT_DISK_CHECK_SECONDS, 0.1, 3600.0
+            "check_interval_seconds", default(DiskConfig, "check_interval_seconds"), 0.1, 3600.0
         ),
     )
     t.finish()

@@ -12,7 +12,8 @@ import logging
 from pathlib import Path
 
 from ..secrets import readable_by_others
-from .load import Config, load_config
+from .load import load_config
+from .model import Config
 
 log = logging.getLogger(__name__)
 

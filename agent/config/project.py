@@ -1,8 +1,6 @@
 """The ``[studio]`` and ``[sync]`` config tables: where the Studio API is, and deletion sync.
 
-Kept out of ``agent/config.py`` so the core config stays small; ``parse_config`` calls
-``parse_studio`` and ``parse_sync`` with the same ``Table`` reader, so errors name the
-file and the key path like every other config error::
+Errors name the file and the key path like every other config error::
 
     [studio]
     url = "https://studio.edgeimpulse.com/v1"   # the Studio API base (tests: http://127.0.0.1:P/v1)
@@ -23,47 +21,21 @@ API key works for both services.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from functools import partial
 
-if TYPE_CHECKING:
-    from .load import Table
+from .model import StudioConfig, SyncConfig, default
+from .ops import check_service_url
+from .table import Table
 
-DEFAULT_GRACE_SECONDS = 3600.0
-DEFAULT_MAX_DELETES_PER_HOUR = 50
-DEFAULT_CHECK_INTERVAL_SECONDS = 300.0
-
-
-@dataclass(frozen=True)
-class StudioConfig:
-    url: str = "https://studio.edgeimpulse.com/v1"
-    project_id: int | None = None
-    timeout_seconds: float = 30.0
-    connect_timeout_seconds: float = 10.0
-    concurrency: int = 4
-    retry_attempts: int = 5
-    """Tries per request for transient failures (network, 408, 429, 5xx) before giving up."""
-    retry_base_seconds: float = 1.0
-    retry_max_seconds: float = 60.0
-    allow_insecure_http: bool = False
-
-
-@dataclass(frozen=True)
-class SyncConfig:
-    delete_remote: bool = False
-    grace_seconds: float = DEFAULT_GRACE_SECONDS
-    max_deletes_per_hour: int = DEFAULT_MAX_DELETES_PER_HOUR
-    check_interval_seconds: float = DEFAULT_CHECK_INTERVAL_SECONDS
+_studio = partial(default, StudioConfig)
+_sync = partial(default, SyncConfig)
 
 
 def parse_studio(t: Table) -> StudioConfig:
-    from .load import DEFAULT_STUDIO_URL
-    from .ops import check_service_url
-
-    url = (t.get_str("url") or DEFAULT_STUDIO_URL).rstrip("/")
+    url = (t.get_str("url") or _studio("url")).rstrip("/")
     if not url.startswith(("http://", "https://")):
         raise t.error("url", f"expected an http:// or https:// URL, got {url!r}")
-    allow_insecure_http = t.get_bool("allow_insecure_http", False)
+    allow_insecure_http = t.get_bool("allow_insecure_http", _studio("allow_insecure_http"))
     check_service_url(t, "url", url, allow_insecure_http)  # the API key travels with it
     project_id: int | None = None
     if t.has("project_id"):
@@ -71,12 +43,18 @@ def parse_studio(t: Table) -> StudioConfig:
     cfg = StudioConfig(
         url=url,
         project_id=project_id,
-        timeout_seconds=t.get_float("timeout_seconds", 30.0, 0.1, 3600.0),
-        connect_timeout_seconds=t.get_float("connect_timeout_seconds", 10.0, 0.1, 600.0),
-        concurrency=t.get_int("concurrency", 4, 1, 32),
-        retry_attempts=t.get_int("retry_attempts", 5, 1, 100),
-        retry_base_seconds=t.get_float("retry_base_seconds", 1.0, 0.01, 3600.0),
-        retry_max_seconds=t.get_float("retry_max_seconds", 60.0, 0.01, 86400.0),
+        timeout_seconds=t.get_float("timeout_seconds", _studio("timeout_seconds"), 0.1, 3600.0),
+        connect_timeout_seconds=t.get_float(
+            "connect_timeout_seconds", _studio("connect_timeout_seconds"), 0.1, 600.0
+        ),
+        concurrency=t.get_int("concurrency", _studio("concurrency"), 1, 32),
+        retry_attempts=t.get_int("retry_attempts", _studio("retry_attempts"), 1, 100),
+        retry_base_seconds=t.get_float(
+            "retry_base_seconds", _studio("retry_base_seconds"), 0.01, 3600.0
+        ),
+        retry_max_seconds=t.get_float(
+            "retry_max_seconds", _studio("retry_max_seconds"), 0.01, 86400.0
+        ),
         allow_insecure_http=allow_insecure_http,
     )
     t.finish()
@@ -85,13 +63,13 @@ def parse_studio(t: Table) -> StudioConfig:
 
 def parse_sync(t: Table) -> SyncConfig:
     cfg = SyncConfig(
-        delete_remote=t.get_bool("delete_remote", False),
-        grace_seconds=t.get_float("grace_seconds", DEFAULT_GRACE_SECONDS, 0.0, 30 * 86400.0),
+        delete_remote=t.get_bool("delete_remote", _sync("delete_remote")),
+        grace_seconds=t.get_float("grace_seconds", _sync("grace_seconds"), 0.0, 30 * 86400.0),
         max_deletes_per_hour=t.get_int(
-            "max_deletes_per_hour", DEFAULT_MAX_DELETES_PER_HOUR, 0, 1_000_000
+            "max_deletes_per_hour", _sync("max_deletes_per_hour"), 0, 1_000_000
         ),
         check_interval_seconds=t.get_float(
-            "check_interval_seconds", DEFAULT_CHECK_INTERVAL_SECONDS, 1.0, 86400.0
+            "check_interval_seconds", _sync("check_interval_seconds"), 1.0, 86400.0
         ),
     )
     t.finish()

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ..clock import Clock, retry_delay, system_clock
-from ..config.load import IngestionConfig
+from ..config import IngestionConfig
 from ..errors import QueueError
 from ..events import Event, Stats
 from ..remote.ingestion import Answer, Outcome, Sample, Uploader

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config.load import Config, WatchConfig
+from ..config import Config, WatchConfig
 from ..errors import InputError, QueueError
 from ..events import Event, Stats
 from ..store.queue import NewFile, Queue, State

@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from .. import __version__
-from ..config.load import CATEGORIES, SPLIT_BY_GROUP, Config, WatchConfig
+from ..config import CATEGORIES, SPLIT_BY_GROUP, Config, WatchConfig
 from ..config.templates import render_all
 from ..errors import InputError, SidecarError
 from ..metadata import check_metadata, check_size

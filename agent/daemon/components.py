@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 from .httpd import HealthServer
 
 if TYPE_CHECKING:
-    from ..config.load import Config
+    from ..config import Config
     from .lifecycle import Service
 
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..config.ops import DiskConfig
+from ..config import DiskConfig
 from ..core.tagger import sidecar_path
 from ..errors import QueueError
 from ..events import Event

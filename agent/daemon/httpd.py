@@ -20,7 +20,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING
 
-from ..config.ops import HttpConfig
+from ..config import HttpConfig
 from ..errors import ConfigError
 from . import metrics
 from .health import assess

@@ -34,7 +34,7 @@ from typing import Any
 import httpx
 
 from ..clock import Clock, system_clock
-from ..config.load import Config, WatchConfig
+from ..config import Config, WatchConfig
 from ..config.preflight import prepare
 from ..core.delivery import PREFETCH, Pipeline, finish_pending_local
 from ..core.intake import Intake, Item, ignored_name, matches, walk

@@ -54,7 +54,7 @@ from ..store.ledger import BLOCKED_KEY, Candidate, Delete, DeleteState, Ledger
 from ..store.queue import Queue
 
 if TYPE_CHECKING:
-    from ..config.load import Config, WatchConfig
+    from ..config import Config, WatchConfig
     from ..daemon.lifecycle import Service
 
 log = logging.getLogger(__name__)

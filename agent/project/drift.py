@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..clock import Clock, system_clock
-from ..config.load import Config, WatchConfig
+from ..config import Config, WatchConfig
 from ..core.intake import ignored_name, matches, walk
 from ..core.tagger import read_sidecar, tag
 from ..errors import InputError, PermanentError

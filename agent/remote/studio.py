@@ -52,7 +52,7 @@ from ..secrets import Secret
 from .ingestion import parse_retry_after
 
 if TYPE_CHECKING:
-    from ..config.load import Config
+    from ..config import Config
 
 MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 MAX_ERROR_CHARS = 300

@@ -30,8 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ..config.capture import CaptureConfig, CommandSource, SerialSource, capture_watch
-from ..config.load import Config
+from ..config import CaptureConfig, CommandSource, Config, SerialSource
 from ..core.tagger import SIDECAR_SUFFIX, Context, sidecar_path, tag
 from ..errors import CaptureError, InputError
 from ..secrets import Secret
@@ -142,7 +141,7 @@ class Capturer:
             probe,
             self.config,
             mtime=self.clock(),
-            watch=capture_watch(self.capture_config),
+            watch=self.capture_config.watch,
             context=self.context(command),
         )
 

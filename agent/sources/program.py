@@ -21,7 +21,8 @@ import threading
 from pathlib import Path
 from typing import IO
 
-from ..config.capture import CommandSource, render_arg
+from ..config import CommandSource
+from ..config.capture import render_arg
 from ..errors import CaptureError
 
 SECRET_ENV = ("EI_API_KEY", "EI_HMAC_KEY", "EI_MQTT_PASSWORD", "CREDENTIALS_DIRECTORY")

@@ -31,7 +31,7 @@ from typing import Any
 
 import serial
 
-from ..config.capture import Sensor, SerialSource
+from ..config import Sensor, SerialSource
 from ..errors import CaptureError
 from ..secrets import Secret
 

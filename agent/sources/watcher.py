@@ -43,7 +43,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from ..config.load import WatchConfig
+from ..config import WatchConfig
 from ..core.intake import ignored_name, matches, walk
 from ..core.tagger import is_sidecar
 

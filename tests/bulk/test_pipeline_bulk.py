@@ -11,13 +11,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from edge_uploader.clock import FakeClock
-from edge_uploader.config.load import IngestionConfig
+from edge_uploader.config import IngestionConfig
 from edge_uploader.core.delivery import Pipeline
 from edge_uploader.events import Stats
 from edge_uploader.remote.ingestion import Uploader, make_client
 from edge_uploader.secrets import Secret
 from edge_uploader.store.queue import NewFile, Queue, State
+from tests.fakes import FakeClock
 
 from .helpers import wait_for
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edge_uploader.clock import FakeClock
 from edge_uploader.store.queue import NewFile, Queue, Result, State
+from tests.fakes import FakeClock
 
 
 def _new(path: str, batch: str | None, size: int = 10) -> NewFile:

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 
 from edge_uploader.cli import main
-from edge_uploader.clock import FakeClock
 from edge_uploader.daemon.wake import STATE_KEY, process_start, wake_daemon
 from edge_uploader.localserver import LocalIngestionServer
 from edge_uploader.store.queue import Queue, State
+from tests.fakes import FakeClock
 
 from .helpers import (
     API_KEY,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_uploader.config.load import parse_config
+from edge_uploader.config import parse_config
 from edge_uploader.daemon.lifecycle import Service
 from edge_uploader.localserver import LocalIngestionServer
 from edge_uploader.sources import watcher as watcher_mod

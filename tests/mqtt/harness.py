@@ -29,7 +29,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_uploader.config.load import load_config
+from edge_uploader.config import load_config
 from edge_uploader.daemon.lifecycle import Service
 
 API_KEY = "ei_mqtt_test_key"

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_uploader.config.capture import CommandSource
-from edge_uploader.config.load import load_config
+from edge_uploader.config import CommandSource, load_config
 from edge_uploader.errors import CaptureError
 from edge_uploader.sources.capture import Capturer, clean_stale, file_name
 from edge_uploader.sources.mqtt.command import Command

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_uploader.config.capture import CommandSource
+from edge_uploader.config import CommandSource
 from edge_uploader.sources.program import CommandRunner
 
 

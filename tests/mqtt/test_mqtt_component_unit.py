@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from edge_uploader.config.load import load_config
+from edge_uploader.config import load_config
 from edge_uploader.events import Event, Stats
 from edge_uploader.sources.mqtt.component import MqttComponent, Track
 from edge_uploader.sources.mqtt.link import Message

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_uploader.config.capture import CommandSource, SerialSource, argv_fields, render_arg
-from edge_uploader.config.load import load_config
+from edge_uploader.config import CommandSource, SerialSource, load_config
+from edge_uploader.config.capture import argv_fields, render_arg
 from edge_uploader.errors import ConfigError
 
 BASE = '[device]\nid = "pi-7"\n[queue]\npath = "q.db"\n'

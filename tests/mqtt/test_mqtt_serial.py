@@ -10,8 +10,8 @@ import threading
 
 import pytest
 
-from edge_uploader.config.capture import Sensor as SensorSpec
-from edge_uploader.config.capture import SerialSource
+from edge_uploader.config import Sensor as SensorSpec
+from edge_uploader.config import SerialSource
 from edge_uploader.errors import CaptureError
 from edge_uploader.secrets import Secret
 from edge_uploader.sources.serial import acquisition_bytes, parse_line, read_serial, slope

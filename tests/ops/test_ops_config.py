@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_uploader.config.load import Config, load_config, parse_config
-from edge_uploader.config.ops import DiskConfig, is_loopback
+from edge_uploader.config import Config, DiskConfig, load_config, parse_config
+from edge_uploader.config.ops import is_loopback
 from edge_uploader.config.preflight import prepare, warn_exposed
 from edge_uploader.errors import ConfigError
 from edge_uploader.secrets import SecretSource, readable_by_others

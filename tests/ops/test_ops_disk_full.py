@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_uploader.config.load import load_config
-from edge_uploader.config.ops import DiskConfig
+from edge_uploader.config import DiskConfig, load_config
 from edge_uploader.daemon.disk import DiskGuard
 from edge_uploader.daemon.lifecycle import Service
 from edge_uploader.localserver import FaultConfig, LocalIngestionServer

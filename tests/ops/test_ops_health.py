@@ -9,7 +9,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from edge_uploader.config.load import load_config
+from edge_uploader.config import load_config
 from edge_uploader.daemon.health import assess
 from edge_uploader.daemon.lifecycle import Service
 from edge_uploader.localserver import LocalIngestionServer

@@ -79,7 +79,7 @@ def test_install_and_uninstall_into_destdir(tmp_path: Path) -> None:
 
 def test_skeleton_config_parses(tmp_path: Path) -> None:
     """The installed skeleton is a valid config (its folders made up under tmp_path)."""
-    from edge_uploader.config.load import parse_config
+    from edge_uploader.config import parse_config
 
     text = (REPO / "systemd/agent.toml").read_text()
     text = text.replace("/srv/edge-uploader/captures", str(tmp_path))

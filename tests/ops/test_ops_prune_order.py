@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_uploader.config.ops import DiskConfig
+from edge_uploader.config import DiskConfig
 from edge_uploader.daemon.disk import DiskGuard
 from edge_uploader.store.ledger import Ledger
 from edge_uploader.store.queue import NewFile, Queue, Result, State

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from edge_uploader.config.load import load_config
+from edge_uploader.config import load_config
 from edge_uploader.core.delivery import Pipeline
 from edge_uploader.core.intake import Intake, Item
 from edge_uploader.daemon.lifecycle import build_uploader

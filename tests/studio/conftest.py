@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from edge_uploader.config.load import Config, load_config
+from edge_uploader.config import Config, load_config
 from edge_uploader.daemon.lifecycle import Service
 from edge_uploader.localserver import LocalIngestionServer
 from edge_uploader.store.queue import Queue, State

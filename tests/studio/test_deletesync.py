@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 
 from edge_uploader.cli import main
-from edge_uploader.clock import FakeClock
-from edge_uploader.config.load import Config
+from edge_uploader.config import Config
 from edge_uploader.daemon.lifecycle import Service
 from edge_uploader.project.deletesync import DeleteSyncComponent, DeletionSync
 from edge_uploader.store.ledger import DeleteState, Ledger
 from edge_uploader.store.queue import Queue, State
+from tests.fakes import FakeClock
 
 from .conftest import Env, wait_for
 

@@ -12,13 +12,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from edge_uploader.clock import FakeClock
-from edge_uploader.config.load import Config
+from edge_uploader.config import Config
 from edge_uploader.errors import QueueError
 from edge_uploader.project.deletesync import DeleteSyncComponent, DeletionSync
 from edge_uploader.remote.studio import StudioClient
 from edge_uploader.store.ledger import Ledger
 from edge_uploader.store.queue import Queue, State
+from tests.fakes import FakeClock
 
 from .conftest import Env, wait_for
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_uploader.config.load import DEFAULT_STUDIO_URL, load_config, parse_config
+from edge_uploader.config import DEFAULT_STUDIO_URL, load_config, parse_config
 from edge_uploader.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]

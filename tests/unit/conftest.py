@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from edge_uploader.clock import FakeClock
-from edge_uploader.config.load import Config, load_config
+from edge_uploader.config import Config, load_config
+from tests.fakes import FakeClock
 
 
 @pytest.fixture(autouse=True)

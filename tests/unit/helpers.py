@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from edge_uploader.config.load import Config, parse_config
+from edge_uploader.config import Config, parse_config
 from edge_uploader.store.queue import NewFile
 
 

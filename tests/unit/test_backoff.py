@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from edge_uploader.clock import FakeClock, backoff_delay, retry_delay
+from edge_uploader.clock import backoff_delay, retry_delay
+from tests.fakes import FakeClock
 
 
 @pytest.mark.parametrize(

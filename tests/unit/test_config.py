@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from edge_uploader import cli
-from edge_uploader.config.load import DEFAULT_PATTERNS, DEFAULT_URL, Config, load_config
+from edge_uploader.config import DEFAULT_PATTERNS, DEFAULT_URL, Config, load_config
 from edge_uploader.core.tagger import tag
 from edge_uploader.errors import EX_CONFIG, ConfigError, SecretError
 from edge_uploader.metadata import MAX_METADATA_BYTES, encode_metadata

@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
-from edge_uploader.clock import FakeClock
-from edge_uploader.config.load import Config
+from edge_uploader.config import Config
 from edge_uploader.core import intake as intake_mod
 from edge_uploader.core.intake import Intake, Item, ignored_name, matches, walk
 from edge_uploader.core.tagger import Context, sidecar_path
 from edge_uploader.events import Event, Stats
 from edge_uploader.store.queue import Queue, State
+from tests.fakes import FakeClock
 from tests.unit.helpers import make_config
 
 

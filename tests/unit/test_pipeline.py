@@ -12,14 +12,14 @@ from typing import Any
 import httpx
 import pytest
 
-from edge_uploader.clock import FakeClock
-from edge_uploader.config.load import IngestionConfig
+from edge_uploader.config import IngestionConfig
 from edge_uploader.core.delivery import Pipeline, finish_pending_local, row_sample
 from edge_uploader.core.tagger import sidecar_path
 from edge_uploader.events import Event, Stats
 from edge_uploader.remote.ingestion import Uploader, make_client
 from edge_uploader.secrets import Secret
 from edge_uploader.store.queue import Queue, Result, Row, State
+from tests.fakes import FakeClock
 from tests.support import wait_for
 from tests.unit.helpers import new_file
 from tests.unit.multipart import read_parts

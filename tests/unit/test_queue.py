@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from edge_uploader.clock import FakeClock
 from edge_uploader.errors import QueueError
 from edge_uploader.store.queue import SCHEMA_VERSION, NewFile, Queue, Result, State
+from tests.fakes import FakeClock
 from tests.unit.helpers import new_file
 
 T0 = 1_700_000_000.0

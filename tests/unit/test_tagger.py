@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from edge_uploader import __version__
-from edge_uploader.config.load import Config
+from edge_uploader.config import Config
 from edge_uploader.core.tagger import (
     MAX_SIDECAR_BYTES,
     UNSET,

@@ -15,7 +15,6 @@ import httpx
 import pytest
 
 from edge_uploader import __version__
-from edge_uploader.clock import FakeClock
 from edge_uploader.remote.ingestion import (
     Answer,
     Outcome,
@@ -28,6 +27,7 @@ from edge_uploader.remote.ingestion import (
     parse_retry_after,
 )
 from edge_uploader.secrets import Secret
+from tests.fakes import FakeClock
 from tests.unit.multipart import read_parts
 
 KEY = "ei_0123456789abcdef"

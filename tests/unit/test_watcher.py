@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from edge_uploader.config.load import WatchConfig
+from edge_uploader.config import WatchConfig
 from edge_uploader.sources.watcher import Watcher, wanted
 from tests.support import wait_for
 

@@ -21,7 +21,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...config.load import CONFIG_CATEGORIES
+from ...config import CONFIG_CATEGORIES
 from ...errors import InputError
 from ...metadata import check_metadata
 

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ...config.capture import MqttConfig, topic_ok
-from ...config.load import Config, WatchConfig
+from ...config import Config, MqttConfig, WatchConfig
+from ...config.mqtt import topic_ok
 from ...core.intake import Item
 from ...core.tagger import iso_utc
 from ...errors import AgentError, CaptureError, InputError

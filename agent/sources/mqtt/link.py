@@ -33,7 +33,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from ...config.capture import MqttConfig
+from ...config import MqttConfig
 from ...errors import ConfigError
 from ...secrets import Secret
 

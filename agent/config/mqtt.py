@@ -1,0 +1,94 @@
+"""The ``[mqtt]`` table: the broker link of capture commands, events and the heartbeat."""
+
+from __future__ import annotations
+
+import os
+from functools import partial
+from pathlib import Path
+
+from ..secrets import SecretSource
+from .model import MqttConfig, TlsConfig, default
+from .table import Table
+
+MAX_TOPIC_CHARS = 200
+_default = partial(default, MqttConfig)
+
+
+def parse_mqtt(top: Table, device_id: str, *, check_files: bool = True) -> MqttConfig | None:
+    if not top.has("mqtt"):
+        return None
+    t = top.table("mqtt")
+    host = t.req_str("host")
+    if any(c.isspace() for c in host) or "/" in host:
+        raise t.error("host", f"expected a host name or address, got {host!r}")
+    tls: TlsConfig | None = None
+    if t.has("tls"):
+        tt = t.table("tls")
+        tls = TlsConfig(
+            ca_file=_readable(tt, "ca_file", check_files),
+            cert_file=_readable(tt, "cert_file", check_files),
+            key_file=_readable(tt, "key_file", check_files),
+        )
+        if (tls.cert_file is None) != (tls.key_file is None):
+            raise tt.error("key_file", "cert_file and key_file go together (a client certificate)")
+        tt.finish()
+    port = t.get_int("port", 8883 if tls else 1883, 1, 65535)
+    prefix = t.get_str("topic_prefix") or "edge-uploader/{device_id}"
+    prefix = prefix.replace("{device_id}", device_id).rstrip("/")
+    if not topic_ok(prefix) or not prefix:
+        raise t.error("topic_prefix", "expected a topic without +, #, NUL or empty levels")
+    client_id = t.get_str("client_id") or device_id
+    if len(client_id.encode("utf-8")) > 128:
+        raise t.error("client_id", "expected at most 128 bytes")
+    password_file = t.get_path("password_file")
+    username = t.get_str("username")
+    if password_file is not None and username is None:
+        raise t.error("password_file", "needs a username (set [mqtt] username)")
+    protocol = t.choice("protocol", _default("protocol"), ("5", "3.1.1")) or _default("protocol")
+    keepalive = t.get_int("keepalive_seconds", _default("keepalive_seconds"), 5, 3600)
+    rmin = t.get_int("reconnect_min_seconds", _default("reconnect_min_seconds"), 1, 3600)
+    rmax = t.get_int("reconnect_max_seconds", _default("reconnect_max_seconds"), 1, 86400)
+    if rmax < rmin:
+        raise t.error("reconnect_max_seconds", "must be at least reconnect_min_seconds")
+    cfg = MqttConfig(
+        host=host,
+        port=port,
+        client_id=client_id,
+        topic_prefix=prefix,
+        username=username,
+        password=SecretSource(
+            "MQTT password",
+            t.key("password_file"),
+            file=password_file,
+            env="EI_MQTT_PASSWORD",
+            credential="mqtt_password",
+            config_source=t.source,
+        ),
+        tls=tls,
+        protocol=protocol,  # type: ignore[arg-type]
+        keepalive_seconds=keepalive,
+        heartbeat_seconds=t.get_float(
+            "heartbeat_seconds", _default("heartbeat_seconds"), 1.0, 86400.0
+        ),
+        reconnect_min_seconds=rmin,
+        reconnect_max_seconds=rmax,
+    )
+    t.finish()
+    return cfg
+
+
+def topic_ok(topic: str) -> bool:
+    """A topic name we may publish to: no wildcards, NUL, empty levels; bounded length."""
+    return (
+        0 < len(topic) <= MAX_TOPIC_CHARS
+        and not any(c in topic for c in "+#\x00")
+        and "" not in topic.split("/")
+        and topic.isprintable()
+    )
+
+
+def _readable(t: Table, name: str, check: bool) -> Path | None:
+    path = t.get_path(name)
+    if check and path is not None and not os.access(path, os.R_OK):
+        raise t.error(name, f"{path} is not a readable file")
+    return path
