@@ -107,7 +107,7 @@ def test_resume_reports_a_delivered_row_after_restart(parts: Any, tmp_path: Path
     comp, link, service = parts
     path = str(tmp_path / "caps" / "cam.x.png")
     comp.journal.claim("old", "cam", None, None)
-    comp.journal.update("old", "queued", path)
+    comp.journal.update("old", "queued", path=path)
     comp.journal.claim("gone", "cam", None, None)  # accepted, then the agent died
     service.queue.enqueue_many([NewFile(path, 3, 1, "watch:x", "x", "training", {})])
     service.stats.emit(Event.QUEUED, path=path)
@@ -133,11 +133,11 @@ def test_journal_is_durable_and_bounded(tmp_path: Path) -> None:
         now[0] += 0.01
         j.claim(f"id-{i}", "s", None, None)
     j.prune()
-    count = j._db.execute("SELECT count(*) FROM commands").fetchone()[0]
+    count = j.db.connection.execute("SELECT count(*) FROM commands").fetchone()[0]
     assert count == 50
     now[0] += 1000
     j.prune()
-    assert j._db.execute("SELECT count(*) FROM commands").fetchone()[0] == 0
+    assert j.db.connection.execute("SELECT count(*) FROM commands").fetchone()[0] == 0
     j.close()
 
 

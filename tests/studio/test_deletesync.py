@@ -254,7 +254,7 @@ def test_only_kept_files_under_a_watched_folder_count(env: Env) -> None:
 def test_schema_1_queue_files_are_migrated(tmp_path: Path) -> None:
     import sqlite3
 
-    from edge_uploader.store import queue as queue_mod
+    from edge_uploader.store import schema as queue_mod
 
     path = tmp_path / "old.db"
     db = sqlite3.connect(path)

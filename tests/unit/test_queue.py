@@ -170,9 +170,9 @@ def test_durable_settle_syncs_the_commit(q: Queue, tmp_path: Path) -> None:
     (rid,) = q.enqueue_many([nf(1, after_upload="delete")])
     q.lease(1)
     statements: list[str] = []
-    q._db.set_trace_callback(statements.append)
+    q.db.connection.set_trace_callback(statements.append)
     q.settle([Result(rid, State.DELIVERED, sample_id=5)], durable=True)
-    q._db.set_trace_callback(None)
+    q.db.connection.set_trace_callback(None)
     sql = [s.split()[0] + " " + s.split()[1] if s.startswith("PRAGMA") else s.split()[0]
            for s in statements]  # fmt: skip
     assert sql == [
@@ -182,7 +182,7 @@ def test_durable_settle_syncs_the_commit(q: Queue, tmp_path: Path) -> None:
         "COMMIT",
         "PRAGMA synchronous=NORMAL",
     ]
-    assert q._db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL again
+    assert q.db.connection.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL again
     # another connection (another process) sees the committed state
     other = sqlite3.connect(q.path)
     try:
@@ -197,9 +197,9 @@ def test_durable_settle_syncs_the_commit(q: Queue, tmp_path: Path) -> None:
 def test_plain_settle_is_not_synced(q: Queue) -> None:
     (rid,) = q.enqueue_many([nf(1)])
     statements: list[str] = []
-    q._db.set_trace_callback(statements.append)
+    q.db.connection.set_trace_callback(statements.append)
     q.settle([Result(rid, State.DEAD, "x")])
-    q._db.set_trace_callback(None)
+    q.db.connection.set_trace_callback(None)
     assert not any("synchronous" in s for s in statements)
 
 
@@ -212,7 +212,7 @@ def test_recover_returns_uploading_rows_to_pending(tmp_path: Path, clock: FakeCl
     first = Queue(path, clock=clock)
     ids = first.enqueue_many([nf(i) for i in range(3)])
     first.lease(2)
-    first._db.close()  # a crash: no clean close
+    first.db.connection.close()  # a crash: no clean close
     second = Queue(path, clock=clock)
     try:
         assert second.counts()["uploading"] == 2
@@ -325,14 +325,14 @@ def test_rows_stream_in_pages_beyond_500(q: Queue) -> None:
 def test_rows_fetch_page_by_page(q: Queue) -> None:
     q.enqueue_many([nf(i) for i in range(1200)])
     statements: list[str] = []
-    q._db.set_trace_callback(statements.append)
+    q.db.connection.set_trace_callback(statements.append)
     it = q.rows()
     next(it)
     assert sum(s.startswith("SELECT") for s in statements) == 1  # one page, not the table
     # the queue is not locked between pages: a write can happen mid-iteration
     q.set_state(probe=1)
     rest = list(it)
-    q._db.set_trace_callback(None)
+    q.db.connection.set_trace_callback(None)
     assert len(rest) == 1199
     assert sum(s.startswith("SELECT") for s in statements) == 3
 
@@ -396,12 +396,12 @@ def test_agent_state(q: Queue, tmp_path: Path, clock: FakeClock) -> None:
         assert again.get_state()["last_delivery_at"] == T0 + 1
     finally:
         again.close()
-    q._db = sqlite3.connect(":memory:")  # the fixture closes it again
+    q.db.connection = sqlite3.connect(":memory:")  # the fixture closes it again
 
 
 def test_file_is_wal_with_schema_version(q: Queue) -> None:
-    assert q._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert q._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert q.db.connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert q.db.connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert q.integrity_check() == "ok"
 
 
@@ -462,14 +462,14 @@ def test_100k_pending_rows_stay_fast(tmp_path: Path, clock: FakeClock) -> None:
         # rows() streams page by page: memory bounded by a page, and a page with a state
         # filter costs what a page without one costs (no per-page scan of the backlog)
         statements: list[str] = []
-        q._db.set_trace_callback(statements.append)
+        q.db.connection.set_trace_callback(statements.append)
         tracemalloc.start()
         n = 0
         for _ in q.rows(State.PENDING, limit=20_000):
             n += 1
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
-        q._db.set_trace_callback(None)
+        q.db.connection.set_trace_callback(None)
         assert n == 20_000
         assert sum(s.startswith("SELECT") for s in statements) == 40
         assert peak < 3 * 1024 * 1024, peak

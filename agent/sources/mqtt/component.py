@@ -274,7 +274,7 @@ class MqttComponent:
                 with self._lock:
                     track.path = path
                     self._by_path[path] = track
-                self.journal.update(cmd.id, "captured", path)
+                self.journal.update(cmd.id, "captured", path=path)
                 captured.commit()
             except CaptureError as exc:
                 self._fail(track, str(exc))

@@ -1,0 +1,139 @@
+"""The one boundary between the agent and SQLite.
+
+Every file the agent keeps (the queue with its ledger tables, the command journal) is a
+``Database``: one connection in WAL mode shared by the process's threads under a lock,
+short transactions, and one translation of errors: any ``sqlite3.Error``, on a read as on
+a write ("database or disk is full", "database disk image is malformed", a locked file),
+becomes a ``QueueError`` that names the file. Callers therefore catch one error class,
+and a full disk never escapes as a raw ``sqlite3`` exception that kills a thread.
+
+Durability: ``synchronous=NORMAL`` (the last commits may roll back on power loss; what
+rolls back is found again by the reconciliation scan). ``writing(durable=True)`` syncs a
+transaction before returning, and ``sync`` makes what was already committed durable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from ..errors import QueueError
+
+
+class Database:
+    """One SQLite file. Thread-safe; ``reading`` and ``writing`` hold its lock."""
+
+    def __init__(
+        self, path: Path, *, what: str, setup: Callable[[sqlite3.Connection], None],
+        timeout: float = 30.0,
+    ) -> None:  # fmt: skip
+        """Open (creating the folder and the file) and run ``setup`` (the schema)."""
+        self.path = path
+        self._lock = threading.RLock()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.connection = sqlite3.connect(
+                str(path), isolation_level=None, check_same_thread=False, timeout=timeout
+            )
+            self.connection.execute("PRAGMA journal_mode=WAL")
+            self.connection.execute("PRAGMA synchronous=NORMAL")
+            self.connection.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+            setup(self.connection)
+            self._keep_owner()
+        except sqlite3.Error as exc:
+            raise QueueError(f"{path}: cannot open the {what}: {exc}") from None
+        except OSError as exc:
+            raise QueueError(f"{path}: cannot create the {what} folder: {exc.strerror}") from None
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """The connection for a short read (or a single autocommit statement)."""
+        with self._lock:
+            try:
+                yield self.connection
+            except sqlite3.Error as exc:
+                raise QueueError(f"{self.path}: {exc}") from None
+
+    @contextlib.contextmanager
+    def writing(self, *, durable: bool = False) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``; rolled back on any error. ``durable``: the
+        commit is synced to disk before this returns (``synchronous=FULL`` for it)."""
+        with self._lock:
+            db = self.connection
+            try:
+                if durable:
+                    db.execute("PRAGMA synchronous=FULL")
+                db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                self._reset(durable)
+                raise QueueError(f"{self.path}: {exc}") from None
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException as exc:
+                self._rollback()
+                if isinstance(exc, sqlite3.Error):
+                    raise QueueError(f"{self.path}: {exc}") from None
+                raise
+            finally:
+                self._reset(durable)
+
+    def _reset(self, durable: bool) -> None:
+        if durable:
+            with contextlib.suppress(sqlite3.Error):
+                self.connection.execute("PRAGMA synchronous=NORMAL")
+
+    def _rollback(self) -> None:
+        """Roll back what is left: after "database or disk is full" SQLite may already have
+        rolled the transaction back itself, and a second ROLLBACK would raise."""
+        if self.connection.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self.connection.execute("ROLLBACK")
+
+    def sync(self) -> None:
+        """Make every committed transaction durable without writing anything: with
+        ``synchronous=NORMAL`` the last commits sit in the WAL file, unsynced; fsync it.
+        Needed before deleting files whose delivered state must survive a power cut."""
+        with self._lock:
+            for path in (Path(f"{self.path}-wal"), self.path):
+                try:
+                    fd = os.open(path, os.O_RDONLY)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    raise QueueError(f"{path}: cannot sync: {exc.strerror}") from None
+                try:
+                    os.fsync(fd)
+                except OSError as exc:
+                    raise QueueError(f"{path}: cannot sync: {exc.strerror}") from None
+                finally:
+                    os.close(fd)
+
+    def integrity_check(self) -> str:
+        with self.reading() as db:
+            return str(db.execute("PRAGMA integrity_check").fetchone()[0])
+
+    def close(self, *, optimize: bool = False) -> None:
+        with self._lock:
+            if optimize:
+                with contextlib.suppress(sqlite3.Error):
+                    self.connection.execute("PRAGMA optimize")
+            self.connection.close()
+
+    def _keep_owner(self) -> None:
+        """Root opening the service's file (``status`` run with sudo) must not leave the
+        ``-wal``/``-shm`` files owned by root: the service could no longer open it."""
+        if os.geteuid() != 0:
+            return
+        st = self.path.stat()
+        if st.st_uid == 0:
+            return
+        for suffix in ("-wal", "-shm"):
+            side = Path(f"{self.path}{suffix}")
+            with contextlib.suppress(OSError):
+                if side.stat().st_uid != st.st_uid:
+                    os.chown(side, st.st_uid, st.st_gid)
