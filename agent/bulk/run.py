@@ -38,9 +38,9 @@ import httpx
 from ..config import Config
 from ..core.delivery import PREFETCH, Pipeline
 from ..core.intake import BATCH, Intake, Item
-from ..daemon.lifecycle import build_uploader
 from ..errors import InputError
 from ..events import Event, Stats
+from ..remote.ingestion import build_uploader
 from ..store.queue import Queue, State
 from .inputs import UploadRequest, batch_id, candidates
 from .progress import Progress

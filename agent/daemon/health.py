@@ -17,13 +17,9 @@ request that waits forever on a silent server is.
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
-
-import httpx
 
 if TYPE_CHECKING:
     from .lifecycle import Service
@@ -69,39 +65,3 @@ def assess(service: Service, *, now: float | None = None) -> Health:
     if disk:
         notes.append(disk)
     return Health(alive=not fatal, healthy=not fatal and not notes, reasons=fatal + notes)
-
-
-class _CountingStream(httpx.SyncByteStream):
-    def __init__(self, inner: httpx.SyncByteStream, tick: Callable[[], None]) -> None:
-        self.inner = inner
-        self.tick = tick
-
-    def __iter__(self) -> Iterator[bytes]:
-        for chunk in self.inner:
-            self.tick()
-            yield chunk
-
-    def close(self) -> None:
-        self.inner.close()
-
-
-def count_body_progress(client: httpx.Client, on_progress: Callable[[], None]) -> None:
-    """Have ``client`` call ``on_progress`` (at most every half second) while request
-    bodies stream out. A request hook, so it works whichever transport or proxy is used."""
-    lock = threading.Lock()
-    last = [0.0]
-
-    def tick() -> None:
-        now = time.monotonic()
-        with lock:
-            if now - last[0] < PROGRESS_MIN_INTERVAL_SECONDS:
-                return
-            last[0] = now
-        on_progress()
-
-    def hook(request: httpx.Request) -> None:
-        if isinstance(request.stream, httpx.SyncByteStream):
-            request.stream = _CountingStream(request.stream, tick)
-
-    hooks = client.event_hooks
-    client.event_hooks = {**hooks, "request": [*hooks["request"], hook]}

@@ -25,7 +25,6 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -40,35 +39,18 @@ from ..core.delivery import PREFETCH, Pipeline, finish_pending_local
 from ..core.intake import Intake, Item, ignored_name, matches, walk
 from ..errors import AgentError, ConfigError
 from ..events import Stats
-from ..remote.ingestion import Uploader, make_client
+from ..remote.ingestion import build_uploader
 from ..sources.watcher import Watcher
 from ..store.queue import Queue
 from . import wake
 from .components import Component, build_components
 from .disk import DiskGuard
-from .health import Health, assess, count_body_progress
+from .health import Health, assess
 from .systemd import Heartbeat, Notifier, watchdog_seconds
 
 log = logging.getLogger(__name__)
 
 STOP_TIMEOUT_SECONDS = 5.0
-
-
-def build_uploader(
-    config: Config, *, transport: httpx.BaseTransport | None = None, clock: Clock = system_clock,
-    on_progress: Callable[[], None] | None = None,
-) -> Uploader:  # fmt: skip
-    """The uploader for ``config``; ``on_progress`` is called while request bodies stream
-    (the health check's proof that a long upload is not hung)."""
-    ing = config.ingestion
-    verify: str | bool = str(ing.ca_file) if ing.ca_file else True
-    client = make_client(
-        concurrency=ing.concurrency, timeout=ing.timeout_seconds,
-        connect_timeout=ing.connect_timeout_seconds, verify=verify, transport=transport,
-    )  # fmt: skip
-    if on_progress is not None:
-        count_body_progress(client, on_progress)
-    return Uploader(client, ing.url, ing.api_key.load(), clock=clock)
 
 
 class Service:

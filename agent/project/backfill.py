@@ -36,9 +36,9 @@ from ..remote.studio import (
     RemoteSample,
     SampleNotFound,
     StudioClient,
-    bounded_map,
 )
 from ..store.ledger import ItemState, Ledger
+from .pool import bounded_map
 
 log = logging.getLogger(__name__)
 

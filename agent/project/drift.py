@@ -32,9 +32,10 @@ from ..config import Config, WatchConfig
 from ..core.intake import ignored_name, matches, walk
 from ..core.tagger import read_sidecar, tag
 from ..errors import InputError, PermanentError
-from ..remote.studio import ProjectNotFound, SampleNotFound, StudioClient, bounded_map
+from ..remote.studio import ProjectNotFound, SampleNotFound, StudioClient
 from ..store.ledger import Candidate, DeleteState, Ledger
 from ..store.queue import Queue, State
+from .pool import bounded_map
 
 Changes = dict[str, tuple[str | None, str]]
 

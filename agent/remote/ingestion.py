@@ -2,8 +2,8 @@
 
 One ``httpx.Client`` with keep-alive, shared by the worker threads; bodies are streamed
 from the file, never read whole into memory (except files of at most ``SMALL_BODY_BYTES``,
-sent in one write). ``classify`` is the one function that maps
-what came back (a response or a transport error) to what the queue does next:
+sent in one write). ``classify`` maps what came back to an ``Outcome`` (the vocabulary of
+``errors``), through the status table both services share (``remote.http``):
 
 ==================================  ===============  ==========================================
 what came back                      outcome          queue
@@ -27,35 +27,46 @@ multipart with one part named ``data`` carrying the file under its own name; hea
 
 from __future__ import annotations
 
-import contextlib
-import email.utils
 import errno
 import hashlib
-import json
 import os
 import stat
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import UTC
-from enum import Enum
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote
 
 import httpx
 
-from .. import __version__
+from ..clock import Clock, system_clock
+from ..config import Config
+from ..errors import Outcome, PermanentError, UrlError
 from ..metadata import encode_metadata
 from ..secrets import Secret
+from .http import (
+    clean,
+    error_text,
+    make_client,
+    parse_json,
+    parse_retry_after,
+    read_limited,
+    status_error,
+    transport_reason,
+)
+
+__all__ = ["Answer", "Outcome", "Sample", "Uploader", "build_uploader", "classify",
+           "content_type", "encode_label", "make_client", "parse_retry_after"]  # fmt: skip
 
 MAX_RESPONSE_BYTES = 1024 * 1024
+MAX_FILE_BYTES = 100_000_000
+"""The ingestion service's documented limit per file (100 MB)."""
 SMALL_BODY_BYTES = 64 * 1024
 """Files up to this size are read once and sent in one write (hash and body from the same
 bytes); larger files are streamed from disk, so memory stays bounded by
 ``concurrency * SMALL_BODY_BYTES``. Sending a small multipart body piece by piece costs a
 system call per piece on both ends: about 15% of the CPU per file on a loopback bench."""
-MAX_ERROR_CHARS = 300
 DUPLICATE_MARK = "already exists"
 
 CONTENT_TYPES = {
@@ -64,15 +75,6 @@ CONTENT_TYPES = {
     ".txt": "text/plain", ".mp4": "video/mp4", ".avi": "video/avi",
     ".parquet": "application/vnd.apache.parquet",
 }  # fmt: skip
-
-
-class Outcome(Enum):
-    DELIVERED = "delivered"
-    DUPLICATE = "duplicate"
-    RETRY = "retry"
-    PAUSE = "pause"
-    DEAD = "dead"
-    GONE = "gone"
 
 
 @dataclass(frozen=True)
@@ -113,12 +115,10 @@ def content_type(name: str) -> str:
 
 def build_headers(sample: Sample, api_key: Secret) -> dict[str, str]:
     headers = {"x-api-key": api_key.reveal()}
-    if sample.label is None:
-        pass
-    elif sample.label == "":
+    if sample.label == "":
         headers["x-label"] = ""
         headers["x-no-label"] = "1"
-    else:
+    elif sample.label is not None:
         headers["x-label"] = encode_label(sample.label)
     if not sample.allow_duplicates:
         headers["x-disallow-duplicates"] = "1"
@@ -127,77 +127,42 @@ def build_headers(sample: Sample, api_key: Secret) -> dict[str, str]:
     return headers
 
 
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:  # an HTTP date is always GMT
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - now)
-
-
-def _short(text: str) -> str:
-    # the service's text reaches terminals: no escape sequences, one line
-    text = " ".join("".join(c if c.isprintable() else " " for c in text).split())
-    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"
-
-
 def classify(status: int, headers: Mapping[str, str], body: bytes, now: float) -> Answer:
     """Map one HTTP response of the files endpoint to what happens next."""
-    data: Any = None
-    with contextlib.suppress(ValueError, UnicodeDecodeError):
-        data = json.loads(body.decode("utf-8")) if body else None
-    text = _error_text(data, body)
+    data: Any = parse_json(body)
+    text = error_text(data, body, file_errors=True)
     if DUPLICATE_MARK in text and "hash" in text and status < 500:
-        return Answer(Outcome.DUPLICATE, _short(text), status=status)
+        return Answer(Outcome.DUPLICATE, clean(text), status=status)
     if status == 200:
-        if not isinstance(data, dict):
-            return Answer(Outcome.RETRY, "the service answered 200 without a JSON body",
-                          status=status)  # fmt: skip
-        files = data.get("files")
-        all_ok = isinstance(files, list) and all(
-            isinstance(f, dict) and f.get("success") is True for f in files
-        )
-        if data.get("success") is True and files and all_ok:
-            sid = files[0].get("sampleId")
-            sample_id = sid if isinstance(sid, int) and not isinstance(sid, bool) else None
-            return Answer(Outcome.DELIVERED, sample_id=sample_id, status=status)
-        if data.get("success") is True and not files:
-            return Answer(Outcome.RETRY, "the service listed no files in its answer",
-                          status=status)  # fmt: skip
-        return Answer(Outcome.DEAD, _short(text or "the service refused the file"), status=status)
-    reason = f"HTTP {status}: {_short(text)}" if text else f"HTTP {status}"
-    if status in (401, 403):
-        return Answer(Outcome.PAUSE, reason, status=status)
-    if 300 <= status < 400:
+        return _classify_ok(data, text, status)
+    error = status_error(status) or PermanentError  # a 2xx other than 200 is not a success
+    if error is UrlError:
         where = headers.get("location", "")
         return Answer(Outcome.PAUSE, f"HTTP {status} redirect to {where!r}: check the URL",
                       status=status)  # fmt: skip
-    if status in (408, 425, 429) or status >= 500:
-        retry_after = parse_retry_after(headers.get("retry-after"), now)
-        return Answer(Outcome.RETRY, reason, retry_after=retry_after, status=status)
-    return Answer(Outcome.DEAD, reason, status=status)
+    reason = f"HTTP {status}: {clean(text)}" if text else f"HTTP {status}"
+    if error.outcome is Outcome.RETRY:
+        return Answer(Outcome.RETRY, reason, status=status,
+                      retry_after=parse_retry_after(headers.get("retry-after"), now))  # fmt: skip
+    return Answer(error.outcome, reason, status=status)
 
 
-def _error_text(data: Any, body: bytes) -> str:
-    if isinstance(data, dict):
-        parts: list[str] = []
-        if isinstance(data.get("error"), str):
-            parts.append(data["error"])
-        for f in data.get("files") or []:
-            if isinstance(f, dict) and isinstance(f.get("error"), str):
-                parts.append(f["error"])
-        return "; ".join(parts)
-    if data is None and body:
-        return body[:MAX_ERROR_CHARS].decode("utf-8", "replace")
-    return ""
+def _classify_ok(data: Any, text: str, status: int) -> Answer:
+    if not isinstance(data, dict):
+        return Answer(Outcome.RETRY, "the service answered 200 without a JSON body",
+                      status=status)  # fmt: skip
+    files = data.get("files")
+    all_ok = isinstance(files, list) and all(
+        isinstance(f, dict) and f.get("success") is True for f in files
+    )
+    if data.get("success") is True and files and all_ok:
+        sid = files[0].get("sampleId")
+        sample_id = sid if isinstance(sid, int) and not isinstance(sid, bool) else None
+        return Answer(Outcome.DELIVERED, sample_id=sample_id, status=status)
+    if data.get("success") is True and not files:
+        return Answer(Outcome.RETRY, "the service listed no files in its answer",
+                      status=status)  # fmt: skip
+    return Answer(Outcome.DEAD, clean(text or "the service refused the file"), status=status)
 
 
 def file_sha256(handle: IO[bytes]) -> str:
@@ -208,19 +173,19 @@ def file_sha256(handle: IO[bytes]) -> str:
     return digest.hexdigest()
 
 
-def make_client(
-    *, concurrency: int, timeout: float, connect_timeout: float, verify: str | bool = True,
-    transport: httpx.BaseTransport | None = None,
-) -> httpx.Client:  # fmt: skip
-    """One client for the whole process: keep-alive, bounded pool, no redirects."""
-    return httpx.Client(
-        timeout=httpx.Timeout(timeout, connect=connect_timeout),
-        limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
-        headers={"user-agent": f"edge-uploader/{__version__}"},
-        follow_redirects=False,
-        verify=verify,
-        transport=transport,
-    )
+def build_uploader(
+    config: Config, *, transport: httpx.BaseTransport | None = None, clock: Clock = system_clock,
+    on_progress: Callable[[], None] | None = None,
+) -> Uploader:  # fmt: skip
+    """The uploader for ``config``; ``on_progress`` is called while request bodies stream
+    (the health check's proof that a long upload is not hung)."""
+    ing = config.ingestion
+    client = make_client(
+        concurrency=ing.concurrency, timeout=ing.timeout_seconds,
+        connect_timeout=ing.connect_timeout_seconds, ca_file=ing.ca_file, transport=transport,
+        on_progress=on_progress,
+    )  # fmt: skip
+    return Uploader(client, ing.url, ing.api_key.load(), clock=clock)
 
 
 class Uploader:
@@ -237,28 +202,16 @@ class Uploader:
     def endpoint(self, category: str) -> str:
         return f"{self.url}/api/{category}/files"
 
+    def close(self) -> None:
+        self.client.close()
+
     def upload(self, sample: Sample) -> Answer:
+        opened = _open(sample)
+        if isinstance(opened, Answer):
+            return opened
+        handle, size = opened
         try:
-            # non-blocking and no symlinks: a FIFO or a link swapped in after the file was
-            # queued must not hang a worker or send another file's bytes
-            fd = os.open(sample.path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return Answer(Outcome.GONE, "the file no longer exists")
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                return Answer(Outcome.GONE, "the file was replaced by a symbolic link")
-            return Answer(Outcome.DEAD, f"cannot read the file: {exc.strerror or exc}")
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            return Answer(Outcome.GONE, "the file was replaced by something that is not a file")
-        handle = os.fdopen(fd, "rb")
-        try:
-            st = _fstat(handle)
-            if sample.expect_size is not None and (
-                st[0] != sample.expect_size or st[1] != sample.expect_mtime_ns
-            ):
-                return Answer(Outcome.GONE, "the file changed after it was queued")
-            small = st[0] <= SMALL_BODY_BYTES
+            small = size <= SMALL_BODY_BYTES
             content: IO[bytes] | bytes = handle
             try:
                 if small:
@@ -268,56 +221,57 @@ class Uploader:
                     sha = file_sha256(handle)
             except OSError as exc:
                 return Answer(Outcome.DEAD, f"cannot read the file: {exc.strerror or exc}")
-            files: list[tuple[str, tuple[str, Any, str]]] = [
-                ("data", (sample.file_name, content, content_type(sample.file_name)))
-            ]
-            files.extend(("data", part) for part in sample.extra_parts)
-            try:
-                request = self.client.build_request(
-                    "POST",
-                    self.endpoint(sample.category),
-                    headers=build_headers(sample, self.api_key),
-                    files=files,
-                )
-                if small:
-                    request.read()  # one write for the whole body, not one per multipart piece
-                response = self.client.send(request, stream=True)
-                try:
-                    body = _read_limited(response)
-                finally:
-                    response.close()
-            except httpx.TimeoutException as exc:
-                return Answer(Outcome.RETRY, f"timed out: {type(exc).__name__}", sha256=sha)
-            except httpx.TransportError as exc:
-                return Answer(Outcome.RETRY, f"network error: {_transport_reason(exc)}", sha256=sha)
-            except OSError as exc:
-                return Answer(Outcome.DEAD, f"cannot read the file: {exc.strerror or exc}")
-            answer = classify(response.status_code, response.headers, body, self.clock())
-            return Answer(
-                answer.outcome, answer.reason, sample_id=answer.sample_id,
-                retry_after=answer.retry_after, status=answer.status, sha256=sha,
-                bytes_sent=st[0] if answer.outcome is Outcome.DELIVERED else 0,
-            )  # fmt: skip
+            answer = self._send(sample, content, small)
+            sent = size if answer.outcome is Outcome.DELIVERED else 0
+            return replace(answer, sha256=sha, bytes_sent=sent)
         finally:
             handle.close()
 
+    def _send(self, sample: Sample, content: IO[bytes] | bytes, small: bool) -> Answer:
+        files: list[tuple[str, tuple[str, Any, str]]] = [
+            ("data", (sample.file_name, content, content_type(sample.file_name)))
+        ]
+        files.extend(("data", part) for part in sample.extra_parts)
+        try:
+            request = self.client.build_request(
+                "POST", self.endpoint(sample.category),
+                headers=build_headers(sample, self.api_key), files=files,
+            )  # fmt: skip
+            if small:
+                request.read()  # one write for the whole body, not one per multipart piece
+            response = self.client.send(request, stream=True)
+            try:
+                body, _ = read_limited(response, MAX_RESPONSE_BYTES)
+            finally:
+                response.close()
+        except httpx.TimeoutException as exc:
+            return Answer(Outcome.RETRY, f"timed out: {type(exc).__name__}")
+        except httpx.TransportError as exc:
+            return Answer(Outcome.RETRY, f"network error: {transport_reason(exc)}")
+        except OSError as exc:
+            return Answer(Outcome.DEAD, f"cannot read the file: {exc.strerror or exc}")
+        return classify(response.status_code, response.headers, body, self.clock())
 
-def _fstat(handle: IO[bytes]) -> tuple[int, int]:
-    st = os.fstat(handle.fileno())
-    return st.st_size, st.st_mtime_ns
 
-
-def _read_limited(response: httpx.Response) -> bytes:
-    chunks: list[bytes] = []
-    total = 0
-    for chunk in response.iter_bytes():
-        chunks.append(chunk)
-        total += len(chunk)
-        if total > MAX_RESPONSE_BYTES:
-            break
-    return b"".join(chunks)[:MAX_RESPONSE_BYTES]
-
-
-def _transport_reason(exc: httpx.TransportError) -> str:
-    text = str(exc) or type(exc).__name__
-    return _short(f"{type(exc).__name__}: {text}")
+def _open(sample: Sample) -> tuple[IO[bytes], int] | Answer:
+    """The file, open, and its size; or why it cannot be sent (it vanished or changed)."""
+    try:
+        # non-blocking and no symlinks: a FIFO or a link swapped in after the file was
+        # queued must not hang a worker or send another file's bytes
+        fd = os.open(sample.path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return Answer(Outcome.GONE, "the file no longer exists")
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return Answer(Outcome.GONE, "the file was replaced by a symbolic link")
+        return Answer(Outcome.DEAD, f"cannot read the file: {exc.strerror or exc}")
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        return Answer(Outcome.GONE, "the file was replaced by something that is not a file")
+    if sample.expect_size is not None and (st.st_size, st.st_mtime_ns) != (
+        sample.expect_size, sample.expect_mtime_ns
+    ):  # fmt: skip
+        os.close(fd)
+        return Answer(Outcome.GONE, "the file changed after it was queued")
+    return os.fdopen(fd, "rb"), st.st_size

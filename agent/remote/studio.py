@@ -11,7 +11,8 @@ under ``[studio] url`` (default ``https://studio.edgeimpulse.com/v1``), header `
 - ``POST /api/{project}/raw-data/{sample}/metadata``       body ``{"metadata": {...}}``
 - ``DELETE /api/{project}/raw-data/{sample}``
 
-Errors use the uploader's classes (``agent.errors``), decided in one place, ``_classify``:
+Errors are the branches of ``errors.RemoteError``, decided by the status table both
+services share (``remote.http.status_error``) and, for Studio's own answers, ``_classify``:
 
 ==========================================  ==============================================
 what came back                              raised
@@ -19,9 +20,10 @@ what came back                              raised
 connect/read errors, timeouts, 408, 425,    ``TransientError`` after ``retry_attempts``
 429, 5xx, 200 without a JSON object         tries with backoff (``Retry-After`` honoured)
 401, 403                                    ``AuthError`` (never retried)
+3xx                                         ``UrlError`` (an ``AuthError``: check the URL)
 200 ``{"success": false, "error": ...}``    ``SampleNotFound`` / ``ProjectNotFound`` when the
 (Studio's usual way to fail), 404           text says so, else ``PermanentError`` with it
-3xx, other 4xx, an invalid body             ``PermanentError``
+other 4xx, an invalid body                  ``PermanentError``
 ==========================================  ==============================================
 
 Responses are read up to ``MAX_RESPONSE_BYTES`` and validated: sample ids are positive
@@ -32,30 +34,32 @@ replaces is not documented, so ``merge_metadata`` reads, merges and writes the f
 
 from __future__ import annotations
 
-import contextlib
 import json
 import random
 import threading
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
 import httpx
 
-from .. import __version__
 from ..clock import Clock, retry_delay, system_clock
-from ..errors import AuthError, ConfigError, PermanentError, TransientError
+from ..config import Config
+from ..errors import AuthError, ConfigError, PermanentError, TransientError, UrlError
 from ..metadata import check_metadata
 from ..secrets import Secret
-from .ingestion import parse_retry_after
-
-if TYPE_CHECKING:
-    from ..config import Config
+from .http import (
+    clean,
+    error_text,
+    make_client,
+    parse_json,
+    parse_retry_after,
+    read_limited,
+    status_error,
+    transport_reason,
+)
 
 MAX_RESPONSE_BYTES = 16 * 1024 * 1024
-MAX_ERROR_CHARS = 300
 PAGE_SIZE = 100
 MAX_REMOTE_KEYS = 1000
 LIST_CATEGORIES = ("training", "testing", "validation", "post-processing", "anomaly", "all")
@@ -112,11 +116,6 @@ class Merge:
     written: bool
 
 
-def _short(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"
-
-
 def parse_sample(data: object, where: str = "sample") -> RemoteSample:
     """Validate one ``Sample`` object from the service; ``PermanentError`` if unusable."""
     if not isinstance(data, dict):
@@ -152,14 +151,6 @@ def parse_sample(data: object, where: str = "sample") -> RemoteSample:
     )
 
 
-def _error_text(data: object, body: bytes) -> str:
-    if isinstance(data, dict) and isinstance(data.get("error"), str):
-        return _short(data["error"])
-    if data is None and body:
-        return _short(body[:MAX_ERROR_CHARS].decode("utf-8", "replace"))
-    return ""
-
-
 def _classify(
     status: int, headers: Mapping[str, str], body: bytes, now: float, what: str,
     *, sample_scope: bool = False,
@@ -169,38 +160,42 @@ def _classify(
     ``sample_scope``: the request names one sample, so "not found" means that sample
     (unless the text names the project) and a bare 404 does too.
     """
-    data: Any = None
-    with contextlib.suppress(ValueError, UnicodeDecodeError):
-        data = json.loads(body.decode("utf-8")) if body else None
-    text = _error_text(data, body)
-    reason = f"{what}: HTTP {status}" + (f": {text}" if text else "")
-    if status in (401, 403):
-        raise AuthError(
-            f"{what}: the Studio API refused the API key (HTTP {status}"
-            + (f": {text}" if text else "")
-            + "); check the key and [studio] project_id",
-            status=status,
-        )
-    if status in (408, 425, 429) or status >= 500:
-        retry_after = parse_retry_after(headers.get("retry-after"), now)
-        raise TransientError(reason, status=status, retry_after=retry_after)
-    if 300 <= status < 400:
+    data: Any = parse_json(body)
+    text = clean(error_text(data, body))
+    if status == 200:
+        if not isinstance(data, dict):
+            raise TransientError(f"{what}: the Studio API answered 200 without a JSON object",
+                                 status=status)  # fmt: skip
+        if data.get("success") is not False:
+            return data
+        raise _refusal(status, text, what, sample_scope)
+    error = status_error(status) or PermanentError  # a 2xx other than 200 is not a success
+    if error is UrlError:
         where = headers.get("location", "")
-        raise PermanentError(
-            f"{what}: HTTP {status} redirect to {where!r}: check [studio] url", status=status
-        )
-    if status == 200 and not isinstance(data, dict):
-        raise TransientError(f"{what}: the Studio API answered 200 without a JSON object",
-                             status=status)  # fmt: skip
-    if status == 200 and isinstance(data, dict) and data.get("success") is not False:
-        return data
+        raise UrlError(f"{what}: HTTP {status} redirect to {where!r}: check [studio] url",
+                       status=status)  # fmt: skip
+    if error is AuthError:
+        raise AuthError(f"{what}: the Studio API refused the API key (HTTP {status}"
+                        + (f": {text}" if text else "") + "); check the key and [studio]"
+                        " project_id", status=status)  # fmt: skip
+    if error is TransientError:
+        raise TransientError(f"{what}: HTTP {status}" + (f": {text}" if text else ""),
+                             status=status, retry_after=parse_retry_after(
+                                 headers.get("retry-after"), now))  # fmt: skip
+    raise _refusal(status, text, what, sample_scope)
+
+
+def _refusal(status: int, text: str, what: str, sample_scope: bool) -> PermanentError:
+    """A 4xx, or Studio's usual way to fail (200 with ``success: false``)."""
     low = text.lower()
     if "project" in low and ("not found" in low or "no such" in low or "unknown" in low):
-        raise ProjectNotFound(f"{what}: {text}", status=status)
+        return ProjectNotFound(f"{what}: {text}", status=status)
     if sample_scope and ("not found" in low or "no such" in low or status == 404):
-        raise SampleNotFound(f"{what}: {text or 'not found'}", status=status)
-    raise PermanentError(reason if status != 200 else f"{what}: {text or 'refused'}",
-                         status=status)  # fmt: skip
+        return SampleNotFound(f"{what}: {text or 'not found'}", status=status)
+    if status == 200:
+        return PermanentError(f"{what}: {text or 'refused'}", status=status)
+    return PermanentError(f"{what}: HTTP {status}" + (f": {text}" if text else ""),
+                          status=status)  # fmt: skip
 
 
 class StudioClient:
@@ -241,17 +236,11 @@ class StudioClient:
         cancel: threading.Event | None = None, clock: Clock = system_clock,
     ) -> StudioClient:  # fmt: skip
         s = config.studio
-        verify: str | bool = str(config.ingestion.ca_file) if config.ingestion.ca_file else True
-        http = httpx.Client(
-            timeout=httpx.Timeout(s.timeout_seconds, connect=s.connect_timeout_seconds),
-            limits=httpx.Limits(
-                max_connections=s.concurrency, max_keepalive_connections=s.concurrency
-            ),
-            headers={"user-agent": f"edge-uploader/{__version__}"},
-            follow_redirects=False,
-            verify=verify,
+        http = make_client(
+            concurrency=s.concurrency, timeout=s.timeout_seconds,
+            connect_timeout=s.connect_timeout_seconds, ca_file=config.ingestion.ca_file,
             transport=transport,
-        )
+        )  # fmt: skip
         return cls(
             http, s.url, config.ingestion.api_key.load(), project_id=s.project_id,
             retry_attempts=s.retry_attempts, retry_base_seconds=s.retry_base_seconds,
@@ -292,12 +281,13 @@ class StudioClient:
         try:
             with self.http.stream(method, self.url + path, params=params, headers=headers,
                                   content=content) as response:  # fmt: skip
-                raw = _read_limited(response, what)
+                raw, more = read_limited(response, MAX_RESPONSE_BYTES)
         except httpx.TimeoutException as exc:
             raise TransientError(f"{what}: timed out ({type(exc).__name__})") from None
         except httpx.TransportError as exc:
-            text = _short(f"{type(exc).__name__}: {exc or ''}")
-            raise TransientError(f"{what}: network error: {text}") from None
+            raise TransientError(f"{what}: network error: {transport_reason(exc)}") from None
+        if more:
+            raise PermanentError(f"{what}: the answer is larger than {MAX_RESPONSE_BYTES} bytes")
         return _classify(response.status_code, response.headers, raw, self.clock(), what,
                          sample_scope=sample_scope)  # fmt: skip
 
@@ -468,53 +458,3 @@ class StudioClient:
         except SampleNotFound:
             return False
         return True
-
-
-def _read_limited(response: httpx.Response, what: str) -> bytes:
-    chunks: list[bytes] = []
-    total = 0
-    for chunk in response.iter_bytes():
-        total += len(chunk)
-        if total > MAX_RESPONSE_BYTES:
-            raise PermanentError(f"{what}: the answer is larger than {MAX_RESPONSE_BYTES} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-T = TypeVar("T")
-R = TypeVar("R")
-
-
-def bounded_map(
-    fn: Callable[[T], R], items: Iterable[T], workers: int
-) -> Iterator[tuple[T, R | Exception]]:
-    """``fn`` over ``items`` on ``workers`` threads, results in input order, at most
-    ``2 * workers`` in flight (memory stays flat however many items stream in). An
-    exception is returned in place of the result. Closing the iterator early cancels
-    what has not started and waits for what has."""
-    if workers <= 1:
-        for item in items:
-            try:
-                yield item, fn(item)
-            except Exception as exc:
-                yield item, exc
-        return
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="studio")
-    window: deque[tuple[T, Future[R]]] = deque()
-
-    def pop() -> tuple[T, R | Exception]:
-        item, future = window.popleft()
-        try:
-            return item, future.result()
-        except Exception as exc:
-            return item, exc
-
-    try:
-        for item in items:
-            window.append((item, pool.submit(fn, item)))
-            if len(window) >= 2 * workers:
-                yield pop()
-        while window:
-            yield pop()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)

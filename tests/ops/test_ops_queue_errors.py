@@ -14,9 +14,9 @@ import httpx
 from edge_uploader.config import load_config
 from edge_uploader.core.delivery import Pipeline
 from edge_uploader.core.intake import Intake, Item
-from edge_uploader.daemon.lifecycle import build_uploader
 from edge_uploader.errors import QueueError
 from edge_uploader.events import Stats
+from edge_uploader.remote.ingestion import build_uploader
 from edge_uploader.store.queue import NewFile, Queue, State
 
 from .conftest import wait_for, write_config

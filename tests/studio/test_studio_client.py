@@ -9,14 +9,22 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from edge_uploader.errors import AuthError, ConfigError, InputError, PermanentError, TransientError
+from edge_uploader.errors import (
+    AuthError,
+    ConfigError,
+    InputError,
+    Outcome,
+    PermanentError,
+    TransientError,
+    UrlError,
+)
+from edge_uploader.project.pool import bounded_map
 from edge_uploader.remote.studio import (
     MAX_RESPONSE_BYTES,
     MetaFilter,
     ProjectNotFound,
     SampleNotFound,
     StudioClient,
-    bounded_map,
 )
 from edge_uploader.secrets import Secret
 
@@ -105,6 +113,36 @@ def test_success_false_is_mapped_with_the_service_text() -> None:
         c.get_sample(8)
     with pytest.raises(PermanentError, match="Quota exceeded"):
         c.get_sample(9)
+
+
+def test_the_service_text_reaches_no_terminal_as_escape_sequences() -> None:
+    """Studio error text is cleaned like the uploader's: one printable line, bounded."""
+    evil = "Quota\x1b[2J\x1b]0;owned\x07 exceeded\n\rnext line" + "x" * 1000
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        if req.url.path.endswith("/1"):
+            return httpx.Response(200, json={"success": False, "error": evil})
+        return httpx.Response(500, content=evil.encode())
+
+    for sid, kind in ((1, PermanentError), (2, TransientError)):
+        with pytest.raises(kind) as err:
+            client(handler, attempts=1).get_sample(sid)
+        text = str(err.value)
+        assert text.isprintable() and "\x1b" not in text and "\n" not in text
+        assert "Quota" in text and len(text) < 400
+
+
+def test_a_redirect_is_a_wrong_url_and_is_not_followed() -> None:
+    calls: list[httpx.Request] = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        calls.append(req)
+        return httpx.Response(302, headers={"location": "https://elsewhere/login"})
+
+    with pytest.raises(UrlError, match="redirect to 'https://elsewhere/login': check") as err:
+        client(handler).get_sample(3)
+    assert isinstance(err.value, AuthError) and err.value.outcome is Outcome.PAUSE
+    assert len(calls) == 1
 
 
 def test_responses_are_validated() -> None:

@@ -1,0 +1,178 @@
+"""The HTTP layer both remote services share: one way to build a client, read an answer,
+clean its error text and decide what a status means.
+
+The ingestion uploader (``remote.ingestion``) and the Studio client (``remote.studio``)
+differ in their endpoints and their answers' shapes, not in how HTTP behaves, so this is
+written once:
+
+- ``make_client``: one ``httpx.Client`` per use with keep-alive, a bounded pool, no
+  redirects (a redirect is a wrong URL, and the API key must not follow it elsewhere), TLS
+  verified against the system store or ``ca_file``;
+- ``read_limited``: an answer is read up to a limit, never whole into memory;
+- ``error_text``: the service's ``error`` field (or the start of the body), on one clean line;
+- ``status_error``: the one status table, naming the branch of the error tree (and so the
+  ``Outcome``) that a status means::
+
+      2xx                      None (look at the body)
+      401, 403                 AuthError       pause: the key is wrong or lacks rights
+      3xx                      UrlError        pause: the URL is wrong
+      408, 425, 429, 5xx       TransientError  retry later (``Retry-After`` honoured)
+      other 4xx                PermanentError  never as is
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from .. import __version__
+from ..errors import AuthError, PermanentError, RemoteError, TransientError, UrlError
+from ..text import one_line
+
+USER_AGENT = f"edge-uploader/{__version__}"
+MAX_ERROR_CHARS = 300
+PROGRESS_MIN_INTERVAL_SECONDS = 0.5
+
+
+def make_client(
+    *, concurrency: int, timeout: float, connect_timeout: float, ca_file: Path | None = None,
+    transport: httpx.BaseTransport | None = None, on_progress: Callable[[], None] | None = None,
+) -> httpx.Client:  # fmt: skip
+    """A client for one service; ``on_progress`` is called while request bodies stream out
+    (at most every half second: the health check's proof that a long upload is not hung)."""
+    client = httpx.Client(
+        timeout=httpx.Timeout(timeout, connect=connect_timeout),
+        limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+        headers={"user-agent": USER_AGENT},
+        follow_redirects=False,
+        verify=str(ca_file) if ca_file is not None else True,
+        transport=transport,
+    )
+    if on_progress is not None:
+        _count_body_progress(client, on_progress)
+    return client
+
+
+def read_limited(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
+    """The body, at most ``limit`` bytes, and whether there was more."""
+    chunks: list[bytes] = []
+    total = 0
+    for chunk in response.iter_bytes():
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > limit:
+            return b"".join(chunks)[:limit], True
+    return b"".join(chunks), False
+
+
+def parse_json(body: bytes) -> Any:
+    """The JSON document in ``body``, or None (not JSON, not UTF-8, empty, nested too deep)."""
+    if not body:
+        return None
+    try:
+        return json.loads(body.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+
+
+def clean(text: str) -> str:
+    """A service's words, safe for a terminal: one printable line, bounded."""
+    return one_line(text, MAX_ERROR_CHARS)
+
+
+def error_text(data: Any, body: bytes, *, file_errors: bool = False) -> str:
+    """What the service says went wrong, as it says it (``clean`` it before showing it):
+    its ``error`` field (and, with ``file_errors``, each ``files[i].error``), or the start
+    of a body that is not JSON."""
+    if isinstance(data, dict):
+        parts = [data["error"]] if isinstance(data.get("error"), str) else []
+        if file_errors:
+            files = data.get("files")
+            for f in files if isinstance(files, list) else []:
+                if isinstance(f, dict) and isinstance(f.get("error"), str):
+                    parts.append(f["error"])
+        return "; ".join(parts)
+    if data is None and body:
+        return body[:MAX_ERROR_CHARS].decode("utf-8", "replace")
+    return ""
+
+
+def status_error(status: int) -> type[RemoteError] | None:
+    """The branch of the error tree a status means (None: 2xx, read the body)."""
+    if 200 <= status < 300:
+        return None
+    if status in (401, 403):
+        return AuthError
+    if 300 <= status < 400:
+        return UrlError
+    if status in (408, 425, 429) or status >= 500:
+        return TransientError
+    return PermanentError
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # an HTTP date is always GMT
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - now)
+
+
+def retry_after(headers: Mapping[str, str], now: float) -> float | None:
+    return parse_retry_after(headers.get("retry-after"), now)
+
+
+def transport_reason(exc: httpx.TransportError) -> str:
+    """A network failure in a few clean words (``ConnectError: [Errno 111] ...``)."""
+    return clean(f"{type(exc).__name__}: {str(exc) or type(exc).__name__}")
+
+
+class _CountingStream(httpx.SyncByteStream):
+    def __init__(self, inner: httpx.SyncByteStream, tick: Callable[[], None]) -> None:
+        self.inner = inner
+        self.tick = tick
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self.inner:
+            self.tick()
+            yield chunk
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def _count_body_progress(client: httpx.Client, on_progress: Callable[[], None]) -> None:
+    """A request hook, so it works whichever transport or proxy is used."""
+    lock = threading.Lock()
+    last = [0.0]
+
+    def tick() -> None:
+        now = time.monotonic()
+        with lock:
+            if now - last[0] < PROGRESS_MIN_INTERVAL_SECONDS:
+                return
+            last[0] = now
+        on_progress()
+
+    def hook(request: httpx.Request) -> None:
+        if isinstance(request.stream, httpx.SyncByteStream):
+            request.stream = _CountingStream(request.stream, tick)
+
+    hooks = client.event_hooks
+    client.event_hooks = {**hooks, "request": [*hooks["request"], hook]}
