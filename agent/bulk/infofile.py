@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..config import CATEGORIES
-from ..core.tagger import UNSET, _Unset, check_label
+from ..core.tagger import UNSET, Unset, check_label
 from ..errors import InputError
 from ..metadata import check_metadata
 
@@ -62,7 +62,7 @@ class InfoEntry:
     path: Path
     upload_name: str | None
     category: str | None
-    label: str | _Unset | None
+    label: str | Unset | None
     """A label, "" for unlabeled, or UNSET (the service infers it from the file name)."""
     metadata: Mapping[str, str] = field(default_factory=dict)
     parts: tuple[dict[str, str], ...] = ()
@@ -322,7 +322,7 @@ def _upload_name(name: object, path: Path) -> str | None:
     return name if not ext or name.lower().endswith(ext.lower()) else name + ext
 
 
-def _label(raw: object, file_name: str) -> tuple[str | _Unset | None, list[dict[str, str]]]:
+def _label(raw: object, file_name: str) -> tuple[str | Unset | None, list[dict[str, str]]]:
     if raw is None:
         return UNSET, []
     if not isinstance(raw, dict):

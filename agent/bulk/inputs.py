@@ -20,8 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import DEFAULT_PATTERNS, Config
-from ..core.intake import Item, ignored_name, matches
-from ..core.tagger import UNSET, Context, is_sidecar
+from ..core.files import ignored_name, matches
+from ..core.intake import Item
+from ..core.sidecar import is_sidecar
+from ..core.tagger import UNSET, Context
 from .infofile import BadEntry, read_info_file
 
 MAX_UPLOAD_BYTES = 100_000_000

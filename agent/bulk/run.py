@@ -1,7 +1,7 @@
 """``edge-uploader upload``: a one-off bulk upload through the daemon's own machinery.
 
 There is no second upload path: files go through the same ``Intake`` (tagging, sidecars),
-the same durable ``Queue`` and the same ``Pipeline``/``Uploader`` as the daemon. What the
+the same durable ``Queue`` and the same ``Delivery``/``Uploader`` as the daemon. What the
 command adds is a *batch*: every row it queues carries the batch id (derived from the
 command's inputs, see ``bulkinputs.batch_id``), and its pipeline leases and recovers only
 that batch's rows. Hence:
@@ -36,7 +36,7 @@ from typing import Any
 import httpx
 
 from ..config import Config
-from ..core.delivery import PREFETCH, Pipeline
+from ..core.delivery import PREFETCH, Delivery
 from ..core.intake import BATCH, Intake, Item
 from ..errors import InputError
 from ..events import Event, Stats
@@ -51,7 +51,7 @@ STOP_TIMEOUT_SECONDS = 5.0
 MAX_REMEMBERED = 100
 """Refused inputs remembered for the summary (all are printed as they happen)."""
 _FINAL = (Event.DELIVERED, Event.DUPLICATE, Event.DEAD, Event.GONE)
-_QUIET_LOGGERS = (Intake.__module__, Pipeline.__module__)
+_QUIET_LOGGERS = (Intake.__module__, Delivery.__module__)
 
 
 @dataclass
@@ -198,7 +198,7 @@ class BulkUpload:
         levels = self._quiet_logs()
         stats = Stats()
         stats.subscribe(self._on_event)
-        pipeline: Pipeline | None = None
+        pipeline: Delivery | None = None
         outcome = "done"
         try:
             returned = queue.recover(batch=self.batch)
@@ -206,7 +206,7 @@ class BulkUpload:
             if returned:
                 self.progress.message(f"{returned} upload(s) interrupted last time are queued "
                                       "again")  # fmt: skip
-            pipeline = Pipeline(
+            pipeline = Delivery(
                 queue, uploader, cfg.ingestion, stats, batch=self.batch, prefetch=PREFETCH
             )
             intake = Intake(queue, cfg, stats, on_queued=pipeline.wake)
@@ -255,7 +255,7 @@ class BulkUpload:
         self.tracker.refresh(queue)
         return "done"
 
-    def _wait(self, queue: Queue, pipeline: Pipeline) -> str:
+    def _wait(self, queue: Queue, pipeline: Delivery) -> str:
         """Until the batch has nothing pending or uploading, or the run must stop.
 
         Woken by every final outcome; the queue is counted only when the outcomes seen

@@ -15,8 +15,9 @@ import time
 from pathlib import Path
 
 from ..config import Config, WatchConfig, load_config
-from ..core.intake import ignored_name, matches
-from ..core.tagger import read_sidecar, sidecar_path, tag
+from ..core.files import ignored_name, matches
+from ..core.sidecar import read_sidecar, sidecar_path
+from ..core.tagger import tag
 from ..errors import ConfigError, InputError
 from ..metadata import encode_metadata
 from ..secrets import SecretSource

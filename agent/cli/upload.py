@@ -18,7 +18,8 @@ from typing import TextIO
 
 from ..bulk.inputs import UploadRequest, candidates
 from ..config import CONFIG_CATEGORIES, Config, load_config
-from ..core.intake import new_file, stat_sample
+from ..core.files import stat_sample
+from ..core.intake import new_file
 from ..core.tagger import check_label
 from ..errors import ConfigError, InputError
 from ..metadata import check_key, check_metadata, check_value, encode_metadata

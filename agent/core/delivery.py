@@ -1,9 +1,9 @@
-"""The delivery loop: lease due rows, upload them on a few workers, settle the results.
+"""Delivery: lease due rows, upload them on a few workers, settle the results.
 
-One dispatcher thread owns every queue write of the delivery side; ``concurrency`` worker
-threads each hold one request at a time on the shared ``httpx.Client``. The dispatcher
-sleeps on an event until a result arrives, a file is queued, or the next retry is due:
-idle means idle, not a polling loop.
+The dispatcher (a ``Loop``) owns every queue write of the delivery side; ``concurrency``
+worker threads each hold one request at a time on the shared ``httpx.Client``. The
+dispatcher sleeps on an event until a result arrives, a file is queued, or the next retry
+is due: idle means idle, not a polling loop.
 
 Two kinds of waiting:
 
@@ -20,30 +20,35 @@ committed with a full sync.
 from __future__ import annotations
 
 import logging
-import os
 import queue as stdqueue
 import random
-import shutil
-import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..clock import Clock, retry_delay, system_clock
 from ..config import IngestionConfig
-from ..errors import QueueError
+from ..errors import Outcome, QueueError
 from ..events import Event, Stats
-from ..remote.ingestion import Answer, Outcome, Sample, Uploader
+from ..loop import Loop
+from ..remote.ingestion import Answer, Sample, Uploader
 from ..store.queue import Queue, Result, Row, State
-from .tagger import sidecar_path
+from .after_upload import AfterUpload
 
 log = logging.getLogger(__name__)
 
-
 QUEUE_RETRY_SECONDS = 5.0
+GATHER_SECONDS = 0.02
+"""Bulk mode: the longest a result waits before it is settled (with the others that came
+back meanwhile, in one transaction)."""
+PREFETCH = 32
+"""Rows leased ahead of the workers while a backlog drains: fewer, larger transactions."""
+
+NOT_SENT = Answer(Outcome.RETRY, "not sent: the pipeline stopped or the service is in trouble")
+"""A prefetched row a worker gave back unsent; it returns to pending without an attempt."""
 
 
 @dataclass
@@ -56,23 +61,11 @@ class _Done:
     """What the queue records (None: requeue), decided once even if the write is retried."""
 
 
-GATHER_SECONDS = 0.02
-PREFETCH = 32
-"""Rows leased ahead of the workers while a backlog drains: fewer, larger transactions."""
-"""Bulk mode: the longest a result waits before it is settled (with the others that came
-back meanwhile, in one transaction)."""
-
-NOT_SENT = Answer(Outcome.RETRY, "not sent: the pipeline stopped or the service is in trouble")
-"""A prefetched row a worker gave back unsent; it returns to pending without an attempt."""
-
-
 def _outage(answer: Answer) -> bool:
     """The whole service looks unreachable or refuses the key (not just this file)."""
     if answer.outcome is Outcome.PAUSE:
         return True
-    return answer.outcome is Outcome.RETRY and (
-        answer.status is None or answer.status in (429, 503)
-    )
+    return answer.outcome is Outcome.RETRY and answer.status in (None, 429, 503)
 
 
 def row_sample(row: Row) -> Sample:
@@ -82,51 +75,37 @@ def row_sample(row: Row) -> Sample:
         for p in extra.get("parts", [])
     )
     return Sample(
-        path=Path(row.path),
-        file_name=row.file_name,
-        category=row.category,
-        label=row.label,
-        metadata=row.metadata,
-        allow_duplicates=row.allow_duplicates,
-        extra_parts=parts,
-        expect_size=row.size,
-        expect_mtime_ns=row.mtime_ns,
-    )
+        path=Path(row.path), file_name=row.file_name, category=row.category, label=row.label,
+        metadata=row.metadata, allow_duplicates=row.allow_duplicates, extra_parts=parts,
+        expect_size=row.size, expect_mtime_ns=row.mtime_ns,
+    )  # fmt: skip
 
 
-class Pipeline:
-    """Delivers the queue. ``start``/``stop`` from the service; ``wake`` from sources."""
+class Delivery(Loop):
+    """Delivers the queue; ``wake`` from sources, ``start``/``stop`` from the daemon."""
 
     def __init__(
-        self,
-        queue: Queue,
-        uploader: Uploader,
-        config: IngestionConfig,
-        stats: Stats,
-        *,
-        clock: Clock = system_clock,
-        rng: Callable[[], float] = random.random,
-        watch_roots: dict[str, Path] | None = None,
-        batch: str | None = None,
+        self, queue: Queue, uploader: Uploader, config: IngestionConfig, stats: Stats, *,
+        clock: Clock = system_clock, rng: Callable[[], float] = random.random,
+        watch_roots: Mapping[str, Path] | None = None, batch: str | None = None,
         prefetch: int = 0,
-    ) -> None:
+    ) -> None:  # fmt: skip
+        super().__init__("dispatcher")
         self.queue = queue
-        self.batch = batch
-        """Deliver only this batch's rows (the ``upload`` command); None: every row (daemon)."""
-        self.prefetch = prefetch
-        """Bulk mode: rows leased beyond ``concurrency``, waiting in memory for a free worker,
-        so leases come in batches. The daemon uses 0 (one lease per free worker)."""
-        self._caution = threading.Event()
-        """Set by a worker that met a network failure or a refused key: the others start no
-        prefetched row until the dispatcher has decided (hold, probe or pause)."""
         self.uploader = uploader
         self.config = config
         self.stats = stats
         self.clock = clock
         self.rng = rng
-        self.watch_roots = watch_roots or {}
-        self._wake = threading.Event()
-        self._stopping = threading.Event()
+        self.after_upload = AfterUpload(watch_roots or {})
+        self.batch = batch
+        """Deliver only this batch's rows (the ``upload`` command); None: every row (daemon)."""
+        self.prefetch = prefetch
+        """Bulk mode: rows leased beyond ``concurrency``, waiting in memory for a free worker,
+        so leases come in batches. The daemon uses ``PREFETCH`` too while a backlog drains."""
+        self._caution = threading.Event()
+        """Set by a worker that met a network failure or a refused key: the others start no
+        prefetched row until the dispatcher has decided (hold, probe or pause)."""
         self._work: stdqueue.SimpleQueue[Row | None] = stdqueue.SimpleQueue()
         self._done: stdqueue.SimpleQueue[_Done] = stdqueue.SimpleQueue()
         self._inflight: dict[int, Row] = {}
@@ -136,35 +115,24 @@ class Pipeline:
         self._probe = False
         self._failures = 0
         self._paused_reason: str | None = None
-        self._threads: list[threading.Thread] = []
-        self._dispatcher: threading.Thread | None = None
+        self._workers: list[threading.Thread] = []
         self._stop_timeout = 5.0
-        self.hung = False
-        """Test seam: a hung uploader (workers stop taking work) for watchdog tests."""
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
-        state = self.queue.get_state()
-        if state.get("paused"):
-            self._paused_reason = str(state["paused"])
+        paused = self.queue.get_state().get("paused")
+        self._paused_reason = str(paused) if paused else None
         for i in range(self.config.concurrency):
             t = threading.Thread(target=self._worker, name=f"upload-{i}", daemon=True)
             t.start()
-            self._threads.append(t)
-        self._dispatcher = threading.Thread(target=self._run, name="dispatcher", daemon=True)
-        self._dispatcher.start()
-
-    def wake(self) -> None:
-        self._wake.set()
+            self._workers.append(t)
+        super().start()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop leasing, let in-flight uploads finish within ``timeout``, requeue the rest."""
         self._stop_timeout = timeout
-        self._stopping.set()
-        self._wake.set()
-        if self._dispatcher is not None:
-            self._dispatcher.join(timeout + 1.0)  # its last settle may run just past the deadline
-        for _ in self._threads:
+        super().stop(timeout + 1.0)  # its last settle may run just past the deadline
+        for _ in self._workers:
             self._work.put(None)
         leftover = list(self._inflight)
         if leftover:
@@ -184,10 +152,6 @@ class Pipeline:
         """The last queue write error while it persists (a full disk), else None."""
         return self._queue_error
 
-    def alive(self) -> bool:
-        """The dispatcher runs (for the health check; false before ``start``, after ``stop``)."""
-        return self._dispatcher is not None and self._dispatcher.is_alive()
-
     @property
     def paused(self) -> str | None:
         return self._paused_reason
@@ -199,16 +163,11 @@ class Pipeline:
 
     # -- threads -------------------------------------------------------------------------
     def _worker(self) -> None:
-        while True:
-            row = self._work.get()
-            if row is None:
-                return
-            if self.prefetch and (self._stopping.is_set() or self._caution.is_set()):
+        while (row := self._work.get()) is not None:
+            if self.prefetch and (self.stopping or self._caution.is_set()):
                 self._done.put(_Done(row, NOT_SENT, 0.0))  # back to pending, no attempt
-                self._wake.set()
+                self.wake()
                 continue
-            while self.hung and not self._stopping.is_set():
-                time.sleep(0.05)
             started = time.monotonic()
             try:
                 answer = self.uploader.upload(row_sample(row))
@@ -219,33 +178,30 @@ class Pipeline:
             if outage:
                 self._caution.set()  # before the result is seen: no other worker starts more
             self._done.put(_Done(row, answer, time.monotonic() - started))
-            if (not self.prefetch or outage or self._stopping.is_set()
+            if (not self.prefetch or outage or self.stopping
                     or self._work.qsize() <= self.config.concurrency):  # fmt: skip
-                self._wake.set()  # (bulk mode: only when running low, or in trouble)
+                self.wake()  # (bulk mode: only when running low, or in trouble)
 
-    def _run(self) -> None:
-        while True:
-            self._wake.clear()
-            try:
-                self._settle_done()
-                if self._stopping.is_set():
-                    break
-                timeout = self._dispatch()
-                if self.prefetch and self._inflight:
-                    # bulk mode: workers wake us only when they run low; settle what came
-                    # back at least every GATHER_SECONDS, several results per transaction
-                    timeout = GATHER_SECONDS if timeout is None else min(timeout, GATHER_SECONDS)
-            except QueueError as exc:
-                self._queue_failed(exc)
-                timeout = QUEUE_RETRY_SECONDS
-            except Exception:  # the dispatcher must outlive any bug: log it and go on
-                log.exception("delivery loop failed; retrying in %.0f s", QUEUE_RETRY_SECONDS)
-                timeout = QUEUE_RETRY_SECONDS
-            else:
-                if self._queue_error is not None:
-                    log.warning("the queue can be written again; delivery resumes")
-                    self._queue_error = None
-            self._wake.wait(timeout)
+    def step(self) -> float | None:
+        try:
+            self._settle_done()
+            if self.stopping:
+                return None
+            timeout = self._dispatch()
+            if self.prefetch and self._inflight:
+                # bulk mode: workers wake us only when they run low; settle what came
+                # back at least every GATHER_SECONDS, several results per transaction
+                timeout = GATHER_SECONDS if timeout is None else min(timeout, GATHER_SECONDS)
+        except QueueError as exc:
+            self._queue_failed(exc)
+            return QUEUE_RETRY_SECONDS
+        if self._queue_error is not None:
+            log.warning("the queue can be written again; delivery resumes")
+            self._queue_error = None
+        return timeout
+
+    def finish(self) -> None:
+        """Stopping: settle what comes back from the uploads in flight until the deadline."""
         deadline = time.monotonic() + self._stop_timeout
         while self._inflight and time.monotonic() < deadline:
             self._wake.wait(max(0.0, deadline - time.monotonic()))
@@ -254,7 +210,7 @@ class Pipeline:
                 self._settle_done()
             except QueueError as exc:
                 log.error("queue error while stopping: %s", exc)
-                break
+                return
 
     def _queue_failed(self, exc: QueueError) -> None:
         """Log a queue write failure once per distinct message (a full disk can last
@@ -308,38 +264,25 @@ class Pipeline:
         if self.prefetch and any(_outage(d.answer) for d in done):
             done.extend(_Done(row, NOT_SENT, 0.0) for row in self._unstarted())
         now = self.clock()
-        results: list[Result] = []
-        requeue: list[int] = []
-        local: list[Row] = []
         for d in done:
-            if d.answer is NOT_SENT:
-                d.decided = True  # result None: back to pending, no attempt, no event
-            if not d.decided:
-                d.result, d.decided = self._result(d, now), True
-            if d.result is None:
-                requeue.append(d.row.id)
-                continue
-            results.append(d.result)
-            if d.result.state is State.DELIVERED and d.row.after_upload != "keep":
-                local.append(d.row)
-        facts: dict[str, object] = {}  # for `status`
-        for d in done:
-            if d.answer.outcome in (Outcome.DELIVERED, Outcome.DUPLICATE):
-                facts["last_delivery_at"] = now
-            elif d.answer.outcome is Outcome.RETRY and d.answer is not NOT_SENT:
-                facts["last_error"] = d.answer.reason
+            if not d.decided:  # NOT_SENT: result None, back to pending, no attempt, no event
+                d.result = None if d.answer is NOT_SENT else self._result(d, now)
+                d.decided = True
+        results = [d.result for d in done if d.result is not None]
+        local = [d.row for d in done if d.result is not None and d.result.state is
+                 State.DELIVERED and d.row.after_upload != "keep"]  # fmt: skip
         self.queue.settle(results, durable=bool(local))
         settled = [d for d in done if d.result is not None]
+        requeue = [d.row.id for d in done if d.result is None]
         self._unsettled = [d for d in done if d.result is None]
         for d in settled:
             del self._inflight[d.row.id]
-        if facts:
-            self._note(**facts)  # once per round, not once per file
+        self._note(done, now)
         self.stats.progress()
         for d in settled:
             self._report(d)
         if local:
-            self.queue.mark_local_done(r.id for r in local if self.finish_local(r))
+            self.queue.mark_local_done(r.id for r in local if self.after_upload.finish(r))
         if requeue:
             self.queue.requeue(requeue)
             for row_id in requeue:
@@ -378,19 +321,19 @@ class Pipeline:
         if a.outcome is Outcome.PAUSE:
             self._pause(a.reason, now)
             return None
-        # RETRY
-        attempt = row.attempts  # the first retry waits up to retry_base_seconds
-        delay = retry_delay(attempt, self.config.retry_base_seconds,
-                            self.config.retry_max_seconds, a.retry_after, self.rng)  # fmt: skip
-        if a.status is None or a.status in (429, 503):
+        # RETRY: the first retry waits up to retry_base_seconds
+        cfg = self.config
+        delay = retry_delay(row.attempts, cfg.retry_base_seconds, cfg.retry_max_seconds,
+                            a.retry_after, self.rng)  # fmt: skip
+        if a.status in (None, 429, 503):
             if now >= self._hold_until:
                 # One outage step per probe: the other uploads that were in flight when the
                 # link went down fail inside the hold and must not escalate it (20 of them
                 # would otherwise make a one-second blip a five-minute wait).
                 self._failures += 1
             self._probe = True
-            hold = retry_delay(self._failures, self.config.retry_base_seconds,
-                               self.config.retry_max_seconds, a.retry_after, self.rng)  # fmt: skip
+            hold = retry_delay(self._failures, cfg.retry_base_seconds, cfg.retry_max_seconds,
+                               a.retry_after, self.rng)  # fmt: skip
             self._hold_until = max(self._hold_until, now + hold)
         return Result(row.id, State.PENDING, a.reason, now + delay, a.sha256)
 
@@ -428,70 +371,18 @@ class Pipeline:
             log.info("will retry %s: %s", row.path, a.reason)
         self.stats.emit(event, **info)
 
-    def _note(self, **values: object) -> None:
-        """Best-effort facts for ``status``; a full disk must not stop the reporting."""
+    def _note(self, done: list[_Done], now: float) -> None:
+        """Facts for ``status``, once per round (not once per file), best effort: a full
+        disk must not stop the reporting."""
+        facts: dict[str, object] = {}
+        for d in done:
+            if d.answer.outcome in (Outcome.DELIVERED, Outcome.DUPLICATE):
+                facts["last_delivery_at"] = now
+            elif d.answer.outcome is Outcome.RETRY and d.answer is not NOT_SENT:
+                facts["last_error"] = d.answer.reason
+        if not facts:
+            return
         try:
-            self.queue.set_state(**values)
+            self.queue.set_state(**facts)
         except QueueError as exc:
-            log.debug("could not record %s: %s", ", ".join(values), exc)
-
-    # -- after_upload --------------------------------------------------------------------
-    def finish_local(self, row: Row) -> bool:
-        """Delete or move a delivered file (and its sidecar). True when done or moot.
-
-        Only the version that was delivered: a file rewritten in place since then is a new
-        capture (queued as its own row), and it and its sidecar are left alone."""
-        src = Path(row.path)
-        try:
-            st = os.stat(src, follow_symlinks=False)
-        except FileNotFoundError:
-            return True
-        except OSError as exc:
-            log.error("after delivery, cannot check %s: %s", src, exc.strerror or exc)
-            return False
-        if not stat.S_ISREG(st.st_mode) or (st.st_size, st.st_mtime_ns) != (row.size, row.mtime_ns):
-            log.info("kept %s: it changed after it was delivered (the new version is queued)", src)
-            return True
-        try:
-            if row.after_upload == "delete":
-                for p in (src, sidecar_path(src)):
-                    try:
-                        p.unlink()
-                    except FileNotFoundError:
-                        pass
-                log.info("deleted %s after delivery", src)
-            elif row.after_upload == "move" and row.move_to:
-                dest = self._move_target(row, src)
-                if src.exists():
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.move(str(src), str(dest))
-                    side = sidecar_path(src)
-                    if side.exists():
-                        shutil.move(str(side), str(sidecar_path(dest)))
-                    log.info("moved %s to %s after delivery", src, dest)
-        except OSError as exc:
-            log.error("after delivery, could not %s %s: %s", row.after_upload, src,
-                      exc.strerror or exc)  # fmt: skip
-            return False
-        return True
-
-    def _move_target(self, row: Row, src: Path) -> Path:
-        root = self.watch_roots.get(row.source)
-        base = Path(row.move_to or "")
-        try:
-            rel = src.relative_to(root) if root else Path(src.name)
-        except ValueError:
-            rel = Path(src.name)
-        dest = base / rel
-        n = 1
-        while dest.exists():
-            dest = dest.with_name(f"{src.stem}.{n}{src.suffix}")
-            n += 1
-        return dest
-
-
-def finish_pending_local(queue: Queue, pipeline: Pipeline) -> None:
-    """At start-up: complete deletes/moves a crash interrupted after delivery."""
-    rows = queue.unfinished_local_actions()
-    if rows:
-        queue.mark_local_done(r.id for r in rows if pipeline.finish_local(r))
+            log.debug("could not record %s: %s", ", ".join(facts), exc)

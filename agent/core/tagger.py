@@ -16,37 +16,32 @@ the empty string means "unlabeled" (``x-no-label: 1``); anything else is the lab
 (``[ingestion] group_key``, default ``session``), so one session never straddles both
 sets. A sample with no group value is grouped by the folder that holds it.
 
-The only I/O here is ``read_sidecar``, kept apart so ``tag`` stays a pure function.
+No I/O: the sidecar is read by ``core.sidecar`` and handed in as a layer.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from .. import __version__
-from ..config import CATEGORIES, SPLIT_BY_GROUP, Config, WatchConfig
+from ..config import SPLIT_BY_GROUP, Config, WatchConfig
 from ..config.templates import render_all
-from ..errors import InputError, SidecarError
+from ..errors import InputError
 from ..metadata import check_metadata, check_size
 
-SIDECAR_SUFFIX = ".meta.json"
-MAX_SIDECAR_BYTES = 64 * 1024
 MAX_LABEL_CHARS = 256
 
 
-class _Unset:
+class Unset:
     def __repr__(self) -> str:
         return "UNSET"
 
 
-UNSET = _Unset()
+UNSET = Unset()
 """A layer that says nothing about the label (distinct from ``None``, "infer")."""
 
 
@@ -54,7 +49,7 @@ UNSET = _Unset()
 class Context:
     """What a source knows beyond the file: a sidecar's or a trigger's label and metadata."""
 
-    label: str | _Unset | None = UNSET
+    label: str | Unset | None = UNSET
     category: str | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
 
@@ -64,75 +59,6 @@ class Tagged:
     label: str | None
     category: str
     metadata: dict[str, str]
-
-
-def sidecar_path(path: Path) -> Path:
-    return path.with_name(path.name + SIDECAR_SUFFIX)
-
-
-def is_sidecar(path: Path) -> bool:
-    return path.name.endswith(SIDECAR_SUFFIX)
-
-
-def parse_sidecar(raw: bytes, where: str) -> Context:
-    """Validate a sidecar's bytes: ``{"label": str|null, "category": str, "metadata": {}}``."""
-    if len(raw) > MAX_SIDECAR_BYTES:
-        raise SidecarError(where, f"larger than {MAX_SIDECAR_BYTES} bytes")
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SidecarError(where, f"not valid JSON: {exc}") from None
-    except RecursionError:  # nested brackets within the size limit
-        raise SidecarError(where, "not valid JSON: nested too deeply") from None
-    if not isinstance(data, dict):
-        raise SidecarError(where, "expected a JSON object")
-    unknown = sorted(set(data) - {"label", "category", "metadata"})
-    if unknown:
-        raise SidecarError(where, f"unknown key {unknown[0]!r} (known: label, category, metadata)")
-    label: str | _Unset | None = UNSET
-    if "label" in data:
-        label = data["label"]
-        if label is not None:
-            try:
-                label = check_label(label, "label")
-            except InputError as exc:
-                raise SidecarError(where, str(exc)) from None
-    category = data.get("category")
-    if category is not None and category not in (*CATEGORIES, SPLIT_BY_GROUP):
-        raise SidecarError(where, f"category must be one of {', '.join(CATEGORIES)}")
-    try:
-        metadata = check_metadata(data.get("metadata", {}), "metadata")
-    except InputError as exc:
-        raise SidecarError(where, str(exc)) from None
-    return Context(label="" if "label" in data and label is None else label,
-                   category=category, metadata=metadata)  # fmt: skip
-
-
-def read_sidecar(path: Path) -> Context | None:
-    """The sidecar of ``path`` if there is one; ``SidecarError`` if it cannot be used."""
-    side = sidecar_path(path)
-    try:
-        # O_NONBLOCK: a FIFO at the sidecar's name must not block intake until a writer
-        # comes; anything but a regular file is refused below.
-        fd = os.open(side, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise SidecarError(str(side), f"cannot read: {exc.strerror or exc}") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise SidecarError(str(side), "cannot read: not a regular file")
-        chunks: list[bytes] = []
-        size = 0
-        while size <= MAX_SIDECAR_BYTES and (chunk := os.read(fd, MAX_SIDECAR_BYTES + 1 - size)):
-            chunks.append(chunk)
-            size += len(chunk)
-        raw = b"".join(chunks)
-    except OSError as exc:
-        raise SidecarError(str(side), f"cannot read: {exc.strerror or exc}") from None
-    finally:
-        os.close(fd)
-    return parse_sidecar(raw, str(side))
 
 
 def check_label(label: object, field: str) -> str:
@@ -181,7 +107,7 @@ def tag(
         if layer is None:
             continue
         metadata.update(layer.metadata)
-        if not isinstance(layer.label, _Unset):
+        if not isinstance(layer.label, Unset):
             label = layer.label
         category = layer.category or category
     metadata["device_id"] = device_id

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..config import DiskConfig
-from ..core.tagger import sidecar_path
+from ..core.sidecar import sidecar_path
 from ..errors import QueueError
 from ..events import Event
 

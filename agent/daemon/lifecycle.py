@@ -35,8 +35,9 @@ import httpx
 from ..clock import Clock, system_clock
 from ..config import Config, WatchConfig
 from ..config.preflight import prepare
-from ..core.delivery import PREFETCH, Pipeline, finish_pending_local
-from ..core.intake import Intake, Item, ignored_name, matches, walk
+from ..core.delivery import PREFETCH, Delivery
+from ..core.files import ignored_name, matches, walk
+from ..core.intake import Intake, Item
 from ..errors import AgentError, ConfigError
 from ..events import Stats
 from ..remote.ingestion import build_uploader
@@ -82,7 +83,7 @@ class Service:
         """Set to end the current stages (a stop, or the first half of a reload)."""
         self._lifecycle = threading.RLock()
         self.queue: Queue | None = None
-        self.pipeline: Pipeline | None = None
+        self.pipeline: Delivery | None = None
         self.intake: Intake | None = None
         self.watcher: Watcher | None = None
         self.disk: DiskGuard | None = None
@@ -120,9 +121,9 @@ class Service:
         uploader = build_uploader(cfg, transport=self.transport, clock=self.clock,
                                   on_progress=self.stats.progress)  # fmt: skip
         roots = {w.key: w.path for w in cfg.watches}
-        self.pipeline = Pipeline(queue, uploader, cfg.ingestion, self.stats, clock=self.clock,
+        self.pipeline = Delivery(queue, uploader, cfg.ingestion, self.stats, clock=self.clock,
                                  watch_roots=roots, prefetch=PREFETCH)  # fmt: skip
-        finish_pending_local(queue, self.pipeline)
+        self.pipeline.after_upload.finish_pending(queue)
         self.intake = Intake(queue, cfg, self.stats, on_queued=self.pipeline.wake)
         self.disk = DiskGuard(cfg.disk, [w.path for w in cfg.watches], cfg.queue.path,
                               queue=queue, on_change=self.heartbeat.poke,
@@ -165,7 +166,7 @@ class Service:
             self.intake.stop()
         if self.pipeline is not None:
             self.pipeline.stop(timeout)
-            self.pipeline.uploader.client.close()
+            self.pipeline.uploader.close()
         if self.disk is not None:
             self.stats.unsubscribe(self.disk.on_event)
             self.disk.stop()

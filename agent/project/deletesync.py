@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from ..clock import Clock, retry_delay, system_clock
-from ..core.intake import ignored_name
+from ..core.files import ignored_name
 from ..errors import AgentError, AuthError, ConfigError, PermanentError, TransientError
 from ..remote.studio import ProjectNotFound, SampleNotFound, StudioClient
 from ..store.ledger import BLOCKED_KEY, Candidate, Delete, DeleteState, Ledger

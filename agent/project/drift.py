@@ -29,8 +29,9 @@ from typing import Any
 
 from ..clock import Clock, system_clock
 from ..config import Config, WatchConfig
-from ..core.intake import ignored_name, matches, walk
-from ..core.tagger import read_sidecar, tag
+from ..core.files import ignored_name, matches, walk
+from ..core.sidecar import read_sidecar
+from ..core.tagger import tag
 from ..errors import InputError, PermanentError
 from ..remote.studio import ProjectNotFound, SampleNotFound, StudioClient
 from ..store.ledger import Candidate, DeleteState, Ledger

@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config import CaptureConfig, CommandSource, Config, SerialSource
-from ..core.tagger import SIDECAR_SUFFIX, Context, sidecar_path, tag
+from ..core.sidecar import SIDECAR_SUFFIX, sidecar_path
+from ..core.tagger import Context, tag
 from ..errors import CaptureError, InputError
 from ..secrets import Secret
 from .mqtt.command import Command

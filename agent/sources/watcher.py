@@ -44,29 +44,13 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from ..config import WatchConfig
-from ..core.intake import ignored_name, matches, walk
-from ..core.tagger import is_sidecar
+from ..core.files import walk, wanted
 
 log = logging.getLogger(__name__)
 
 OnFile = Callable[[Path, WatchConfig], None]
 OnDeleted = Callable[[Path, WatchConfig, bool], None]
 """(path, watch, is_dir): a file or folder left a watched folder (deleted or moved away)."""
-
-
-def wanted(path: Path, watch: WatchConfig) -> bool:
-    """Would this path be a sample of ``watch`` (or a sidecar that may release one)?"""
-    if is_sidecar(path) and not path.name.startswith("."):
-        return True
-    if ignored_name(path.name) or not matches(path.name, watch.patterns):
-        return False
-    try:
-        rel = path.relative_to(watch.path)
-    except ValueError:
-        return False
-    if any(part.startswith(".") for part in rel.parts[:-1]):
-        return False
-    return watch.recursive or len(rel.parts) == 1
 
 
 class _Handler(FileSystemEventHandler):

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from edge_uploader.config import IngestionConfig
-from edge_uploader.core.delivery import Pipeline
+from edge_uploader.core.delivery import Delivery
 from edge_uploader.events import Stats
 from edge_uploader.remote.ingestion import Uploader, make_client
 from edge_uploader.secrets import Secret
@@ -49,7 +49,7 @@ class Rig:
                                   transport=httpx.MockTransport(counting))  # fmt: skip
         uploader = Uploader(self.client, "http://ingest.test", Secret("ei_k"), clock=self.clock)
         config = IngestionConfig(concurrency=concurrency, auth_pause_seconds=300.0)
-        self.pipeline = Pipeline(self.queue, uploader, config, Stats(), clock=self.clock,
+        self.pipeline = Delivery(self.queue, uploader, config, Stats(), clock=self.clock,
                                  rng=lambda: 0.5, batch="B", prefetch=8)  # fmt: skip
 
     def close(self) -> None:

@@ -1,13 +1,16 @@
-"""Health in process: the watchdog's "alive" test with the pipeline's ``hung`` seam, and
-``/healthz`` + ``/metrics`` over real HTTP."""
+"""Health in process: the watchdog's "alive" test with a hung upload (held at the HTTP
+transport seam), and ``/healthz`` + ``/metrics`` over real HTTP."""
 
 from __future__ import annotations
 
 import json
 import re
+import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+import httpx
 
 from edge_uploader.config import load_config
 from edge_uploader.daemon.health import assess
@@ -17,28 +20,40 @@ from edge_uploader.localserver import LocalIngestionServer
 from .conftest import free_port, http_get, wait_for, write_config
 
 
-def _service(config: Path) -> Service:
-    service = Service(load_config(config), config_path=config)
+def _service(config: Path, transport: httpx.BaseTransport | None = None) -> Service:
+    service = Service(load_config(config), config_path=config, transport=transport)
     service.start()
     return service
+
+
+class Gate(httpx.BaseTransport):
+    """Holds every request, body unsent, until opened; then forwards it to the real server."""
+
+    def __init__(self) -> None:
+        self.open = threading.Event()
+        self.inner = httpx.HTTPTransport()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.open.wait(60)
+        return self.inner.handle_request(request)
 
 
 def test_a_hung_uploader_is_not_alive_and_recovers(
     tmp_path: Path, server: LocalIngestionServer
 ) -> None:
     config = write_config(tmp_path, server.url, "[health]\nstall_seconds = 0.5\n")
-    service = _service(config)
+    gate = Gate()
+    service = _service(config, gate)
     try:
         assert assess(service).alive and assess(service).healthy
         pipeline = service.pipeline
         assert pipeline is not None
-        pipeline.hung = True
         (tmp_path / "captures" / "x.csv").write_text("t,v\n0,1\n")
         wait_for(lambda: pipeline.inflight == 1)
         wait_for(lambda: not assess(service).alive, timeout=5)
         assert "uploads stalled: 1 in flight" in assess(service).reasons[0]
         assert not service.health().alive
-        pipeline.hung = False
+        gate.open.set()
         wait_for(lambda: len(server.index_lines()) == 1)
         wait_for(lambda: assess(service).alive)
     finally:
@@ -164,8 +179,6 @@ def test_a_reload_that_cannot_start_goes_back_to_the_running_config(
 def test_a_slow_large_upload_is_progress_not_a_hang(tmp_path: Path) -> None:
     """Every body chunk sent counts: an upload slower than stall_seconds stays alive."""
     import time
-
-    import httpx
 
     chunks: list[int] = []
 

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 
 from edge_uploader.config import load_config
-from edge_uploader.core.delivery import Pipeline
+from edge_uploader.core.delivery import Delivery
 from edge_uploader.core.intake import Intake, Item
 from edge_uploader.errors import QueueError
 from edge_uploader.events import Stats
@@ -39,9 +39,9 @@ class FlakyQueue(Queue):
         self._fail("settle")
         super().settle(results, durable=durable)
 
-    def enqueue_many(self, files: Any) -> list[int]:
+    def record(self, files: Any) -> Any:
         self._fail("enqueue")
-        return super().enqueue_many(files)
+        return super().record(files)
 
 
 def _ok(request: httpx.Request) -> httpx.Response:
@@ -60,7 +60,7 @@ def test_results_survive_a_failed_settle(tmp_path: Path) -> None:
                                 "training", {})])  # fmt: skip
     stats = Stats()
     uploader = build_uploader(cfg, transport=httpx.MockTransport(_ok))
-    pipeline = Pipeline(queue, uploader, cfg.ingestion, stats)
+    pipeline = Delivery(queue, uploader, cfg.ingestion, stats)
     queue.full.set()
     pipeline.start()
     try:

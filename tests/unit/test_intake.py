@@ -12,8 +12,10 @@ import pytest
 
 from edge_uploader.config import Config
 from edge_uploader.core import intake as intake_mod
-from edge_uploader.core.intake import Intake, Item, ignored_name, matches, walk
-from edge_uploader.core.tagger import Context, sidecar_path
+from edge_uploader.core.files import ignored_name, matches, walk
+from edge_uploader.core.intake import Intake, Item
+from edge_uploader.core.sidecar import sidecar_path
+from edge_uploader.core.tagger import Context
 from edge_uploader.events import Event, Stats
 from edge_uploader.store.queue import Queue, State
 from tests.fakes import FakeClock

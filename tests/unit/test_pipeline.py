@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from edge_uploader.config import IngestionConfig
-from edge_uploader.core.delivery import Pipeline, finish_pending_local, row_sample
-from edge_uploader.core.tagger import sidecar_path
+from edge_uploader.core.delivery import Delivery, row_sample
+from edge_uploader.core.sidecar import sidecar_path
 from edge_uploader.events import Event, Stats
 from edge_uploader.remote.ingestion import Uploader, make_client
 from edge_uploader.secrets import Secret
@@ -70,7 +70,7 @@ class Rig:
         self.stats = Stats()
         self.events: list[tuple[Event, dict[str, Any]]] = []
         self.stats.subscribe(lambda e, info: self.events.append((e, info)))
-        self.pipeline = Pipeline(self.queue, self.uploader, self.config, self.stats, clock=clock,
+        self.pipeline = Delivery(self.queue, self.uploader, self.config, self.stats, clock=clock,
                                  rng=lambda: 0.5, watch_roots={"watch:in": self.root})  # fmt: skip
         self.started = False
 
@@ -316,7 +316,7 @@ def test_unfinished_local_actions_are_completed_at_start(rig: Rig) -> None:
     rig.queue.lease(1)
     rig.queue.settle([Result(rid, State.DELIVERED, sample_id=3)], durable=True)  # then a crash
     assert [r.id for r in rig.queue.unfinished_local_actions()] == [rid]
-    finish_pending_local(rig.queue, rig.pipeline)
+    rig.pipeline.after_upload.finish_pending(rig.queue)
     assert not (rig.root / "a.wav").exists()
     assert rig.queue.unfinished_local_actions() == []
 
@@ -346,7 +346,7 @@ def test_stop_returns_leased_rows_to_pending(rig: Rig) -> None:
     assert rig.pipeline.inflight == 0
     assert all(rig.row(i).attempts == 0 for i in ids)
     # nothing of the pipeline touches the queue any more: the caller may close it now
-    assert not rig.pipeline._dispatcher.is_alive()
+    assert not rig.pipeline.alive()
     release.set()
 
 
@@ -396,7 +396,7 @@ def test_a_file_rewritten_after_delivery_is_not_deleted(rig: Rig) -> None:
     rig.queue.lease(1)
     rig.queue.settle([Result(rid, State.DELIVERED, sample_id=3)], durable=True)  # then a crash
     (rig.root / "a.wav").write_bytes(b"version 2, not yet delivered")  # a new capture
-    finish_pending_local(rig.queue, rig.pipeline)
+    rig.pipeline.after_upload.finish_pending(rig.queue)
     assert (rig.root / "a.wav").read_bytes() == b"version 2, not yet delivered"
     assert sidecar_path(rig.root / "a.wav").exists()
     assert rig.queue.unfinished_local_actions() == []

@@ -10,18 +10,14 @@ import pytest
 
 from edge_uploader import __version__
 from edge_uploader.config import Config
-from edge_uploader.core.tagger import (
+from edge_uploader.core.sidecar import (
     MAX_SIDECAR_BYTES,
-    UNSET,
-    Context,
-    group_category,
     is_sidecar,
-    iso_utc,
     parse_sidecar,
     read_sidecar,
     sidecar_path,
-    tag,
 )
+from edge_uploader.core.tagger import UNSET, Context, group_category, iso_utc, tag
 from edge_uploader.errors import InputError, SidecarError
 from edge_uploader.metadata import MAX_METADATA_BYTES
 from tests.unit.helpers import make_config

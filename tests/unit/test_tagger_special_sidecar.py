@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_uploader.core.tagger import read_sidecar, sidecar_path
+from edge_uploader.core.sidecar import read_sidecar, sidecar_path
 from edge_uploader.errors import SidecarError
 
 

@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from edge_uploader.config import WatchConfig
-from edge_uploader.sources.watcher import Watcher, wanted
+from edge_uploader.core.files import wanted
+from edge_uploader.sources.watcher import Watcher
 from tests.support import wait_for
 
 

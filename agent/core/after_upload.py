@@ -1,0 +1,88 @@
+"""After delivery: delete or move the local file (``after_upload``), once it is safe.
+
+Delivery calls this only after the delivered state was committed with a full sync, so a
+power cut can never leave a file gone whose delivery the queue forgot. A crash between
+that commit and the file operation is finished at the next start (``finish_pending``).
+Only the version that was delivered is touched: a file rewritten in place since then is a
+new capture (queued as its own row), and it and its sidecar are left alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import stat
+from collections.abc import Mapping
+from pathlib import Path
+
+from ..store.queue import Queue, Row
+from .sidecar import sidecar_path
+
+log = logging.getLogger(__name__)
+
+
+class AfterUpload:
+    """The delete/move rules of every watch; ``roots`` maps a row's source to its folder."""
+
+    def __init__(self, roots: Mapping[str, Path]) -> None:
+        self.roots = dict(roots)
+
+    def finish_pending(self, queue: Queue) -> None:
+        """At start-up: complete deletes/moves a crash interrupted after delivery."""
+        rows = queue.unfinished_local_actions()
+        if rows:
+            queue.mark_local_done(r.id for r in rows if self.finish(r))
+
+    def finish(self, row: Row) -> bool:
+        """Delete or move a delivered file (and its sidecar). True when done or moot."""
+        src = Path(row.path)
+        try:
+            st = os.stat(src, follow_symlinks=False)
+        except FileNotFoundError:
+            return True
+        except OSError as exc:
+            log.error("after delivery, cannot check %s: %s", src, exc.strerror or exc)
+            return False
+        if not stat.S_ISREG(st.st_mode) or (st.st_size, st.st_mtime_ns) != (row.size, row.mtime_ns):
+            log.info("kept %s: it changed after it was delivered (the new version is queued)", src)
+            return True
+        try:
+            if row.after_upload == "delete":
+                for p in (src, sidecar_path(src)):
+                    try:
+                        p.unlink()
+                    except FileNotFoundError:
+                        pass
+                log.info("deleted %s after delivery", src)
+            elif row.after_upload == "move" and row.move_to:
+                self._move(row, src)
+        except OSError as exc:
+            log.error("after delivery, could not %s %s: %s", row.after_upload, src,
+                      exc.strerror or exc)  # fmt: skip
+            return False
+        return True
+
+    def _move(self, row: Row, src: Path) -> None:
+        dest = self._target(row, src)
+        if src.exists():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(src), str(dest))
+            side = sidecar_path(src)
+            if side.exists():
+                shutil.move(str(side), str(sidecar_path(dest)))
+            log.info("moved %s to %s after delivery", src, dest)
+
+    def _target(self, row: Row, src: Path) -> Path:
+        """Under ``move_to``, the file's path relative to its watch; never overwriting."""
+        root = self.roots.get(row.source)
+        try:
+            rel = src.relative_to(root) if root else Path(src.name)
+        except ValueError:
+            rel = Path(src.name)
+        dest = Path(row.move_to or "") / rel
+        n = 1
+        while dest.exists():
+            dest = dest.with_name(f"{src.stem}.{n}{src.suffix}")
+            n += 1
+        return dest
