@@ -6,12 +6,15 @@ hang off these few names, so a number in one place means the same as in every ot
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 class Event(StrEnum):
@@ -26,6 +29,7 @@ class Event(StrEnum):
     GONE = "gone"  # vanished or changed before it was sent
     PAUSED = "paused"  # uploads paused (wrong key, wrong URL)
     RESUMED = "resumed"
+    REMOVED = "removed"  # a file or folder left a watched folder (deleted or moved away)
 
 
 Listener = Callable[[Event, dict[str, Any]], None]

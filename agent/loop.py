@@ -33,6 +33,10 @@ class Loop:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.steps_started = 0
+        self.steps_done = 0
+        """Steps begun and ended: a step that began after a change saw it (tests and
+        health checks wait on these instead of sleeping)."""
 
     # -- hooks (run on the loop's thread, except ``interrupt``) ---------------------------
     def initialize(self) -> None:
@@ -81,12 +85,14 @@ class Loop:
             self.initialize()
             while self.running():
                 self._wake.clear()
+                self.steps_started += 1
                 try:
                     wait = self.step()
                 except Exception:
                     log.exception("%s: a step failed; trying again in %.0f s", self.name,
                                   self.error_delay)  # fmt: skip
                     wait = self.error_delay
+                self.steps_done += 1
                 if not self.running():
                     break
                 if wait is None or wait > 0:

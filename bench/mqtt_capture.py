@@ -36,7 +36,7 @@ from mqtt.harness import (
 from edge_uploader.config import Sensor as Axis
 from edge_uploader.config import SerialSource
 from edge_uploader.localserver import LocalIngestionServer
-from edge_uploader.sources.mqtt.command import validate
+from edge_uploader.sources.command import validate
 from edge_uploader.sources.serial import read_serial
 
 

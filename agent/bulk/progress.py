@@ -15,13 +15,11 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
 from ..errors import QueueError
-
-if TYPE_CHECKING:
-    from ..store.queue import Queue
-    from .run import Summary, Tracker
+from ..store.queue import Queue
+from .tracker import Summary, Tracker
 
 TTY_INTERVAL = 0.25
 PLAIN_INTERVAL = 2.0

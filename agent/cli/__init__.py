@@ -42,10 +42,10 @@ def _config_arg(p: argparse.ArgumentParser, *, required: bool = True) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from ..config.preflight import prepare
-    from ..daemon.lifecycle import Service
+    from ..daemon.lifecycle import Daemon
 
     config = prepare(args.config)  # a missing key is a config error before anything starts
-    return Service(config, config_path=args.config).run_forever()
+    return Daemon(config, config_path=args.config).run_forever()
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -23,8 +23,8 @@ from typing import Any
 from ..config import CONFIG_CATEGORIES, load_config
 from ..daemon.disk import DiskGuard
 from ..errors import CaptureError, ConfigError, InputError
-from ..sources.capture import Capturer, check_command_tags
-from ..sources.mqtt.command import validate_object
+from ..sources.capture import Capturer
+from ..sources.command import validate_object
 from ..store.queue import Queue
 
 WAIT_FOR_DAEMON_SECONDS = 3.0
@@ -75,13 +75,13 @@ def cmd_capture(args: argparse.Namespace) -> int:
     capturer = Capturer(config, config.ingestion.hmac_key.load_optional(), disk_reason=guard.reason)
     try:
         command = validate_object(fields, config.capture.sources, config.capture.max_duration_ms)
-        check_command_tags(capturer, command)
+        plan = capturer.plan(command)
     except InputError as exc:
         flag = "--" + exc.field.replace("_", "-") if exc.field else "arguments"
         raise ConfigError("command line", flag, exc.message) from None
     print(f"capturing {command.duration_ms} ms from {command.source}...", flush=True)
     try:
-        captured = capturer.capture(command)
+        captured = capturer.capture(plan)
         captured.commit()
     except CaptureError as exc:
         print(f"capture failed: {exc}")

@@ -36,6 +36,7 @@ from ..config import DiskConfig
 from ..core.sidecar import sidecar_path
 from ..errors import QueueError
 from ..events import Event
+from ..loop import Loop
 
 if TYPE_CHECKING:
     from ..store.queue import Queue, Row
@@ -68,7 +69,7 @@ def mib(n: int) -> str:
     return f"{n / 1048576:.1f} MiB"
 
 
-class DiskGuard:
+class DiskGuard(Loop):
     """Watches the free space of the capture and queue file systems. Thread-safe."""
 
     def __init__(
@@ -82,6 +83,7 @@ class DiskGuard:
         on_recover: Callable[[], None] | None = None,
         statvfs: StatVfs = os.statvfs,
     ) -> None:
+        super().__init__("disk-guard")
         self.config = config
         self.queue = queue
         self.queue_dir = queue_path.parent
@@ -95,9 +97,6 @@ class DiskGuard:
         self._checked_at = -1e9
         self._cursor = 0
         self._unmarked: list[int] = []
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         for folder in [self.queue_dir, *folders]:
             self._add(folder, prunable=folder != self.queue_dir)
 
@@ -119,14 +118,7 @@ class DiskGuard:
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
         self.check(force=True)
-        self._thread = threading.Thread(target=self._run, name="disk-guard", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(5)
+        super().start()
 
     def on_event(self, event: Event, info: dict[str, Any]) -> None:
         """A ``Stats`` listener: a source saw a file, so space may be shrinking."""
@@ -193,7 +185,7 @@ class DiskGuard:
             log.warning("disk space is back on %s: %s free (floor %s): captures resume",
                         s.path, mib(s.free_bytes), mib(s.floor_bytes))  # fmt: skip
         if went_low:
-            self._wake.set()
+            self.wake()
         if (went_low or recovered) and self.on_change is not None:
             self.on_change()
         if recovered and self.on_recover is not None and not any(s.low for s in states.values()):
@@ -215,20 +207,18 @@ class DiskGuard:
         limit = floor + int(floor * HYSTERESIS) if was_low.get(dev, False) else floor
         return FsState(folder, dev, total, free, floor, low=floor > 0 and free < limit)
 
-    # -- the thread: re-check while low, prune if allowed ----------------------------------
-    def _run(self) -> None:
-        while not self._stop.is_set():
+    # -- the loop: re-check while low, prune if allowed ----------------------------------
+    def step(self) -> float | None:
+        self.check(force=True)
+        with self._lock:
+            low = [s for s in self._states.values() if s.low]
+        if low and self.config.prune_delivered:
+            for s in low:
+                self._prune(s)
             self.check(force=True)
-            with self._lock:
-                low = [s for s in self._states.values() if s.low]
-            if low and self.config.prune_delivered:
-                for s in low:
-                    self._prune(s)
-                self.check(force=True)
-            self._wake.clear()
-            self._mark_pruned()  # rows pruned while the queue could not be written
-            retry = low or bool(self._unmarked)
-            self._wake.wait(self.config.check_interval_seconds if retry else None)
+        self._mark_pruned()  # rows pruned while the queue could not be written
+        retry = low or bool(self._unmarked)
+        return self.config.check_interval_seconds if retry else None
 
     def _prune(self, state: FsState) -> None:
         """Delete delivered, kept files on ``state``'s file system, oldest first, until
@@ -243,7 +233,7 @@ class DiskGuard:
         except QueueError as exc:
             log.error("pruning: %s", exc)
             return
-        while state.free_bytes + freed < target and not self._stop.is_set():
+        while state.free_bytes + freed < target and not self.stopping:
             try:
                 rows = self.queue.kept_delivered(self._cursor, PRUNE_PAGE)
             except QueueError as exc:

@@ -10,8 +10,8 @@ Two levels, because restarting helps only with one of them:
 - **healthy** (``/healthz`` 200): alive, and nothing needs a person — uploads not paused,
   the queue writable, free space above the floor.
 
-Progress is counted per body chunk sent (``count_body_progress``, a request hook on the
-HTTP client), so a 100 MB video on a slow link is never mistaken for a hang, while a
+Progress is counted per body chunk sent (a request hook on the HTTP client, see
+``remote.http.make_client``), so a 100 MB video on a slow link is never mistaken for a hang, while a
 request that waits forever on a silent server is.
 """
 
@@ -19,12 +19,31 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from .lifecycle import Service
+from ..config import Config
+from ..core.delivery import Delivery
+from ..core.intake import Intake
+from ..events import Stats
+from ..store.queue import Queue
+from .disk import DiskGuard
 
-PROGRESS_MIN_INTERVAL_SECONDS = 0.5
+
+class Vitals(Protocol):
+    """What health checks and metrics read of a running daemon, and nothing more."""
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def stats(self) -> Stats: ...
+    @property
+    def queue(self) -> Queue | None: ...
+    @property
+    def delivery(self) -> Delivery | None: ...
+    @property
+    def intake(self) -> Intake | None: ...
+    @property
+    def disk(self) -> DiskGuard | None: ...
 
 
 @dataclass(frozen=True)
@@ -35,12 +54,12 @@ class Health:
     """Why not healthy (or not alive), one short sentence each."""
 
 
-def assess(service: Service, *, now: float | None = None) -> Health:
-    """Assess a running service; a service between stop and start (a reload) is alive."""
+def assess(service: Vitals, *, now: float | None = None) -> Health:
+    """Assess a running daemon; a daemon between stop and start (a reload) is alive."""
     now = time.monotonic() if now is None else now
     fatal: list[str] = []
     notes: list[str] = []
-    pipeline, intake = service.pipeline, service.intake
+    pipeline, intake = service.delivery, service.intake
     if pipeline is None or intake is None:
         return Health(alive=True, healthy=False, reasons=["starting or reloading"])
     if not pipeline.alive():

@@ -16,17 +16,14 @@ import json
 import logging
 import selectors
 import socket
-import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING
 
 from ..config import HttpConfig
+from ..core.runtime import Runtime
 from ..errors import ConfigError
+from ..loop import Loop
 from . import metrics
-from .health import assess
-
-if TYPE_CHECKING:
-    from .lifecycle import Service
+from .health import Vitals, assess
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +32,7 @@ REQUEST_TIMEOUT_SECONDS = 5.0
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
-    service: Service
+    vitals: Vitals
 
 
 class _Server6(_Server):
@@ -52,14 +49,14 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         try:
             if path == "/healthz":
-                health = assess(self.server.service)
+                health = assess(self.server.vitals)
                 doc: dict[str, object] = {"status": "ok" if health.healthy else "unhealthy"}
                 if health.reasons:
                     doc["reasons"] = health.reasons
                 body = (json.dumps(doc, indent=1) + "\n").encode()
                 self._send(200 if health.healthy else 503, "application/json", body)
             elif path == "/metrics":
-                self._send(200, metrics.CONTENT_TYPE, metrics.render(self.server.service).encode())
+                self._send(200, metrics.CONTENT_TYPE, metrics.render(self.server.vitals).encode())
             else:
                 self._send(404, "text/plain", b"not found: try /healthz or /metrics\n")
         except Exception:
@@ -82,17 +79,18 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class HealthServer:
-    """A ``Component``: serves ``/healthz`` and ``/metrics`` while the daemon runs."""
+    """A component: serves ``/healthz`` and ``/metrics`` while the daemon runs. It reads
+    the daemon only through ``Vitals``."""
 
     name = "http"
 
-    def __init__(self, config: HttpConfig, source: str = "config") -> None:
+    def __init__(self, config: HttpConfig, vitals: Vitals, source: str = "config") -> None:
         assert config.listen is not None
         self.config = config
+        self.vitals = vitals
         self.source = source
         self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-        self._stop_r, self._stop_w = socket.socketpair()
+        self._loop: _Accept | None = None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -101,7 +99,7 @@ class HealthServer:
         host, port = self._server.server_address[:2]
         return str(host), int(port)
 
-    def start(self, service: Service) -> None:
+    def start(self, runtime: Runtime) -> None:
         host, port = self.config.listen or ("127.0.0.1", 0)
         server_class = _Server6 if ":" in host else _Server
         try:
@@ -109,33 +107,46 @@ class HealthServer:
         except OSError as exc:
             reason = f"cannot listen on {host}:{port}: {exc.strerror or exc}"
             raise ConfigError(self.source, "http.listen", reason) from None
-        server.service = service
+        server.vitals = self.vitals
         self._server = server
         if not self.config.loopback:
             log.warning("health endpoint listens on %s:%d, reachable from the network", host, port)
-        self._thread = threading.Thread(target=self._serve, name="http", daemon=True)
-        self._thread.start()
+        self._loop = _Accept(server)
+        self._loop.start()
         log.info("health endpoint on http://%s:%d/healthz and /metrics", *self.address)
 
-    def _serve(self) -> None:
-        assert self._server is not None
-        with selectors.DefaultSelector() as sel:
-            sel.register(self._server.socket, selectors.EVENT_READ)
-            sel.register(self._stop_r, selectors.EVENT_READ)
-            while True:
-                for key, _ in sel.select():
-                    if key.fileobj is self._stop_r:
-                        return
-                    self._server.handle_request()
-
     def stop(self) -> None:
+        if self._loop is not None:
+            self._loop.stop()
+        if self._server is not None:
+            self._server.server_close()
+
+
+class _Accept(Loop):
+    """Sleeps in ``select`` until a connection or the stop signal (no periodic wake-ups)."""
+
+    def __init__(self, server: _Server) -> None:
+        super().__init__("http")
+        self.server = server
+        self._stop_r, self._stop_w = socket.socketpair()
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(server.socket, selectors.EVENT_READ)
+        self._selector.register(self._stop_r, selectors.EVENT_READ)
+
+    def step(self) -> float | None:
+        for key, _ in self._selector.select():
+            if key.fileobj is self._stop_r:
+                return 0.0
+            self.server.handle_request()
+        return 0.0
+
+    def interrupt(self) -> None:
         try:
             self._stop_w.send(b"x")
         except OSError:
             pass
-        if self._thread is not None:
-            self._thread.join(5)
-        if self._server is not None:
-            self._server.server_close()
+
+    def finish(self) -> None:
+        self._selector.close()
         self._stop_r.close()
         self._stop_w.close()

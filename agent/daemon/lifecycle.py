@@ -1,21 +1,23 @@
-"""The daemon: starts and stops the stages, scans for missed files, handles signals.
+"""The daemon: starts and stops the stages, reloads, handles signals, talks to systemd.
 
 Start-up order matters for the guarantee: the queue is opened and rows a crash left
-``uploading`` go back to ``pending``; the watcher starts *before* the reconciliation scan,
-so a file written during the scan is caught by one or the other (a known file is never
-queued twice). The scan repeats every ``[queue] scan_interval_seconds``.
+``uploading`` go back to ``pending``; deletes and moves a crash interrupted after a
+delivery are finished; the watcher starts *before* the reconciliation scan, so a file
+written during the scan is caught by one or the other (a known file is never queued
+twice). Components start last, with a ``Runtime``; they stop first.
 
 Stop (SIGTERM, SIGINT): sources stop first, in-flight uploads get a few seconds to finish,
 the rest stay queued for next time.
 
 Reload (SIGHUP) goes through the start-up path: the file is read and checked by
-``agent.preflight.prepare`` exactly as at start; an invalid file is logged and the running
-config stays. A valid one stops the stages (components, watcher, scan, intake, pipeline;
-uploads in flight go back to pending) and starts them again with the new config, on the
-same open queue: nothing queued is lost. Moving the queue (``[queue] path``) needs a restart.
+``config.preflight.prepare`` exactly as at start; an invalid file is logged and the
+running config stays. A valid one stops the stages (components, watcher, scan, intake,
+delivery; uploads in flight go back to pending) and starts them again with the new
+config, on the same open queue: nothing queued is lost. Moving the queue (``[queue]
+path``) needs a restart.
 
-systemd (``agent.notify``): ``READY=1`` once the queue is open and the sources run,
-``STATUS=`` with the queue depth and last delivery, ``WATCHDOG=1`` while ``agent.health``
+systemd (``daemon.systemd``): ``READY=1`` once the queue is open and the sources run,
+``STATUS=`` with the queue depth and last delivery, ``WATCHDOG=1`` while ``daemon.health``
 says the pipeline is alive, ``RELOADING=1``/``READY=1`` around a reload, ``STOPPING=1``.
 """
 
@@ -24,11 +26,9 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 import httpx
 
@@ -36,25 +36,26 @@ from ..clock import Clock, system_clock
 from ..config import Config, WatchConfig
 from ..config.preflight import prepare
 from ..core.delivery import PREFETCH, Delivery
-from ..core.files import ignored_name, matches, walk
 from ..core.intake import Intake, Item
+from ..core.runtime import Component, Runtime
 from ..errors import AgentError, ConfigError
-from ..events import Stats
+from ..events import Event, Stats
 from ..remote.ingestion import build_uploader
+from ..sources.scan import Scanner
 from ..sources.watcher import Watcher
 from ..store.queue import Queue
-from . import wake
-from .components import Component, build_components
+from . import metrics, wake
+from .components import build_components
 from .disk import DiskGuard
 from .health import Health, assess
-from .systemd import Heartbeat, Notifier, watchdog_seconds
+from .systemd import Notifier, SystemdReporter, watchdog_seconds
 
 log = logging.getLogger(__name__)
 
 STOP_TIMEOUT_SECONDS = 5.0
 
 
-class Service:
+class Daemon:
     """One running agent. ``start`` returns once the queue is open and sources run."""
 
     def __init__(
@@ -63,7 +64,6 @@ class Service:
         *,
         transport: httpx.BaseTransport | None = None,
         clock: Clock = system_clock,
-        watch: bool = True,
         config_path: Path | None = None,
         notifier: Notifier | None = None,
     ) -> None:
@@ -72,30 +72,25 @@ class Service:
         """The file a reload reads again (None: reload is refused)."""
         self.clock = clock
         self.transport = transport
-        self.use_watcher = watch
         self.stats = Stats()
         self.stopped = threading.Event()
         self._stop_requested = threading.Event()
         self._reload_requested = threading.Event()
         self._wakeup = threading.Event()
-        self._scan_now = threading.Event()
-        self._halt = threading.Event()
-        """Set to end the current stages (a stop, or the first half of a reload)."""
         self._lifecycle = threading.RLock()
         self.queue: Queue | None = None
-        self.pipeline: Delivery | None = None
+        self.delivery: Delivery | None = None
         self.intake: Intake | None = None
         self.watcher: Watcher | None = None
+        self.scanner: Scanner | None = None
         self.disk: DiskGuard | None = None
-        """Free-space floor; capture sources ask ``service.disk.allow_capture(path)``."""
-        self._scanner: threading.Thread | None = None
-        self._recent_skipped = False
         self.reload_error: str | None = None
         self.notifier = notifier if notifier is not None else Notifier()
-        self.heartbeat = Heartbeat(self.notifier, alive=self._alive, status=self.status_line,
-                                   watchdog=watchdog_seconds())  # fmt: skip
-        self.stats.subscribe(lambda event, info: self.heartbeat.poke())
-        self.components: list[Component] = build_components(config)
+        self.reporter = SystemdReporter(
+            self.notifier, alive=self._alive, status=self.status_line, watchdog=watchdog_seconds()
+        )
+        self.stats.subscribe(lambda event, info: self.reporter.poke())
+        self.components: list[Component] = build_components(config, self)
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -117,40 +112,39 @@ class Service:
         the running config must not end the daemon because a file it read went bad)."""
         cfg, queue = self.config, self.queue
         assert queue is not None
-        self._halt = halt = threading.Event()
         uploader = build_uploader(cfg, transport=self.transport, clock=self.clock,
                                   on_progress=self.stats.progress)  # fmt: skip
         roots = {w.key: w.path for w in cfg.watches}
-        self.pipeline = Delivery(queue, uploader, cfg.ingestion, self.stats, clock=self.clock,
-                                 watch_roots=roots, prefetch=PREFETCH)  # fmt: skip
-        self.pipeline.after_upload.finish_pending(queue)
-        self.intake = Intake(queue, cfg, self.stats, on_queued=self.pipeline.wake)
-        self.disk = DiskGuard(cfg.disk, [w.path for w in cfg.watches], cfg.queue.path,
-                              queue=queue, on_change=self.heartbeat.poke,
-                              on_recover=self._space_back)  # fmt: skip
-        self.disk.start()
-        self.stats.subscribe(self.disk.on_event)
-        self.intake.start()
-        self.pipeline.start()
-        if self.use_watcher and cfg.watches:
-            self.watcher = Watcher(cfg.watches, self._on_file)
+        self.delivery = delivery = Delivery(queue, uploader, cfg.ingestion, self.stats,
+                                            clock=self.clock, watch_roots=roots,
+                                            prefetch=PREFETCH)  # fmt: skip
+        delivery.after_upload.finish_pending(queue)
+        self.intake = intake = Intake(queue, cfg, self.stats, on_queued=delivery.wake)
+        self.disk = disk = DiskGuard(cfg.disk, [w.path for w in cfg.watches], cfg.queue.path,
+                                     queue=queue, on_change=self.reporter.poke,
+                                     on_recover=self._space_back)  # fmt: skip
+        disk.start()
+        self.stats.subscribe(disk.on_event)
+        intake.start()
+        delivery.start()
+        if cfg.watches:
+            self.watcher = Watcher(cfg.watches, self._on_file, self._on_removed)
             self.watcher.start()
-        self._scanner = threading.Thread(target=self._scan_loop, args=(halt,), name="scan",
-                                         daemon=True)  # fmt: skip
-        self._scanner.start()
+        self.scanner = Scanner(cfg.watches, queue, intake.submit, cfg.queue.scan_interval_seconds)
+        self.scanner.start()
+        runtime = Runtime(config=cfg, queue=queue, stats=self.stats, clock=self.clock,
+                          submit=intake.submit, claim=self._claim,
+                          capture_refusal=disk.reason)  # fmt: skip
         for component in self.components:
-            if not tolerant:
-                component.start(self)
-                continue
             try:
-                component.start(self)
+                component.start(runtime)
             except Exception as exc:
+                if not tolerant:
+                    raise
                 log.error("%s did not start again: %s", component.name, exc)
 
     def _stop_stages(self, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
         """Stop everything but the queue; uploads in flight go back to pending."""
-        self._halt.set()
-        self._scan_now.set()
         for component in reversed(self.components):
             try:
                 component.stop()
@@ -159,22 +153,21 @@ class Service:
         if self.watcher is not None:
             self.watcher.stop()
             self.watcher = None
-        if self._scanner is not None:
-            self._scanner.join(timeout)
-            self._scanner = None
+        if self.scanner is not None:
+            self.scanner.stop(timeout)
+            self.scanner = None
         if self.intake is not None:
             self.intake.stop()
-        if self.pipeline is not None:
-            self.pipeline.stop(timeout)
-            self.pipeline.uploader.close()
+        if self.delivery is not None:
+            self.delivery.stop(timeout)
+            self.delivery.uploader.close()
         if self.disk is not None:
             self.stats.unsubscribe(self.disk.on_event)
             self.disk.stop()
-        self._scan_now.clear()
 
     def stop(self, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
         self._stop_requested.set()
-        self.heartbeat.stop()
+        self.reporter.stop()
         with self._lifecycle:
             self._stop_stages(timeout)
             if self.queue is not None:
@@ -193,24 +186,15 @@ class Service:
     def reload(self) -> bool:
         """Apply the config file again; False (and the old config runs on) if invalid."""
         self.notifier.reloading()
-        path = self.config_path
-        log.info("reloading the config %s", path)
+        log.info("reloading the config %s", self.config_path)
         try:
-            if path is None:
-                raise ConfigError(self.config.source, "", "this agent was started without a"
-                                  " config file: nothing to reload")  # fmt: skip
-            new = prepare(path)
-            if new.queue.path != self.config.queue.path:
-                raise ConfigError(new.source, "queue.path", f"changed from"
-                                  f" {self.config.queue.path} to {new.queue.path}: a reload"
-                                  " cannot move the queue (queued files would be left behind);"
-                                  " restart the service to use the new path")  # fmt: skip
-            components = build_components(new)
+            new = self._checked_reload()
+            components = build_components(new, self)
         except AgentError as exc:
             self.reload_error = str(exc)
             log.error("reload refused, the running config stays: %s", exc)
             self.notifier.ready()
-            self.heartbeat.poke()
+            self.reporter.poke()
             return False
         with self._lifecycle:
             old = self.config
@@ -224,7 +208,7 @@ class Service:
                 self.reload_error = f"{type(exc).__name__}: {exc}"
                 self._stop_stages()
                 # stopped components are not restarted: fresh ones for the old config
-                self.config, self.components = old, build_components(old)
+                self.config, self.components = old, build_components(old, self)
                 self._start_stages(tolerant=True)
                 self.notifier.ready()
                 return False
@@ -232,16 +216,30 @@ class Service:
         log.info("config reloaded: %d watch folder(s), ingestion %s", len(new.watches),
                  new.ingestion.url)  # fmt: skip
         self.notifier.ready()
-        self.heartbeat.poke()
+        self.reporter.poke()
         return True
+
+    def _checked_reload(self) -> Config:
+        path = self.config_path
+        if path is None:
+            raise ConfigError(self.config.source, "", "this agent was started without a"
+                              " config file: nothing to reload")  # fmt: skip
+        new = prepare(path)
+        if new.queue.path != self.config.queue.path:
+            raise ConfigError(new.source, "queue.path", f"changed from"
+                              f" {self.config.queue.path} to {new.queue.path}: a reload"
+                              " cannot move the queue (queued files would be left behind);"
+                              " restart the service to use the new path")  # fmt: skip
+        return new
 
     def run_forever(self) -> int:
         """Run until SIGTERM or SIGINT, reloading on SIGHUP; the CLI's ``run``."""
         self._install_signals()
         self.start()
-        wake.install(self)  # SIGUSR1 from `retry-now` / `dead retry`: send what is due now
+        assert self.queue is not None
+        wake.install(self.retry_now, self.queue)  # SIGUSR1 from `retry-now` / `dead retry`
         self.notifier.ready()
-        self.heartbeat.start()
+        self.reporter.start()
         try:
             while not self._stop_requested.is_set():
                 self._wakeup.wait(3600)
@@ -253,6 +251,13 @@ class Service:
             self.notifier.stopping()
             self.stop()
         return 0
+
+    def retry_now(self) -> None:
+        """Send what is due now: drop delivery's waits (looked up now: a reload may have
+        replaced it)."""
+        delivery = self.delivery
+        if delivery is not None:
+            delivery.retry_now()
 
     def _install_signals(self) -> None:
         def on_stop(signum: int, frame: FrameType | None) -> None:
@@ -268,7 +273,7 @@ class Service:
 
     # -- health --------------------------------------------------------------------------
     def health(self) -> Health:
-        """The current health (``agent.health``); a reload in progress counts as alive."""
+        """The current health (``daemon.health``); a reload in progress counts as alive."""
         if not self._lifecycle.acquire(blocking=False):
             return Health(alive=True, healthy=False, reasons=["reloading"])
         try:
@@ -279,6 +284,9 @@ class Service:
     def _alive(self) -> tuple[bool, list[str]]:
         h = self.health()
         return h.alive, h.reasons
+
+    def metrics_text(self) -> str:
+        return metrics.render(self)
 
     def status_line(self) -> str:
         """One line for systemd's ``STATUS=`` (shown by ``systemctl status``)."""
@@ -292,81 +300,30 @@ class Service:
         if last is None:
             last = queue.get_state().get("last_delivery_at")
         parts.append("last delivery " + (_iso(last) if last else "none yet"))
-        health = self.health()
-        parts.extend(r for r in health.reasons if r != "reloading")
+        parts.extend(r for r in self.health().reasons if r != "reloading")
         if self.reload_error:
             parts.append(f"last reload refused: {self.reload_error}")
         return "; ".join(parts)
 
     def _space_back(self) -> None:
         """Free space returned: look for files intake could not record, and send."""
-        self.scan_soon()
-        if self.pipeline is not None:
-            self.pipeline.wake()
-        self.heartbeat.poke()
+        if self.scanner is not None:
+            self.scanner.wake()
+        if self.delivery is not None:
+            self.delivery.wake()
+        self.reporter.poke()
 
     # -- sources -------------------------------------------------------------------------
     def _on_file(self, path: Path, watch: WatchConfig) -> None:
         if self.intake is not None:
             self.intake.submit(Item(path=path, watch=watch))
 
-    def submit(self, item: Item) -> None:
-        assert self.intake is not None
-        self.intake.submit(item)
+    def _on_removed(self, path: Path, watch: WatchConfig, is_dir: bool) -> None:
+        self.stats.emit(Event.REMOVED, path=str(path), is_dir=is_dir, watch=watch.key)
 
-    def scan(self) -> int:
-        """Queue every file in the watch folders the queue does not know. Returns how many
-        candidates were handed to intake; files modified in the last ``settle_seconds``
-        are left to the watcher (they may still be written)."""
-        assert self.intake is not None and self.queue is not None
-        handed = 0
-        recent = False
-        now = time.time()
-        for w in self.config.watches:
-            for path in walk(w.path, w.recursive):
-                if self._halt.is_set():
-                    return handed
-                if ignored_name(path.name) or not matches(path.name, w.patterns):
-                    continue
-                try:
-                    st = path.stat()
-                except OSError:
-                    continue
-                if self.queue.known(str(path), st.st_size, st.st_mtime_ns):
-                    continue
-                if now - st.st_mtime < w.settle_seconds:
-                    recent = True
-                    continue
-                self.intake.submit(Item(path=path, watch=w))
-                handed += 1
-        self._recent_skipped = recent
-        return handed
-
-    def _scan_loop(self, halt: threading.Event) -> None:
-        interval = self.config.queue.scan_interval_seconds
-        while not halt.is_set():
-            try:
-                self._recent_skipped = False
-                started = time.monotonic()
-                n = self.scan()
-                if n:
-                    log.info("scan found %d file(s) not yet queued (%.1f s)", n,
-                             time.monotonic() - started)  # fmt: skip
-            except Exception:
-                log.exception("reconciliation scan failed")
-            wait = interval
-            if self._recent_skipped:
-                wait = min(interval, max(w.settle_seconds for w in self.config.watches) + 0.5)
-            self._scan_now.wait(wait)
-            self._scan_now.clear()
-
-    def scan_soon(self) -> None:
-        self._scan_now.set()
-
-    # -- introspection -------------------------------------------------------------------
-    def snapshot(self) -> dict[str, Any]:
-        assert self.queue is not None
-        return {"counts": self.queue.counts(), **self.stats.snapshot()}
+    def _claim(self, path: Path) -> None:
+        if self.watcher is not None:
+            self.watcher.claim(path)
 
 
 def _iso(timestamp: float) -> str:

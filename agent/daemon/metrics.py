@@ -1,6 +1,6 @@
 """Prometheus metrics (text exposition format 0.0.4) from the event counters and the queue.
 
-Counters come from ``agent.events.Stats`` (since the process started; a reload keeps
+Counters come from ``events.Stats`` (since the process started; a reload keeps
 them), gauges from the queue and the disk guard at scrape time. Names are part of the
 contract for dashboards: only ever add, never rename.
 
@@ -35,13 +35,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 from .. import __version__
-from .health import assess
-
-if TYPE_CHECKING:
-    from .lifecycle import Service
+from .health import Vitals, assess
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -82,8 +78,8 @@ class _Writer:
         return "\n".join(self.lines) + "\n"
 
 
-def render(service: Service, *, now: float | None = None) -> str:
-    """The ``/metrics`` page for a running service."""
+def render(service: Vitals, *, now: float | None = None) -> str:
+    """The ``/metrics`` page for a running daemon."""
     now = time.time() if now is None else now
     stats = service.stats
     w = _Writer()
@@ -117,7 +113,7 @@ def render(service: Service, *, now: float | None = None) -> str:
     samples.append(("_count", stats.latency_count))
     w.metric("upload_latency_seconds", "histogram", "Time per upload request.", samples)
 
-    pipeline = service.pipeline
+    pipeline = service.delivery
     if pipeline is not None:
         w.metric("uploads_in_flight", "gauge", "Upload requests being sent now.",
                  [("", pipeline.inflight)])  # fmt: skip

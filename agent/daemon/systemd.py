@@ -24,6 +24,9 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 
+from ..loop import Loop
+from ..text import one_line
+
 log = logging.getLogger(__name__)
 
 SEND_TIMEOUT_SECONDS = 1.0
@@ -108,11 +111,10 @@ class Notifier:
 
 
 def _one_line(value: object) -> str:
-    text = " ".join(str(value).split())
-    return text if len(text) <= MAX_STATUS_CHARS else text[: MAX_STATUS_CHARS - 1] + "…"
+    return one_line(str(value), MAX_STATUS_CHARS)
 
 
-class Heartbeat:
+class SystemdReporter(Loop):
     """The thread that keeps systemd informed: watchdog pings and ``STATUS=`` updates.
 
     It wakes every half watchdog interval (when systemd asked for a watchdog) and when
@@ -128,13 +130,14 @@ class Heartbeat:
         status: Callable[[], str],
         watchdog: float | None = None,
     ) -> None:
+        super().__init__("systemd-notify")
         self.notifier = notifier
-        self.alive = alive
+        self.is_alive = alive
         self.status_text = status
         self.watchdog = watchdog
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._interval = watchdog / 2 if watchdog else None
+        self._next_ping = 0.0
+        self._changed = True
         self._last_status = ""
         self._last_status_at = 0.0
         self._withheld: list[str] | None = None
@@ -145,18 +148,12 @@ class Heartbeat:
         if self.watchdog:
             log.info("systemd watchdog: %.0f s; pinging every %.1f s while healthy",
                      self.watchdog, self.watchdog / 2)  # fmt: skip
-        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
-        self._thread.start()
+        super().start()
 
     def poke(self) -> None:
         """Something changed (an upload, a queued file): refresh ``STATUS=`` soon."""
-        self._wake.set()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(5)
+        self._changed = True
+        self.wake()
 
     def send_status(self, *, force: bool = False) -> None:
         try:
@@ -169,31 +166,26 @@ class Heartbeat:
             self._last_status_at = time.monotonic()
             self.notifier.status(text)
 
-    def _run(self) -> None:
-        interval = self.watchdog / 2 if self.watchdog else None
-        next_ping = time.monotonic()
-        changed = True
-        while not self._stop.is_set():
-            now = time.monotonic()
-            if interval is not None and now >= next_ping:
+    def step(self) -> float | None:
+        now = time.monotonic()
+        waits: list[float] = []
+        if self._interval is not None:
+            if now >= self._next_ping:
                 self._ping()
-                next_ping = now + interval
-            if self._wake.is_set():
-                self._wake.clear()
-                changed = True
-            waits = [] if interval is None else [next_ping - now]
-            if changed:
-                status_due = self._last_status_at + STATUS_MIN_INTERVAL_SECONDS - now
-                if status_due <= 0:
-                    self.send_status()
-                    changed = False
-                else:  # a change came too soon after the last update: send it when allowed
-                    waits.append(status_due)
-            self._wake.wait(max(0.0, min(waits)) if waits else None)
+                self._next_ping = now + self._interval
+            waits.append(self._next_ping - now)
+        if self._changed:
+            status_due = self._last_status_at + STATUS_MIN_INTERVAL_SECONDS - now
+            if status_due <= 0:
+                self._changed = False
+                self.send_status()
+            else:  # a change came too soon after the last update: send it when allowed
+                waits.append(status_due)
+        return max(0.0, min(waits)) if waits else None
 
     def _ping(self) -> None:
         try:
-            ok, reasons = self.alive()
+            ok, reasons = self.is_alive()
         except Exception:
             log.exception("the health check failed")
             ok, reasons = False, ["the health check raised an error"]
@@ -201,10 +193,10 @@ class Heartbeat:
             if self._withheld is not None:
                 log.warning("healthy again: systemd watchdog pings resume")
                 self._withheld = None
-                self._wake.set()  # refresh STATUS=
+                self._changed = True  # refresh STATUS=
             self.notifier.watchdog()
         elif reasons != self._withheld:
             log.error("not healthy (%s): withholding the systemd watchdog ping; systemd will"
                       " restart the service if this lasts", "; ".join(reasons))  # fmt: skip
             self._withheld = reasons
-            self._wake.set()
+            self._changed = True

@@ -5,7 +5,7 @@ wait for that moment. The daemon records its pid and its process start time in t
 queue's state; the CLI signals only a process whose start time still matches, so a pid
 reused by an unrelated process after a crash is never signalled.
 
-The daemon side (``install``, called by ``Service.run_forever``) only clears the pipeline's
+The daemon side (``install``, called by ``Daemon.run_forever``) only clears delivery's
 waits and wakes its dispatcher; a signal handler does nothing else.
 """
 
@@ -14,14 +14,11 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from collections.abc import Callable
 from types import FrameType
-from typing import TYPE_CHECKING
 
 from ..errors import QueueError
-
-if TYPE_CHECKING:
-    from ..store.queue import Queue
-    from .lifecycle import Service
+from ..store.queue import Queue
 
 log = logging.getLogger(__name__)
 
@@ -39,22 +36,20 @@ def process_start(pid: int) -> str | None:
     return fields[19] if len(fields) > 19 else None  # field 22 of stat(5)
 
 
-def install(service: Service) -> None:
-    """Daemon side (``run``, after start-up): SIGUSR1 drops the pipeline's waits, and the
-    daemon's pid and start time are recorded in the queue for ``wake_daemon``."""
+def install(on_wake: Callable[[], None], queue: Queue) -> None:
+    """Daemon side (``run``, after start-up): SIGUSR1 calls ``on_wake`` (which drops the
+    delivery's waits), and the daemon's pid and start time are recorded in the queue for
+    ``wake_daemon``."""
 
     def on_usr1(signum: int, frame: FrameType | None) -> None:
-        pipeline = service.pipeline  # looked up now: a reload may have replaced it
-        if pipeline is not None:
-            pipeline.retry_now()
+        on_wake()
 
     signal.signal(signal.SIGUSR1, on_usr1)
-    if service.queue is not None:
-        pid = os.getpid()
-        try:
-            service.queue.set_state(**{STATE_KEY: {"pid": pid, "start": process_start(pid)}})
-        except QueueError as exc:  # a full disk: waking by signal is a convenience
-            log.warning("could not record the daemon's pid for retry-now: %s", exc)
+    pid = os.getpid()
+    try:
+        queue.set_state(**{STATE_KEY: {"pid": pid, "start": process_start(pid)}})
+    except QueueError as exc:  # a full disk: waking by signal is a convenience
+        log.warning("could not record the daemon's pid for retry-now: %s", exc)
 
 
 def wake_daemon(queue: Queue) -> int | None:

@@ -44,18 +44,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 from ..clock import Clock, retry_delay, system_clock
+from ..config import Config
 from ..core.files import ignored_name
-from ..errors import AgentError, AuthError, ConfigError, PermanentError, TransientError
+from ..core.runtime import Runtime
+from ..errors import AuthError, ConfigError, PermanentError, TransientError
+from ..events import Event, Stats
+from ..loop import Loop
 from ..remote.studio import ProjectNotFound, SampleNotFound, StudioClient
 from ..store.ledger import BLOCKED_KEY, Candidate, Delete, DeleteState, Ledger
 from ..store.queue import Queue
-
-if TYPE_CHECKING:
-    from ..config import Config, WatchConfig
-    from ..daemon.lifecycle import Service
 
 log = logging.getLogger(__name__)
 
@@ -351,7 +351,8 @@ def confirm_hint(config_source: str) -> str:
 
 
 class DeleteSyncComponent:
-    """The daemon part: notices deletions and runs due ones from one thread.
+    """The daemon part: notices deletions (``Event.REMOVED``) and runs due ones, a pass
+    at a time on its own loop.
 
     It never contacts the Studio API at start-up (a device offline must still start);
     a wrong key or project is logged when a deletion falls due, and retried later.
@@ -361,28 +362,22 @@ class DeleteSyncComponent:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self._stop = threading.Event()
-        self._wake = threading.Event()
+        self.loop = _Passes(self)
+        self._cancel = threading.Event()
         self._paths: stdqueue.SimpleQueue[tuple[Path, bool]] = stdqueue.SimpleQueue()
         self._reconcile = True
-        self._thread: threading.Thread | None = None
+        self._next_check = 0.0
         self.sync: DeletionSync | None = None
         self.studio: StudioClient | None = None
-        self.started = 0
-        self.passes = 0
-        """Passes started and finished: a pass that finishes as number ``started + 1``
-        (read after a change) saw that change (tests wait on it)."""
+        self.stats: Stats | None = None
 
-    def start(self, service: Service) -> None:
-        if service.queue is None:
-            raise AgentError("deletion sync needs the queue")
-        self.clock = service.clock
-        self.studio = StudioClient.from_config(self.config, cancel=self._stop, clock=self.clock)
-        self.sync = DeletionSync(self.config, service.queue, self.studio, clock=self.clock)
-        if service.watcher is not None:
-            service.watcher.on_deleted = self.deleted
-        self._thread = threading.Thread(target=self._run, name="delete-sync", daemon=True)
-        self._thread.start()
+    def start(self, runtime: Runtime) -> None:
+        self.clock = runtime.clock
+        self.studio = StudioClient.from_config(self.config, cancel=self._cancel, clock=self.clock)
+        self.sync = DeletionSync(self.config, runtime.queue, self.studio, clock=self.clock)
+        self.stats = runtime.stats
+        self.stats.subscribe(self._on_event)
+        self.loop.start()
         log.info(
             "deletion sync on: samples of deleted files go after %.0f s, at most %d an hour"
             " without confirmation", self.config.sync.grace_seconds,
@@ -390,57 +385,55 @@ class DeleteSyncComponent:
         )  # fmt: skip
 
     def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(5)
+        self._cancel.set()
+        if self.stats is not None:
+            self.stats.unsubscribe(self._on_event)
+        self.loop.stop()
         if self.studio is not None:
             self.studio.close()
 
     def wake(self) -> None:
         """Run a pass now (after the clock moved, in tests)."""
-        self._wake.set()
+        self.loop.wake()
 
     def reconcile_soon(self) -> None:
         self._reconcile = True
-        self._wake.set()
+        self.loop.wake()
 
-    def deleted(self, path: Path, watch: WatchConfig, is_dir: bool) -> None:
-        """Watcher callback (its thread): just hand the path over."""
+    def _on_event(self, event: Event, info: dict[str, Any]) -> None:
+        """A ``Stats`` listener (the watcher's thread): just hand the path over."""
+        if event is not Event.REMOVED:
+            return
+        path, is_dir = Path(str(info["path"])), bool(info.get("is_dir"))
         if not is_dir and ignored_name(path.name):
             return
         self._paths.put((path, is_dir))
-        self._wake.set()
+        self.loop.wake()
 
-    def _run(self) -> None:
-        interval = self.config.sync.check_interval_seconds
-        next_check = 0.0
-        while not self._stop.is_set():
-            self._wake.clear()
-            self.started += 1
-            held = True  # a pass that fails before run_due waits like a blocked one
-            try:
-                self._drain_paths()
-                if self._reconcile or time.monotonic() >= next_check:
-                    self._reconcile = False
-                    next_check = time.monotonic() + interval
-                    assert self.sync is not None
-                    self.sync.reconcile(self._stop)
-                if not self._stop.is_set():
-                    assert self.sync is not None
-                    result = self.sync.run_due()
-                    held = bool(result.blocked or result.stopped)
-            except Exception:
-                log.exception("deletion sync pass failed; trying again later")
-            self.passes += 1
-            # Blocked by the cap or stopped by an error: due rows stay due, so wait for the
-            # next check (or a wake), not for them.
-            wait = max(1.0 if held else 0.0, next_check - time.monotonic())
-            assert self.sync is not None
+    def run_pass(self) -> float:
+        """One pass: notice what the watcher saw go, reconcile when due, delete what is
+        due; the seconds until the next pass."""
+        assert self.sync is not None
+        held = True  # a pass that fails before run_due waits like a blocked one
+        try:
+            self._drain_paths()
+            if self._reconcile or time.monotonic() >= self._next_check:
+                self._reconcile = False
+                self._next_check = time.monotonic() + self.config.sync.check_interval_seconds
+                self.sync.reconcile(self._cancel)
+            if not self._cancel.is_set():
+                result = self.sync.run_due()
+                held = bool(result.blocked or result.stopped)
             due = self.sync.ledger.next_due()
-            if due is not None and not held:
-                wait = min(wait, max(0.01, due - self.clock()))
-            self._wake.wait(wait)
+        except Exception:
+            log.exception("deletion sync pass failed; trying again later")
+            due = None
+        # Blocked by the cap or stopped by an error: due rows stay due, so wait for the
+        # next check (or a wake), not for them.
+        wait = max(1.0 if held else 0.0, self._next_check - time.monotonic())
+        if due is not None and not held:
+            wait = min(wait, max(0.01, due - self.clock()))
+        return wait
 
     def _drain_paths(self) -> None:
         assert self.sync is not None
@@ -455,6 +448,10 @@ class DeleteSyncComponent:
                 self.sync.notice(path)
 
 
-def components(config: Config) -> list[DeleteSyncComponent]:
-    """For ``build_components``: the deletion-sync part when the config opts in."""
-    return [DeleteSyncComponent(config)] if config.sync.delete_remote else []
+class _Passes(Loop):
+    def __init__(self, component: DeleteSyncComponent) -> None:
+        super().__init__("delete-sync")
+        self.component = component
+
+    def step(self) -> float | None:
+        return self.component.run_pass()

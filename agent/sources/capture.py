@@ -1,7 +1,8 @@
 """One capture, from a validated command to a complete file in the capture folder.
 
 Used by the MQTT component and by ``edge-uploader capture``, so both write exactly the
-same files. The order of writes is what makes a crash harmless:
+same files. A capture is first *planned* (its final name and its tags, decided once), then
+taken. The order of writes is what makes a crash harmless:
 
 1. the data goes to a hidden temp name in the capture folder (``.tmp-<name>``; intake
    and the watcher ignore hidden names), flushed to disk;
@@ -18,30 +19,49 @@ the next start, so nothing half-written is ever uploaded.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import secrets
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ..config import CaptureConfig, CommandSource, Config, SerialSource
-from ..core.sidecar import SIDECAR_SUFFIX, sidecar_path
-from ..core.tagger import Context, tag
+from ..config import CaptureConfig, CaptureSource, CommandSource, Config, SerialSource
+from ..core.sidecar import SIDECAR_SUFFIX, encode_sidecar, sidecar_path
+from ..core.tagger import Context, Tagged, iso_utc, tag
 from ..errors import CaptureError, InputError
 from ..secrets import Secret
-from .mqtt.command import Command
+from .command import Command
 from .program import CommandRunner
 from .serial import PortOpener, acquisition_bytes, open_port, read_serial
 
 log = logging.getLogger(__name__)
 
 TEMP_PREFIX = ".tmp-"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A capture decided before it runs: its file's final path and its tags.
+
+    The tags are computed once, here (so a command whose metadata could never be sent is
+    refused before anything is captured); the file gets them when it is queued, with
+    ``captured_at`` stamped from the finished file like any other capture's.
+    """
+
+    command: Command
+    source: CaptureSource
+    path: Path
+    tagged: Tagged
+    planned_at: float
+
+    @property
+    def temp(self) -> Path:
+        return self.path.with_name(TEMP_PREFIX + self.path.name)
 
 
 @dataclass(frozen=True)
@@ -55,14 +75,15 @@ class Captured:
     frequency_hz: float | None = None
     interval_ms: float | None = None
     size: int = 0
-    info: dict[str, Any] = field(default_factory=dict)
+    tagged: Tagged | None = None
+    """The capture's tags for intake (``captured_at`` is the finished file's time)."""
 
     def commit(self) -> None:
         """Sidecar first, then the data file renamed into place; the folder is synced."""
         side = sidecar_path(self.path)
         side_tmp = side.with_name(TEMP_PREFIX + side.name)
         try:
-            _write_synced(side_tmp, json.dumps(self.sidecar, indent=2).encode("utf-8"))
+            _write_synced(side_tmp, encode_sidecar(**self.sidecar))
             side_tmp.replace(side)
             self.temp.replace(self.path)
             _sync_dir(self.path.parent)
@@ -134,24 +155,29 @@ class Capturer:
         self._busy: set[str] = set()
         self._lock = threading.Lock()
 
-    # -- checks before anything runs -------------------------------------------------
-    def check_tags(self, command: Command) -> None:
-        """Would the sample's metadata be sendable? ``InputError`` (field metadata) if not."""
-        probe = self.dir / file_name(command, ".json", self.clock(), "000000")
-        tag(
-            probe,
-            self.config,
-            mtime=self.clock(),
-            watch=self.capture_config.watch,
-            context=self.context(command),
-        )
-
-    def context(self, command: Command) -> Context:
-        return Context(
+    # -- before anything runs ----------------------------------------------------------
+    def plan(self, command: Command) -> Plan:
+        """Name and tag the capture; ``InputError`` (field ``metadata``) when the sample's
+        metadata could never be sent, ``CaptureError`` for an unknown source."""
+        source = self.capture_config.sources.get(command.source)
+        if source is None:
+            raise CaptureError(f"no capture source named {command.source!r}")
+        now = self.clock()
+        name = file_name(command, source.extension, now)
+        path = self.dir / name
+        if path.parent != self.dir or name.startswith("."):
+            raise CaptureError(f"refusing a capture name outside {self.dir}: {name!r}")
+        context = Context(
             label=command.label if command.label is not None else "",
             category=command.category,
             metadata=command.trigger_metadata(),
         )
+        try:
+            tagged = tag(path, self.config, mtime=now, watch=self.capture_config.watch,
+                         context=context)  # fmt: skip
+        except InputError as exc:
+            raise InputError("metadata", exc.message) from None
+        return Plan(command, source, path, tagged, now)
 
     def try_reserve(self, source: str) -> bool:
         """Claim ``source`` for one capture; False when it is busy."""
@@ -175,28 +201,21 @@ class Capturer:
         """Why no capture may start now (free space below ``[disk]``'s floor), or None."""
         return self.disk_reason(self.dir) if self.disk_reason is not None else None
 
-    def capture(self, command: Command) -> Captured:
+    def capture(self, request: Command | Plan) -> Captured:
         """Take the capture into a temp file; ``CaptureError`` with the reason on failure."""
-        source = self.capture_config.sources.get(command.source)
-        if source is None:
-            raise CaptureError(f"no capture source named {command.source!r}")
+        plan = request if isinstance(request, Plan) else self.plan(request)
         refused = self.refusal()
         if refused is not None:
             raise CaptureError(f"capture refused: {refused}")
-        name = file_name(command, source.extension, self.clock())
-        path = self.dir / name
-        if path.parent != self.dir or name.startswith("."):
-            raise CaptureError(f"refusing a capture name outside {self.dir}: {name!r}")
-        temp = self.dir / (TEMP_PREFIX + name)
-        sidecar = {
-            "label": command.label,
-            "metadata": command.trigger_metadata(),
-            **({"category": command.category} if command.category else {}),
-        }
+        command, source, temp = plan.command, plan.source, plan.temp
+        sidecar = {"label": command.label, "category": command.category,
+                   "metadata": command.trigger_metadata()}  # fmt: skip
         try:
             if isinstance(source, SerialSource):
-                return self._serial(source, command, path, temp, sidecar)
-            return self._command(source, command, path, temp, sidecar)
+                captured = self._serial(source, command, plan.path, temp, sidecar)
+            else:
+                captured = self._command(source, command, plan.path, temp, sidecar)
+            return replace(captured, tagged=_stamped(plan, temp))
         except BaseException:
             with contextlib.suppress(OSError):
                 temp.unlink()
@@ -253,6 +272,19 @@ class Capturer:
         return Captured(path, temp, sidecar, sample_count=1, size=size)
 
 
+def _stamped(plan: Plan, temp: Path) -> Tagged:
+    """The plan's tags with ``captured_at`` from the finished file (the rename keeps its
+    time), as the scan would derive it from the sidecar; a layer's own value stays."""
+    meta = plan.tagged.metadata
+    if meta.get("captured_at") != iso_utc(plan.planned_at):
+        return plan.tagged
+    try:
+        mtime = os.stat(temp).st_mtime
+    except OSError as exc:
+        raise CaptureError(f"cannot check {temp}: {exc.strerror or exc}") from None
+    return replace(plan.tagged, metadata={**meta, "captured_at": iso_utc(mtime)})
+
+
 def clean_stale(folder: Path, older_than_seconds: float, now: float | None = None) -> int:
     """Remove temp files and orphan sidecars a crash left in the capture folder.
 
@@ -283,11 +315,3 @@ def clean_stale(folder: Path, older_than_seconds: float, now: float | None = Non
         except OSError:
             continue
     return removed
-
-
-def check_command_tags(capturer: Capturer, command: Command) -> None:
-    """``check_tags`` with its error named for the command (field ``metadata``)."""
-    try:
-        capturer.check_tags(command)
-    except InputError as exc:
-        raise InputError("metadata", exc.message) from None

@@ -14,8 +14,11 @@ Where only polling works (network file systems, ``force_polling = true``), there
 close events: a file is taken once its size and modification time have not changed for
 ``settle_seconds``. The settle timer only runs while some file is settling.
 
-The reconciliation scan (``scan``) catches everything events missed: files written while
-the agent was down, or during a crash.
+A source that renames a file into a watched folder and queues it itself (the daemon's own
+captures) ``claim``s the path first, so the file is submitted once, not twice.
+
+The reconciliation scan (``sources.scan``) catches everything events missed: files
+written while the agent was down, or during a crash.
 """
 
 from __future__ import annotations
@@ -45,12 +48,15 @@ from watchdog.observers.polling import PollingObserver
 
 from ..config import WatchConfig
 from ..core.files import walk, wanted
+from ..loop import Loop
 
 log = logging.getLogger(__name__)
 
 OnFile = Callable[[Path, WatchConfig], None]
-OnDeleted = Callable[[Path, WatchConfig, bool], None]
+OnRemoved = Callable[[Path, WatchConfig, bool], None]
 """(path, watch, is_dir): a file or folder left a watched folder (deleted or moved away)."""
+CLAIM_SECONDS = 60.0
+MAX_CLAIMS = 1024
 
 
 class _Handler(FileSystemEventHandler):
@@ -97,34 +103,22 @@ class Watcher:
 
     def __init__(
         self, watches: tuple[WatchConfig, ...], on_file: OnFile,
-        on_deleted: OnDeleted | None = None,
+        on_removed: OnRemoved | None = None,
     ) -> None:  # fmt: skip
         self.watches = watches
         self.on_file = on_file
-        self.on_deleted = on_deleted
-        """Optional: told when a sample file or a folder leaves a watch (deletion sync)."""
+        self.on_removed = on_removed
+        """Told when a sample file or a folder leaves a watch (deleted or moved away)."""
         self._observers: list[BaseObserver] = []
-        self._settle: dict[Path, tuple[WatchConfig, float, tuple[int, int]]] = {}
-        self._settle_cv = threading.Condition()
-        self._stopping = False
-        self._settle_thread: threading.Thread | None = None
+        self._settler = _Settler(self)
+        self._claims: dict[Path, float] = {}
+        self._claims_lock = threading.Lock()
 
     def start(self) -> None:
         polled = [w for w in self.watches if w.force_polling]
         notified = [w for w in self.watches if not w.force_polling]
         if notified:
-            inotify = _event_observer()
-            for w in notified:
-                inotify.schedule(_Handler(self, w, False), str(w.path), recursive=w.recursive)
-            problem = None
-            if type(inotify).__name__ != "InotifyObserver":
-                problem = "no close-after-write events on this platform"
-            else:
-                try:
-                    inotify.start()
-                    self._observers.append(inotify)
-                except OSError as exc:  # e.g. fs.inotify.max_user_watches reached
-                    problem = str(exc)
+            problem = self._start_inotify(notified)
             if problem is not None:
                 log.warning("inotify unavailable (%s); polling with a settle time instead", problem)
                 polled.extend(notified)
@@ -136,31 +130,55 @@ class Watcher:
             polling.start()
             self._observers.append(polling)
         if self._observers:
-            self._settle_thread = threading.Thread(target=self._settler, name="settle", daemon=True)
-            self._settle_thread.start()
+            self._settler.start()
         for w in self.watches:
             log.info("watching %s%s", w.path, " (polling)" if w in polled else "")
 
+    def _start_inotify(self, watches: list[WatchConfig]) -> str | None:
+        """Start the event observer; why it cannot run here, or None."""
+        inotify = _event_observer()
+        for w in watches:
+            inotify.schedule(_Handler(self, w, False), str(w.path), recursive=w.recursive)
+        if type(inotify).__name__ != "InotifyObserver":
+            return "no close-after-write events on this platform"
+        try:
+            inotify.start()
+        except OSError as exc:  # e.g. fs.inotify.max_user_watches reached
+            return str(exc)
+        self._observers.append(inotify)
+        return None
+
     def stop(self) -> None:
-        with self._settle_cv:
-            self._stopping = True
-            self._settle_cv.notify_all()
+        self._settler.stop()
         for obs in self._observers:
             obs.stop()
         for obs in self._observers:
             obs.join(5)
         self._observers.clear()
 
+    def claim(self, path: Path) -> None:
+        """The caller submits ``path`` itself (a capture it just renamed into place): its
+        next event is not reported. Claims expire after ``CLAIM_SECONDS``."""
+        now = time.monotonic()
+        with self._claims_lock:
+            if len(self._claims) >= MAX_CLAIMS:
+                self._claims = {p: t for p, t in self._claims.items() if t > now}
+            self._claims[path] = now + CLAIM_SECONDS
+
+    def _claimed(self, path: Path) -> bool:
+        with self._claims_lock:
+            until = self._claims.pop(path, None)
+        return until is not None and until > time.monotonic()
+
     def found(self, path: Path, watch: WatchConfig) -> None:
         if wanted(path, watch):
-            with self._settle_cv:
-                self._settle.pop(path, None)  # complete now: no need to wait for it to settle
-            self.on_file(path, watch)
+            self._settler.forget(path)  # complete now: no need to wait for it to settle
+            if not self._claimed(path):
+                self.on_file(path, watch)
 
     def gone(self, path: Path, watch: WatchConfig, is_dir: bool) -> None:
-        on_deleted = self.on_deleted
-        if on_deleted is not None and (is_dir or wanted(path, watch)):
-            on_deleted(path, watch, is_dir)
+        if self.on_removed is not None and (is_dir or wanted(path, watch)):
+            self.on_removed(path, watch, is_dir)
 
     def found_folder(self, folder: Path, watch: WatchConfig, *, settle: bool = False) -> None:
         """Report the files under ``folder``; with ``settle``, once they stopped changing."""
@@ -172,43 +190,56 @@ class Watcher:
             else:
                 self.found(path, watch)
 
-    # -- polling fallback ----------------------------------------------------------------
     def settling(self, path: Path, watch: WatchConfig) -> None:
-        if not wanted(path, watch):
-            return
+        """Polling fallback: take ``path`` once it has not changed for ``settle_seconds``."""
+        if wanted(path, watch):
+            self._settler.add(path, watch)
+
+
+class _Settler(Loop):
+    """The settle timer: runs only while some file is settling."""
+
+    def __init__(self, watcher: Watcher) -> None:
+        super().__init__("settle")
+        self.watcher = watcher
+        self._files: dict[Path, tuple[WatchConfig, float, tuple[int, int]]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, path: Path, watch: WatchConfig) -> None:
         sig = _signature(path)
         if sig is None:
             return
-        with self._settle_cv:
-            self._settle[path] = (watch, time.monotonic() + watch.settle_seconds, sig)
-            self._settle_cv.notify()
+        with self._lock:
+            self._files[path] = (watch, time.monotonic() + watch.settle_seconds, sig)
+        self.wake()
 
-    def _settler(self) -> None:
-        with self._settle_cv:
-            while not self._stopping:
-                if not self._settle:
-                    self._settle_cv.wait()
-                    continue
-                now = time.monotonic()
-                ready = [(p, w, s) for p, (w, due, s) in self._settle.items() if due <= now]
-                for p, w, s in ready:
-                    del self._settle[p]
-                    current = _signature(p)
-                    if current is None:
-                        continue
-                    if current != s:
-                        self._settle[p] = (w, now + w.settle_seconds, current)
-                    else:
-                        self._settle_cv.release()
-                        try:
-                            self.found(p, w)
-                        except Exception:  # the settle thread must outlive one bad file
-                            log.exception("while taking %s", p)
-                        finally:
-                            self._settle_cv.acquire()
-                if self._settle:
-                    next_due = min(due for _, due, _ in self._settle.values())
-                    self._settle_cv.wait(max(0.01, next_due - time.monotonic()))
+    def forget(self, path: Path) -> None:
+        with self._lock:
+            self._files.pop(path, None)
+
+    def step(self) -> float | None:
+        now = time.monotonic()
+        with self._lock:
+            ready = [(p, w, s) for p, (w, due, s) in self._files.items() if due <= now]
+            for p, _, _ in ready:
+                del self._files[p]
+        for p, w, s in ready:
+            current = _signature(p)
+            if current is None:
+                continue
+            if current != s:
+                with self._lock:
+                    self._files[p] = (w, now + w.settle_seconds, current)
+                continue
+            try:
+                self.watcher.found(p, w)
+            except Exception:  # one bad file must not end the settle timer
+                log.exception("while taking %s", p)
+        with self._lock:
+            if not self._files:
+                return None
+            next_due = min(due for _, due, _ in self._files.values())
+        return max(0.01, next_due - time.monotonic())
 
 
 def _event_observer() -> BaseObserver:

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 from edge_uploader.bulk.progress import Progress, render_summary
-from edge_uploader.bulk.run import Summary
+from edge_uploader.bulk.tracker import Summary
 
 from .helpers import API_KEY, ServerProcess, cli_popen, make_files
 

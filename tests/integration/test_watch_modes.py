@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from edge_uploader.config import parse_config
-from edge_uploader.daemon.lifecycle import Service
+from edge_uploader.daemon.lifecycle import Daemon
 from edge_uploader.localserver import LocalIngestionServer
 from edge_uploader.sources import watcher as watcher_mod
 from tests.support import API_KEY, wait_for
@@ -21,14 +21,14 @@ def local(tmp_path: Path, monkeypatch):
     srv.stop()
 
 
-def service(tmp_path: Path, url: str, **watch: object) -> Service:
+def service(tmp_path: Path, url: str, **watch: object) -> Daemon:
     (tmp_path / "cap").mkdir()
     data = {
         "ingestion": {"url": url, "retry_max_seconds": 0.5},
         "queue": {"path": str(tmp_path / "q.db")},
         "watch": [{"path": str(tmp_path / "cap"), "settle_seconds": 0.3, **watch}],
     }
-    return Service(parse_config(data, "test.toml", tmp_path))
+    return Daemon(parse_config(data, "test.toml", tmp_path))
 
 
 def names(srv: LocalIngestionServer) -> list[str]:

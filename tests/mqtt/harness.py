@@ -30,7 +30,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_uploader.config import load_config
-from edge_uploader.daemon.lifecycle import Service
+from edge_uploader.daemon.lifecycle import Daemon
 
 API_KEY = "ei_mqtt_test_key"
 HMAC_KEY = "hmac-test-secret"
@@ -404,11 +404,11 @@ def agent_toml(
 @dataclass
 class AgentRun:
     config_path: Path
-    service: Service | None = None
+    service: Daemon | None = None
     log: list[str] = field(default_factory=list)
 
-    def start(self) -> Service:
-        self.service = Service(load_config(self.config_path))
+    def start(self) -> Daemon:
+        self.service = Daemon(load_config(self.config_path))
         self.service.start()
         return self.service
 

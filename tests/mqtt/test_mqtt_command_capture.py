@@ -14,7 +14,7 @@ import pytest
 from edge_uploader.config import CommandSource, load_config
 from edge_uploader.errors import CaptureError
 from edge_uploader.sources.capture import Capturer, clean_stale, file_name
-from edge_uploader.sources.mqtt.command import Command
+from edge_uploader.sources.command import Command
 from edge_uploader.sources.program import CommandRunner, build_argv
 
 

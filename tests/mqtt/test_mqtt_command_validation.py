@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from edge_uploader.errors import InputError
 from edge_uploader.sources.capture import file_name
-from edge_uploader.sources.mqtt.command import (
+from edge_uploader.sources.command import (
     ID_RE,
     KEYS,
     MAX_COMMAND_BYTES,

@@ -133,8 +133,8 @@ def test_offline_ingestion_queues_then_delivers(
         tmp_path / "late", port=port, api_keys=[API_KEY], hmac_key=HMAC_KEY, quiet=True
     )
     with server:
-        assert agent.service is not None and agent.service.pipeline is not None
-        agent.service.pipeline.retry_now()
+        assert agent.service is not None and agent.service.delivery is not None
+        agent.service.delivery.retry_now()
         done = observer.wait_event("off-1", ("delivered", "failed"), timeout=20)
         assert done["event"] == "delivered"
         assert [s.label for s in server.samples()] == ["idle"]

@@ -21,7 +21,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge_uploader.localserver import LocalIngestionServer
-from edge_uploader.sources.mqtt.command import MAX_COMMAND_BYTES
+from edge_uploader.sources.command import MAX_COMMAND_BYTES
 
 from .harness import DEVICE, AgentRun, Broker, Observer, Sensor, command, wait_until
 

@@ -86,7 +86,7 @@ def test_wrong_password_is_a_clear_error_with_backoff(
     assert waits[:3] == [1, 2, 2]  # reconnect_min_seconds = 1, reconnect_max_seconds = 2
     assert elapsed >= 2.5, "attempts must be spaced by the backoff, not a tight loop"
     # the daemon is alive and still delivers files
-    assert service.pipeline is not None and not service.stopped.is_set()
+    assert service.delivery is not None and not service.stopped.is_set()
     assert broker.proc is not None and broker.proc.poll() is None
 
 

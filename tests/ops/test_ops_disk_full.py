@@ -17,7 +17,7 @@ import pytest
 
 from edge_uploader.config import DiskConfig, load_config
 from edge_uploader.daemon.disk import DiskGuard
-from edge_uploader.daemon.lifecycle import Service
+from edge_uploader.daemon.lifecycle import Daemon
 from edge_uploader.localserver import FaultConfig, LocalIngestionServer
 from edge_uploader.store.queue import NewFile, Queue, State
 
@@ -138,7 +138,7 @@ def test_capture_api_and_pruning_on_a_real_small_disk(
         "[disk]\nmin_free_bytes = 1048576\nprune_delivered = true\ncheck_interval_seconds = 0.5\n",
     )  # fmt: skip
     captures = small_fs / "captures"
-    service = Service(load_config(config), config_path=config)
+    service = Daemon(load_config(config), config_path=config)
     service.start()
     try:
         disk = service.disk

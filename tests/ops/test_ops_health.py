@@ -14,14 +14,14 @@ import httpx
 
 from edge_uploader.config import load_config
 from edge_uploader.daemon.health import assess
-from edge_uploader.daemon.lifecycle import Service
+from edge_uploader.daemon.lifecycle import Daemon
 from edge_uploader.localserver import LocalIngestionServer
 
 from .conftest import free_port, http_get, wait_for, write_config
 
 
-def _service(config: Path, transport: httpx.BaseTransport | None = None) -> Service:
-    service = Service(load_config(config), config_path=config, transport=transport)
+def _service(config: Path, transport: httpx.BaseTransport | None = None) -> Daemon:
+    service = Daemon(load_config(config), config_path=config, transport=transport)
     service.start()
     return service
 
@@ -46,7 +46,7 @@ def test_a_hung_uploader_is_not_alive_and_recovers(
     service = _service(config, gate)
     try:
         assert assess(service).alive and assess(service).healthy
-        pipeline = service.pipeline
+        pipeline = service.delivery
         assert pipeline is not None
         (tmp_path / "captures" / "x.csv").write_text("t,v\n0,1\n")
         wait_for(lambda: pipeline.inflight == 1)
@@ -68,8 +68,8 @@ def test_waiting_for_a_retry_or_a_refused_key_is_idle_by_design(
     service = _service(config)
     try:
         (tmp_path / "captures" / "x.csv").write_text("t,v\n0,1\n")
-        wait_for(lambda: service.pipeline is not None and service.pipeline.paused)
-        wait_for(lambda: service.pipeline is not None and service.pipeline.inflight == 0)
+        wait_for(lambda: service.delivery is not None and service.delivery.paused)
+        wait_for(lambda: service.delivery is not None and service.delivery.inflight == 0)
         health = assess(service)
         assert health.alive, "a refused key pauses uploads: restarting would not help"
         assert not health.healthy
@@ -139,7 +139,7 @@ def test_healthz_503_with_reasons(tmp_path: Path, server: LocalIngestionServer) 
     service = _service(config)
     try:
         (tmp_path / "captures" / "a.csv").write_text("t,v\n0,1\n")
-        wait_for(lambda: service.pipeline is not None and service.pipeline.paused)
+        wait_for(lambda: service.delivery is not None and service.delivery.paused)
         status, body = http_get(f"http://127.0.0.1:{port}/healthz")
         assert status == 503
         doc = json.loads(body)
@@ -193,13 +193,13 @@ def test_a_slow_large_upload_is_progress_not_a_hang(tmp_path: Path) -> None:
             return httpx.Response(200, content=body)
 
     config = write_config(tmp_path, "http://127.0.0.1:9", "[health]\nstall_seconds = 0.6\n")
-    service = Service(load_config(config), transport=SlowLink())
+    service = Daemon(load_config(config), transport=SlowLink())
     service.start()
     try:
         (tmp_path / "captures" / "big.wav").write_bytes(b"\1" * (1500 * 1024))
-        wait_for(lambda: service.pipeline is not None and service.pipeline.inflight == 1)
+        wait_for(lambda: service.delivery is not None and service.delivery.inflight == 1)
         checks = []
-        while service.pipeline is not None and service.pipeline.inflight:
+        while service.delivery is not None and service.delivery.inflight:
             checks.append(assess(service).alive)
             time.sleep(0.05)
         assert len(chunks) >= 15 and len(checks) >= 20, (len(chunks), len(checks))

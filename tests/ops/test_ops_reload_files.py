@@ -12,7 +12,7 @@ import pytest
 
 from edge_uploader.config.preflight import prepare
 from edge_uploader.daemon.health import assess
-from edge_uploader.daemon.lifecycle import Service
+from edge_uploader.daemon.lifecycle import Daemon
 from edge_uploader.localserver import LocalIngestionServer
 
 from .conftest import free_port, wait_for, write_config
@@ -34,13 +34,13 @@ def _mqtt(tmp_path: Path, tls: bool = False) -> str:
     return text
 
 
-def _run(config: Path) -> Service:
-    service = Service(prepare(config), config_path=config)
+def _run(config: Path) -> Daemon:
+    service = Daemon(prepare(config), config_path=config)
     service.start()
     return service
 
 
-def _still_serving(service: Service, tmp_path: Path, server: LocalIngestionServer) -> None:
+def _still_serving(service: Daemon, tmp_path: Path, server: LocalIngestionServer) -> None:
     (tmp_path / "captures" / "after.csv").write_text("t,v\n0,after\n")
     wait_for(lambda: any(i["fileName"] == "after.csv" for i in server.index_lines()))
     assert assess(service).alive

@@ -99,7 +99,7 @@ except OSError:
     pass
 import sqlite3, ssl, tempfile, pathlib
 import httpx, watchdog.observers, paho.mqtt.client, serial
-from edge_uploader.daemon.lifecycle import Service
+from edge_uploader.daemon.lifecycle import Daemon
 from edge_uploader.config.preflight import prepare
 db = sqlite3.connect(":memory:"); db.execute("select 1")
 ssl.create_default_context()

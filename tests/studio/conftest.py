@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from edge_uploader.config import Config, load_config
-from edge_uploader.daemon.lifecycle import Service
+from edge_uploader.daemon.lifecycle import Daemon
 from edge_uploader.localserver import LocalIngestionServer
 from edge_uploader.store.queue import Queue, State
 
@@ -120,10 +120,10 @@ metadata = {{ {metadata} }}
         return paths
 
     def deliver(self, expected: int, *, config: Config | None = None) -> None:
-        """Run the real daemon (scan + pipeline, no watcher) until ``expected`` rows are
+        """Run the real daemon until ``expected`` rows are
         delivered, then stop it."""
         cfg = config or self.config()
-        svc = Service(cfg, watch=False)
+        svc = Daemon(cfg)
         svc.start()
         try:
             assert svc.queue is not None

@@ -13,7 +13,7 @@ import pytest
 
 from edge_uploader.cli import main
 from edge_uploader.config import Config
-from edge_uploader.daemon.lifecycle import Service
+from edge_uploader.daemon.lifecycle import Daemon as Agent
 from edge_uploader.project.deletesync import DeleteSyncComponent, DeletionSync
 from edge_uploader.store.ledger import DeleteState, Ledger
 from edge_uploader.store.queue import Queue, State
@@ -53,7 +53,7 @@ class Daemon:
 
     def __init__(self, config: Config, clock: FakeClock) -> None:
         self.clock = clock
-        self.service = Service(config, clock=clock)
+        self.service = Agent(config, clock=clock)
         self.service.start()
         comp = self.service.components[0]
         assert isinstance(comp, DeleteSyncComponent)
@@ -62,9 +62,9 @@ class Daemon:
     def advance(self, seconds: float) -> None:
         """Move the clock and wait for a full pass that saw the new time."""
         self.clock.advance(seconds)
-        started = self.comp.started
+        started = self.comp.loop.steps_started
         self.comp.wake()
-        wait_for(lambda: self.comp.passes >= started + 1, 10, "a deletion-sync pass")
+        wait_for(lambda: self.comp.loop.steps_done >= started + 1, 10, "a deletion-sync pass")
 
     def stop(self) -> None:
         self.service.stop()
@@ -77,7 +77,7 @@ def synced(env: Env) -> Iterator[tuple[Env, Daemon, dict[str, int]]]:
     env.write_config(SYNC.format(grace=3600, cap=50))
     daemon = Daemon(env.config(), FakeClock())
     try:
-        wait_for(lambda: daemon.comp.passes >= 1, 10, "the first pass")
+        wait_for(lambda: daemon.comp.loop.steps_done >= 1, 10, "the first pass")
         yield env, daemon, sample_of(env)
     finally:
         daemon.stop()

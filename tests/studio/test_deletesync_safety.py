@@ -14,6 +14,7 @@ import pytest
 
 from edge_uploader.config import Config
 from edge_uploader.errors import QueueError
+from edge_uploader.events import Stats
 from edge_uploader.project.deletesync import DeleteSyncComponent, DeletionSync
 from edge_uploader.remote.studio import StudioClient
 from edge_uploader.store.ledger import Ledger
@@ -121,14 +122,14 @@ def test_the_sync_thread_survives_a_failing_first_pass(delivered, monkeypatch) -
 
     monkeypatch.setattr(DeletionSync, "reconcile", flaky)
     comp = DeleteSyncComponent(config)
-    service = SimpleNamespace(queue=queue, clock=FakeClock(), watcher=None)
-    comp.start(service)  # type: ignore[arg-type]
+    runtime = SimpleNamespace(queue=queue, clock=FakeClock(), stats=Stats())
+    comp.start(runtime)  # type: ignore[arg-type]
     try:
-        wait_for(lambda: comp.passes >= 1, 10, "the first pass")
+        wait_for(lambda: comp.loop.steps_done >= 1, 10, "the first pass")
         os.unlink(sorted(rows(queue))[0])
         comp.reconcile_soon()
         wait_for(lambda: len(calls) >= 2, 10, "a second reconciliation")
         wait_for(lambda: Ledger(queue).counts(0.0)["scheduled"] == 1, 10, "the deletion noticed")
-        assert comp._thread is not None and comp._thread.is_alive()
+        assert comp.loop.alive()
     finally:
         comp.stop()

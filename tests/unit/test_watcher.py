@@ -151,7 +151,7 @@ def test_a_file_open_in_a_new_folder_is_not_reported_until_closed(
     assert [(p, size) for p, size, _ in seen.calls if not p.name.startswith("zz")] == [
         (path, len(b"partial and the rest"))
     ]
-    wait_for(lambda: not w._settle)  # nothing left to report later
+    wait_for(lambda: not w._settler._files)  # nothing left to report later
 
 
 def test_files_already_in_a_new_folder_are_taken_once_settled(start: Any, watch_dir: Path) -> None:
@@ -168,7 +168,7 @@ def test_files_already_in_a_new_folder_are_taken_once_settled(start: Any, watch_
     w.found_folder(quiet, w.watches[0], settle=True)
     wait_for(lambda: quiet / "b.wav" in seen.paths())
     assert time.monotonic() - started >= 0.2 - 0.05
-    wait_for(lambda: not w._settle)
+    wait_for(lambda: not w._settler._files)
     seen.sync(watch_dir)
     assert seen.paths() == [quiet / "b.wav"]
 
@@ -202,7 +202,7 @@ def test_a_folder_moved_in_is_walked(start: Any, watch_dir: Path, outside: Path)
     wait_for(lambda: expected <= set(seen.paths()), 5)
     seen.sync(watch_dir)
     assert sorted(seen.paths()) == sorted(expected)
-    assert not w._settle  # complete files: nothing waits to be reported again
+    assert not w._settler._files  # complete files: nothing waits to be reported again
 
 
 def test_a_folder_renamed_within_the_watch_is_walked(start: Any, watch_dir: Path) -> None:

@@ -1,76 +1,71 @@
-"""The daemon's MQTT part: capture commands in, events and the heartbeat out.
+"""The daemon's MQTT part: capture commands in, events and the fleet status out.
 
-For one command the events on ``{prefix}/events`` (and on the MQTT 5 response topic,
-with the correlation data, when the command names one) are, in this order::
+The walk of one command (each step once)::
 
-    accepted -> captured -> queued -> delivered          or, at any point, failed
-    rejected                                             (invalid, duplicate id, busy)
+    link (paho's thread) ─► inbox ─► command thread: decode and validate (sources.command),
+    journal claim (the id never runs twice), plan: name and tags (sources.capture),
+    "accepted" ─► capture thread: take the capture, "captured", claim the path from the
+    watcher, commit (sidecar, then rename), submit to intake with the tags ─► intake's
+    answer gives the queue row, "queued" ─► delivery's event for that row, "delivered"
 
-Each event is ``{"event": ..., "id": <command id>, "device_id": ..., "at": ...}`` plus
-its facts (``field`` and ``reason`` for rejected; ``reason`` for failed; ``file``,
-``sample_count``, ``frequency_hz``, ``interval_ms`` for captured; ``row_id`` for queued;
-``sample_id`` for delivered). Stages reach us on different threads (the capture worker,
-intake, the upload dispatcher), so each command keeps a small re-order buffer: a stage
-is published only after the ones before it.
-
-Captures run on their own threads, one per source at a time. Command ids are
-remembered in a durable journal so a re-sent command never runs twice, and a restart
-finishes reporting on captures a previous run had started. Payloads are validated by
-``agent.capture_command``; whatever arrives, the handler logs and answers, never raises.
+Captures run on their own threads, one per source at a time. Command ids are remembered
+in a durable journal (``store.journal``) so a re-sent command never runs twice, and a
+restart finishes reporting on captures a previous run had started. Whatever arrives, the
+handler logs and answers, never raises. Event order and the following of each command by
+its queue row are ``stages``'s; the retained status document is ``status``'s.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import queue as stdqueue
 import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ...config import Config, MqttConfig, WatchConfig
+from ...config import Config, MqttConfig
 from ...config.mqtt import topic_ok
 from ...core.intake import Item
-from ...core.tagger import iso_utc
+from ...core.runtime import Runtime
+from ...core.tagger import Tagged
 from ...errors import AgentError, CaptureError, InputError
-from ...events import Event
-from ...store.journal import CommandJournal
-from ...store.queue import State
-from ..capture import Captured, Capturer, check_command_tags, clean_stale
-from .command import Command, command_id_of, validate
+from ...loop import Loop
+from ...store.journal import CommandJournal, Entry
+from ...store.queue import Row
+from ..capture import Capturer, Plan, clean_stale
+from ..command import decode, id_of, validate_object
 from .link import Link, Message, MqttLink
-from .status import Heartbeat, encode, offline_document, online_document
-
-if TYPE_CHECKING:
-    from ...daemon.components import Component
-    from ...daemon.lifecycle import Service
+from .stages import STAGES, Stages, Track
+from .status import StatusPublisher, encode, offline_document, online_document
 
 log = logging.getLogger(__name__)
 
-STAGES = ("accepted", "captured", "queued", "delivered")
 MAX_WAITING_COMMANDS = 64
 STOP_CAPTURES_SECONDS = 3.0
 
 
-@dataclass
-class Track:
-    """One command on its way through the stages."""
+class _Commands(Loop):
+    """The command thread: one message at a time, in arrival order."""
 
-    id: str
-    source: str | None
-    reply_topic: str | None = None
-    correlation: bytes | None = None
-    path: str | None = None
-    next_stage: int = 0
-    held: dict[int, dict[str, Any]] = field(default_factory=dict)
-    done: bool = False
+    def __init__(self, handle: Any) -> None:
+        super().__init__("mqtt-commands")
+        self.handle = handle
+        self.inbox: stdqueue.Queue[Message | None] = stdqueue.Queue(MAX_WAITING_COMMANDS)
 
+    def step(self) -> float | None:
+        msg = self.inbox.get()
+        if msg is not None:
+            try:
+                self.handle(msg)
+            except Exception:
+                log.exception("MQTT: a command could not be handled")
+        return 0.0
 
-def mqtt_components(config: Config) -> list[Component]:
-    """The MQTT component when the config has an ``[mqtt]`` section."""
-    return [MqttComponent(config)] if config.mqtt is not None else []
+    def interrupt(self) -> None:
+        self.inbox.put(None)
 
 
 class MqttComponent:
@@ -82,114 +77,75 @@ class MqttComponent:
         self.mqtt: MqttConfig = config.mqtt
         self._link_override = link
         self.capturer: Capturer | None = None
-        self.watch: WatchConfig | None = None
-        self._tracks: dict[str, Track] = {}
-        self._by_path: dict[str, Track] = {}
-        self._lock = threading.RLock()
-        self._inbox: stdqueue.Queue[Message | None] = stdqueue.Queue(MAX_WAITING_COMMANDS)
         self._threads: set[threading.Thread] = set()
         self._stopping = threading.Event()
+        self._commands = _Commands(self.handle)
+        self._undo: list[Callable[[], None]] = []
+        """How to stop what ``start`` started, in start order (a start may fail half-way)."""
 
     # -- lifecycle -----------------------------------------------------------------------
-    def _disk_reason(self, folder: Path) -> str | None:
-        """The daemon's disk floor, read at the time of use (a reload replaces the guard)."""
-        service = getattr(self, "service", None)
-        disk = service.disk if service is not None else None
-        return disk.reason(folder) if disk is not None else None
-
-    def start(self, service: Service) -> None:
+    def start(self, runtime: Runtime) -> None:
         cfg = self.config
-        assert service.queue is not None
-        self.service = service
-        self.queue = service.queue
-        self.stats = service.stats
+        self.runtime = runtime
         password = self.mqtt.password.load_optional()
         if cfg.capture is not None:
-            self.capturer = Capturer(
-                cfg, cfg.ingestion.hmac_key.load_optional(), disk_reason=self._disk_reason
-            )
-            self.watch = next((w for w in cfg.watches if w.path == cfg.capture.dir), None)
-            sources = cfg.capture.sources.values()
-            longest = max((getattr(s, "timeout_seconds", 0.0) for s in sources), default=0.0)
+            self.capturer = Capturer(cfg, cfg.ingestion.hmac_key.load_optional(),
+                                     disk_reason=runtime.capture_refusal)  # fmt: skip
+            longest = max((getattr(s, "timeout_seconds", 0.0) for s in
+                           cfg.capture.sources.values()), default=0.0)  # fmt: skip
             clean_stale(cfg.capture.dir, cfg.capture.max_duration_ms / 1000 + longest + 300)
-        self.journal = CommandJournal(self.queue.path.parent / "commands.db")
-        self.link: Link = self._link_override or MqttLink(
-            self.mqtt,
-            password=password,
+        self.journal = journal = CommandJournal(runtime.queue.path.parent / "commands.db")
+        self._undo.append(journal.close)
+        self.link = link = self._link_override or MqttLink(
+            self.mqtt, password=password, on_message=self._on_message,
             will=encode(offline_document(cfg.device_id, "connection lost")),
-            on_message=self._on_message,
-            on_connected=self._on_connected,
-        )
-        self.heartbeat = Heartbeat(
-            self.mqtt.heartbeat_seconds,
-            self._status,
-            lambda payload: self.link.publish(self.mqtt.status_topic, payload, retain=True),
-            lambda: self.link.connected,
-        )
-        self.stats.subscribe(self._on_event)
-        self.stats.subscribe(self.heartbeat.on_event)
+            on_connected=lambda: self.status.changed(now_too=True),
+        )  # fmt: skip
+        self.stages = Stages(link, self.mqtt.events_topic, cfg.device_id, journal, runtime.queue)
+        self.status = StatusPublisher(
+            self.mqtt.heartbeat_seconds, self._status_document,
+            lambda payload: link.publish(self.mqtt.status_topic, payload, retain=True),
+            lambda: link.connected,
+        )  # fmt: skip
+        for listener in (self.stages.on_event, self.status.on_event):
+            runtime.stats.subscribe(listener)
+            self._undo.append(partial(runtime.stats.unsubscribe, listener))
         self._resume()
-        worker = threading.Thread(target=self._commands, name="mqtt-commands", daemon=True)
-        worker.start()
-        self._worker = worker
-        self.heartbeat.start()
-        self.link.start()
+        self._commands.start()
+        self._undo.append(lambda: self._commands.stop(2.0))
+        self.status.start()
+        self._undo.append(self.status.stop)
+        link.start()
+        self._undo.append(
+            lambda: link.stop(encode(offline_document(cfg.device_id, "stopped", time.time())))
+        )
 
     def stop(self) -> None:
         self._stopping.set()
-        try:
-            if self.capturer is not None:
-                self.capturer.stop()
-            deadline = time.monotonic() + STOP_CAPTURES_SECONDS
-            for t in list(self._threads):
-                t.join(max(0.0, deadline - time.monotonic()))
-            # A start() that failed half-way (a bad TLS file) left some parts unbuilt.
-            worker = getattr(self, "_worker", None)
-            if worker is not None:
-                self._inbox.put(None)
-                worker.join(2)
-            heartbeat: Heartbeat | None = getattr(self, "heartbeat", None)
-            if heartbeat is not None:
-                heartbeat.stop()
-                self.stats.unsubscribe(heartbeat.on_event)
-            if hasattr(self, "stats"):
-                self.stats.unsubscribe(self._on_event)
-            link: Link | None = getattr(self, "link", None)
-            if link is not None:
-                link.stop(encode(offline_document(self.config.device_id, "stopped", time.time())))
-            journal: CommandJournal | None = getattr(self, "journal", None)
-            if journal is not None:
-                journal.close()
-        except Exception:
-            log.exception("stopping the MQTT component failed")
+        if self.capturer is not None:
+            self.capturer.stop()
+        deadline = time.monotonic() + STOP_CAPTURES_SECONDS
+        for t in list(self._threads):
+            t.join(max(0.0, deadline - time.monotonic()))
+        while self._undo:
+            try:
+                self._undo.pop()()
+            except Exception:
+                log.exception("stopping the MQTT component failed")
 
-    def _on_connected(self) -> None:
-        self.heartbeat.changed(now_too=True)
-
-    def _status(self) -> dict[str, Any]:
-        cfg = self.config
-        disk = cfg.capture.dir if cfg.capture else self.queue.path.parent
-        return online_document(self.queue, self.stats, cfg.device_id, disk, len(self._threads))
+    def _status_document(self) -> dict[str, Any]:
+        cfg, queue = self.config, self.runtime.queue
+        disk = cfg.capture.dir if cfg.capture else queue.path.parent
+        return online_document(queue, self.runtime.stats, cfg.device_id, disk, len(self._threads))
 
     # -- commands ------------------------------------------------------------------------
     def _on_message(self, msg: Message) -> None:
         """paho's thread: hand over and return at once."""
         try:
-            self._inbox.put_nowait(msg)
+            self._commands.inbox.put_nowait(msg)
         except stdqueue.Full:
-            log.warning(
-                "MQTT: %d commands waiting; dropped one from %s", MAX_WAITING_COMMANDS, msg.topic
-            )
-
-    def _commands(self) -> None:
-        while True:
-            msg = self._inbox.get()
-            if msg is None:
-                return
-            try:
-                self.handle(msg)
-            except Exception:
-                log.exception("MQTT: a command could not be handled")
+            log.warning("MQTT: %d commands waiting; dropped one from %s", MAX_WAITING_COMMANDS,
+                        msg.topic)  # fmt: skip
 
     def handle(self, msg: Message) -> None:
         """Validate one command and start its capture, or reject it with the reason."""
@@ -197,56 +153,33 @@ class MqttComponent:
         if reply is not None and not topic_ok(reply):
             log.warning("MQTT: ignoring an unusable response topic %r", reply[:80])
             reply = None
-        track = Track(command_id_of(msg.payload) or "", None, reply, msg.correlation)
+        track = Track("", None, reply, msg.correlation)
         if self._stopping.is_set():
             return
+        try:
+            data: dict[str, Any] | InputError = decode(msg.payload)  # once: id and command
+        except InputError as exc:
+            data = exc
+        if isinstance(data, dict):
+            track.id = id_of(data) or ""
         capturer = self.capturer
         if capturer is None or not capturer.capture_config.sources:
-            self._reject(track, "source", "no capture sources are configured on this device")
+            self.stages.reject(track, "source", "no capture sources are configured on this device")
             return
         try:
-            cmd = validate(
-                msg.payload,
-                capturer.capture_config.sources,
-                capturer.capture_config.max_duration_ms,
-            )
-            check_command_tags(capturer, cmd)
+            if isinstance(data, InputError):
+                raise data
+            cmd = validate_object(data, capturer.capture_config.sources,
+                                  capturer.capture_config.max_duration_ms)  # fmt: skip
+            plan = capturer.plan(cmd)
         except InputError as exc:
-            self._reject(track, exc.field, exc.message)
+            self.stages.reject(track, exc.field, exc.message)
             return
         track.source = cmd.source
-        if msg.retain:
-            # Remembered apart from the live ids ("/" is never in an id): the retained copy
-            # is refused once, and the same command sent without retain, as the refusal
-            # advises, is a new command, not a duplicate.
-            key = f"retained/{cmd.id}"
-            if self.journal.claim(key, cmd.source, reply, msg.correlation, "rejected") is None:
-                self._reject(
-                    track, "", "a retained message is not a command (publish without retain)"
-                )
+        if self._refused(msg, plan, track):
             return
-        refused = capturer.refusal()
-        if refused is not None:
-            self._reject(track, "", f"capture refused: {refused}")
-            return
-        if not capturer.try_reserve(cmd.source):
-            self._reject(track, "source", f"busy: {cmd.source} is capturing for another command")
-            return
-        try:
-            known = self.journal.claim(cmd.id, cmd.source, reply, msg.correlation)
-        except AgentError as exc:
-            capturer.release(cmd.source)
-            self._reject(track, "", f"cannot record the command: {exc}")
-            return
-        if known is not None:
-            capturer.release(cmd.source)
-            self._reject(
-                track, "id", f"duplicate: command {cmd.id} was already received ({known.state})"
-            )
-            return
-        with self._lock:
-            self._tracks[cmd.id] = track
-        self._advance(
+        self.stages.open(track)
+        self.stages.advance(
             track,
             "accepted",
             {
@@ -256,163 +189,111 @@ class MqttComponent:
                 "session": cmd.session,
             },
         )
-        thread = threading.Thread(
-            target=self._capture,
-            args=(capturer, cmd, track),
-            name=f"capture-{cmd.source}",
-            daemon=True,
-        )
+        thread = threading.Thread(target=self._capture, args=(plan, track),
+                                  name=f"capture-{cmd.source}", daemon=True)  # fmt: skip
         self._threads.add(thread)
         thread.start()
 
-    def _capture(self, capturer: Capturer, cmd: Command, track: Track) -> None:
-        captured: Captured | None = None
+    def _refused(self, msg: Message, plan: Plan, track: Track) -> bool:
+        """Reject a retained copy, a refused disk, a busy source or a known id; True if so.
+        On False the source is reserved for this command and its id is in the journal."""
+        cmd, capturer = plan.command, self.capturer
+        assert capturer is not None
+        if msg.retain:
+            # Remembered apart from the live ids ("/" is never in an id): the retained copy
+            # is refused once, and the same command sent without retain, as the refusal
+            # advises, is a new command, not a duplicate.
+            key = f"retained/{cmd.id}"
+            if self.journal.claim(key, cmd.source, track.reply_topic, track.correlation,
+                                  "rejected") is None:  # fmt: skip
+                self.stages.reject(track, "", "a retained message is not a command (publish"
+                                   " without retain)")  # fmt: skip
+            return True
+        refused = capturer.refusal()
+        if refused is not None:
+            self.stages.reject(track, "", f"capture refused: {refused}")
+            return True
+        if not capturer.try_reserve(cmd.source):
+            self.stages.reject(
+                track, "source", f"busy: {cmd.source} is capturing for another command"
+            )
+            return True
+        try:
+            known = self.journal.claim(cmd.id, cmd.source, track.reply_topic, track.correlation)
+        except AgentError as exc:
+            capturer.release(cmd.source)
+            self.stages.reject(track, "", f"cannot record the command: {exc}")
+            return True
+        if known is not None:
+            capturer.release(cmd.source)
+            self.stages.reject(track, "id", f"duplicate: command {cmd.id} was already"
+                               f" received ({known.state})")  # fmt: skip
+            return True
+        return False
+
+    def _capture(self, plan: Plan, track: Track) -> None:
+        assert self.capturer is not None
         try:
             try:
-                captured = capturer.capture(cmd)
-                path = str(captured.path)
-                with self._lock:
-                    track.path = path
-                    self._by_path[path] = track
-                self.journal.update(cmd.id, "captured", path=path)
+                captured = self.capturer.capture(plan)
+                track.path = str(captured.path)
+                self.journal.update(track.id, "captured", path=track.path)
+                self.runtime.claim(captured.path)  # submitted here, not by the watcher
                 captured.commit()
-            except CaptureError as exc:
-                self._fail(track, str(exc))
+            except (CaptureError, AgentError) as exc:
+                self.stages.fail(track, str(exc))
                 return
             except Exception as exc:
-                log.exception("capture %s failed unexpectedly", cmd.id)
-                self._fail(track, f"internal error: {type(exc).__name__}: {exc}")
+                log.exception("capture %s failed unexpectedly", track.id)
+                self.stages.fail(track, f"internal error: {type(exc).__name__}: {exc}")
                 return
             finally:
-                capturer.release(cmd.source)
-            self._advance(
-                track,
-                "captured",
-                {
-                    "file": captured.path.name,
-                    "bytes": captured.size,
-                    "sample_count": captured.sample_count,
-                    "frequency_hz": captured.frequency_hz,
-                    "interval_ms": captured.interval_ms,
-                },
-            )
-            self.service.submit(Item(path=captured.path, watch=self.watch))
+                self.capturer.release(plan.command.source)
+            self.stages.advance(track, "captured", {
+                "file": captured.path.name, "bytes": captured.size,
+                "sample_count": captured.sample_count, "frequency_hz": captured.frequency_hz,
+                "interval_ms": captured.interval_ms,
+            })  # fmt: skip
+            self._submit(track, captured.path, captured.tagged)
         finally:
             self._threads.discard(threading.current_thread())
-            self.heartbeat.changed()
+            self.status.changed()
 
-    # -- stages --------------------------------------------------------------------------
-    def _advance(self, track: Track, stage: str, facts: dict[str, Any]) -> None:
-        """Publish ``stage`` once every earlier stage is out (a per-command re-order buffer)."""
-        index = STAGES.index(stage)
-        with self._lock:
-            if track.done or index < track.next_stage:
-                return
-            track.held[index] = {"event": stage, **facts}
-            while track.next_stage in track.held:
-                self._send(track, track.held.pop(track.next_stage))
-                track.next_stage += 1
-            if track.next_stage == len(STAGES):
-                self._finish(track, "delivered")
-        if stage in ("queued",):
-            self._journal(track.id, stage)
+    def _submit(self, track: Track, path: Path, tagged: Tagged | None = None) -> None:
+        """Queue the capture's file; intake's answer names its row (or why it has none)."""
 
-    def _fail(self, track: Track, reason: str) -> None:
-        with self._lock:
-            if track.done:
-                return
-            self._send(track, {"event": "failed", "reason": reason})
-            self._finish(track, "failed")
+        def queued(row_id: int | None, reason: str | None) -> None:
+            if row_id is not None:
+                row = self.runtime.queue.get(row_id)
+                if row is not None:
+                    self.stages.follow(track, row)
+            elif not path.exists():
+                self.stages.fail(track, f"not queued: {reason}")
+            else:  # not recorded (a full disk): the scan queues it; its event finds us
+                log.warning("command %s: %s is not queued yet (%s)", track.id, path, reason)
 
-    def _finish(self, track: Track, state: str) -> None:
-        track.done = True
-        self._tracks.pop(track.id, None)
-        if track.path is not None:
-            self._by_path.pop(track.path, None)
-        self._journal(track.id, state)
-
-    def _journal(self, command_id: str, state: str) -> None:
-        try:
-            self.journal.update(command_id, state)
-        except AgentError as exc:
-            log.warning("command journal: %s", exc)
-
-    def _reject(self, track: Track, field_name: str, reason: str) -> None:
-        self._send(track, {"event": "rejected", "field": field_name or None, "reason": reason})
-
-    def _send(self, track: Track, doc: dict[str, Any]) -> None:
-        event = {
-            **doc,
-            "id": track.id or None,
-            "device_id": self.config.device_id,
-            "at": iso_utc(time.time()),
-        }
-        if track.source is not None:
-            event.setdefault("source", track.source)
-        payload = json.dumps(event, separators=(",", ":"), sort_keys=True).encode("utf-8")
-        level = logging.WARNING if doc["event"] in ("rejected", "failed") else logging.INFO
-        log.log(
-            level,
-            "command %s: %s%s",
-            track.id or "(no id)",
-            doc["event"],
-            f" ({doc['reason']})" if "reason" in doc else "",
-        )
-        self.link.publish(self.mqtt.events_topic, payload)
-        if track.reply_topic:
-            self.link.publish(track.reply_topic, payload, correlation=track.correlation)
-
-    # -- what the rest of the agent reports ------------------------------------------------
-    def _on_event(self, event: Event, info: dict[str, Any]) -> None:
-        path = info.get("path")
-        if path is None:
-            return
-        with self._lock:
-            track = self._by_path.get(str(path))
-        if track is None:
-            return
-        name = Path(str(path)).name
-        if event is Event.QUEUED:
-            row = self.queue.latest_for_path(str(path))
-            self._advance(track, "queued", {"file": name, "row_id": row.id if row else None})
-        elif event in (Event.DELIVERED, Event.DUPLICATE):
-            self._advance(
-                track,
-                "delivered",
-                {
-                    "file": name,
-                    "sample_id": info.get("sample_id"),
-                    "duplicate": event is Event.DUPLICATE,
-                },
-            )
-        elif event in (Event.DEAD, Event.HELD, Event.GONE):
-            self._fail(track, f"not delivered ({event.value}): {info.get('reason')}")
+        watch = self.config.capture.watch if self.config.capture else None
+        self.runtime.submit(Item(path=path, watch=watch, tagged=tagged, on_queued=queued))
 
     def _resume(self) -> None:
         """Finish reporting on commands a previous run accepted (after a crash or stop)."""
         for entry in self.journal.open_entries():
-            track = Track(
-                entry.id,
-                entry.source,
-                entry.reply_topic,
-                entry.correlation,
-                entry.path,
-                next_stage=STAGES.index(entry.state) + 1,
-            )
-            if entry.path is None or not (
-                Path(entry.path).exists() or self.queue.latest_for_path(entry.path)
-            ):
-                self._fail(track, "interrupted: the agent stopped during the capture")
-                continue
-            with self._lock:
-                self._tracks[entry.id] = track
-                self._by_path[entry.path] = track
-            row = self.queue.latest_for_path(entry.path)
-            if row is None:
-                continue  # the reconciliation scan queues it; its QUEUED event moves us on
-            self._advance(track, "queued", {"file": Path(row.path).name, "row_id": row.id})
-            if row.state is State.DELIVERED:
-                facts = {"file": Path(row.path).name, "sample_id": row.sample_id}
-                self._advance(track, "delivered", {**facts, "duplicate": False})
-            elif row.state in (State.DEAD, State.GONE, State.HELD):
-                self._fail(track, f"not delivered ({row.state.label}): {row.last_error}")
+            track = Track(entry.id, entry.source, entry.reply_topic, entry.correlation,
+                          entry.path, next_stage=STAGES.index(entry.state) + 1)  # fmt: skip
+            self.stages.open(track)
+            row = self._row_of(entry)
+            if row is not None:
+                self.stages.follow(track, row)
+            elif entry.path is not None and Path(entry.path).exists():
+                self._submit(track, Path(entry.path))  # tagged again from its sidecar
+            else:
+                self.stages.fail(track, "interrupted: the agent stopped during the capture")
+
+    def _row_of(self, entry: Entry) -> Row | None:
+        queue = self.runtime.queue
+        if entry.row_id is not None:
+            return queue.get(entry.row_id)
+        if entry.path is not None and not Path(entry.path).exists():
+            # a journal of an earlier version, or a crash between queueing and journaling
+            return queue.latest_for_path(entry.path)
+        return None

@@ -1,4 +1,4 @@
-"""The fleet heartbeat: a retained JSON status on ``{prefix}/status``.
+"""The fleet status: a retained JSON document on ``{prefix}/status``, kept current.
 
 A dashboard subscribed to ``edge-uploader/+/status`` sees every device's latest state
 at once, including devices that went away (the broker publishes their last will, a
@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +33,7 @@ from typing import Any
 from ... import __version__
 from ...core.tagger import iso_utc
 from ...events import Event, Stats
+from ...loop import Loop
 from ...store.queue import Queue
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ def online_document(
     }
 
 
-class Heartbeat:
+class StatusPublisher(Loop):
     """Publishes the status on a timer and on change; sleeps on an event in between."""
 
     def __init__(
@@ -118,55 +118,41 @@ class Heartbeat:
         publish: Callable[[bytes], bool],
         connected: Callable[[], bool],
     ) -> None:
+        super().__init__("mqtt-status")
         self.interval = interval
         self.build = build
         self.publish = publish
         self.connected = connected
-        self._wake = threading.Event()
-        self._stop = threading.Event()
         self._dirty = True
         self._last = 0.0
         self._cost = 0.0
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(5)
 
     def changed(self, now_too: bool = False) -> None:
         """Something a dashboard cares about changed; ``now_too`` skips the minimum gap."""
         self._dirty = True
         if now_too:
             self._last = 0.0
-        self._wake.set()
+        self.wake()
 
     def on_event(self, event: Event, info: dict[str, Any]) -> None:
         if event in CHANGES:
             self.changed()
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._wake.clear()
-            now = time.monotonic()
-            due = self._last + self.interval
-            if self._dirty:
-                due = min(due, self._last + max(MIN_GAP_SECONDS, self._cost * COST_FACTOR))
-            if now >= due:
-                if self.connected():
-                    self._dirty = False
-                    try:
-                        doc = self.build()
-                        self._cost = time.monotonic() - now
-                        self.publish(encode(doc))
-                    except Exception:
-                        log.exception("heartbeat failed")
-                    self._last = time.monotonic()
-                    continue
-                due = now + self.interval  # offline: the next connect wakes us
-            self._wake.wait(max(0.0, due - now))
+    def step(self) -> float | None:
+        now = time.monotonic()
+        due = self._last + self.interval
+        if self._dirty:
+            due = min(due, self._last + max(MIN_GAP_SECONDS, self._cost * COST_FACTOR))
+        if now < due:
+            return due - now
+        if not self.connected():
+            return self.interval  # offline: the next connect wakes us
+        self._dirty = False
+        try:
+            doc = self.build()
+            self._cost = time.monotonic() - now
+            self.publish(encode(doc))
+        except Exception:
+            log.exception("publishing the MQTT status failed")
+        self._last = time.monotonic()
+        return 0.0

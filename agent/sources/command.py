@@ -1,6 +1,7 @@
-"""Capture commands from MQTT: untrusted bytes in, a validated ``Command`` out.
+"""Capture commands: untrusted bytes in, a validated ``Command`` out.
 
-A command is a small JSON object::
+A command arrives as an MQTT payload (``sources.mqtt``) or as the options of
+``edge-uploader capture``; both are checked here, the same way. It is a small JSON object::
 
     {"id": "c-0017", "source": "accel", "duration_ms": 2000, "label": "idle",
      "session": "run-7", "category": "training", "metadata": {"operator": "ana"}}
@@ -21,9 +22,9 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...config import CONFIG_CATEGORIES
-from ...errors import InputError
-from ...metadata import check_metadata
+from ..config import CONFIG_CATEGORIES
+from ..errors import InputError
+from ..metadata import check_metadata
 
 MAX_COMMAND_BYTES = 8 * 1024
 KEYS = ("id", "source", "duration_ms", "label", "session", "category", "metadata")
@@ -115,7 +116,14 @@ def validate(
 def command_id_of(raw: bytes) -> str | None:
     """The command's ``id`` if it is readable and safe (for a ``rejected`` event)."""
     try:
-        data = decode(raw)
+        return id_of(decode(raw))
+    except InputError:
+        return None
+
+
+def id_of(data: Mapping[str, Any]) -> str | None:
+    """The ``id`` of a decoded command if it is safe to repeat in an event, else None."""
+    try:
         return safe_text(data.get("id"), "id", ID_RE)
     except InputError:
         return None
