@@ -46,11 +46,12 @@ run: venv
 	echo ""; \
 	$(BIN)/edge-uploader run --config config/dev.toml
 
-## check: lint and type-check
+## check: lint, formatting, types and the layer rule (ARCHITECTURE.md)
 check: venv
 	$(BIN)/ruff check agent tests bench
 	$(BIN)/ruff format --check agent tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 ## test: everything CI runs: lint, types, then the whole test suite
 test: venv system-deps check

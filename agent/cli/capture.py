@@ -20,12 +20,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..config import CONFIG_CATEGORIES, load_config
+from ..config import CONFIG_CATEGORIES, Config, load_config
 from ..daemon.disk import DiskGuard
 from ..errors import CaptureError, ConfigError, InputError
 from ..sources.capture import Capturer
 from ..sources.command import validate_object
-from ..store.queue import Queue
+from .options import add_config_option, open_queue
 
 WAIT_FOR_DAEMON_SECONDS = 3.0
 
@@ -34,14 +34,7 @@ def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
         "capture", help="run one capture by hand (a check that a sensor works)"
     )
-    p.add_argument(
-        "--config",
-        "-c",
-        type=Path,
-        required=True,
-        metavar="FILE",
-        help="the agent's TOML config file",
-    )
+    add_config_option(p)
     p.add_argument(
         "--source", required=True, help="a [[capture.serial]] or [[capture.command]] name"
     )
@@ -98,7 +91,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
     if args.no_wait:
         print("the daemon queues it from the capture folder (now if running, else at its start)")
         return 0
-    row = _wait_queued(config.queue.path, captured.path)
+    row = _wait_queued(config, captured.path)
     if row is not None:
         print(f"queued by the running daemon (queue row {row}); see `edge-uploader status`")
     else:
@@ -109,15 +102,15 @@ def cmd_capture(args: argparse.Namespace) -> int:
     return 0
 
 
-def _wait_queued(queue_path: Path, path: Path) -> int | None:
+def _wait_queued(config: Config, path: Path) -> int | None:
     """The queue row of ``path`` once a running daemon queued it; None after a short wait."""
-    if not queue_path.exists():
+    if not config.queue.path.exists():
         return None
     try:
         st = os.stat(path)
     except OSError:
         return None
-    queue = Queue(queue_path)
+    queue = open_queue(config)
     try:
         deadline = time.monotonic() + WAIT_FOR_DAEMON_SECONDS
         while True:

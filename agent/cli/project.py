@@ -23,6 +23,10 @@ from typing import IO, Any
 from ..config import Config, load_config
 from ..errors import ConfigError, InputError
 from ..metadata import check_key, check_metadata, check_value
+from ..project.backfill import Backfill
+from ..project.backfill import Summary as BackfillSummary
+from ..store.queue import Queue
+from .options import add_config_option, open_queue
 
 SOURCE = "command line"
 MAX_SET_FILE_BYTES = 64 * 1024
@@ -130,18 +134,8 @@ class Progress:
 
 
 # -- commands ------------------------------------------------------------------------------
-def _open_queue(config: Config, *, required: bool, why: str) -> Any:
-    from ..store.queue import Queue
-
-    if not config.queue.path.exists():
-        if required:
-            raise ConfigError(str(config.queue.path), "queue.path", f"no queue file here: {why}")
-        return None
-    return Queue(config.queue.path)
-
-
 def cmd_backfill(args: argparse.Namespace) -> int:
-    from ..project.backfill import Backfill, Plan, Selection
+    from ..project.backfill import Plan, Selection
     from ..remote.studio import StudioClient
     from ..store.ledger import Ledger
 
@@ -151,53 +145,21 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         mode=args.select, category=args.category, labels=tuple(args.label),
         filename=args.filename or None, where=parse_where(args.where),
     )  # fmt: skip
-    if args.select == "all" and not args.dry_run:
-        from ..store.queue import Queue
-
-        queue = Queue(config.queue.path)  # the job's progress lives there; created if new
-    else:
-        queue = _open_queue(
-            config, required=args.select == "ledger",
-            why="the ledger selection reads this device's queue (run the agent first, or"
-            " use --select all)",
-        )  # fmt: skip
+    queue = _backfill_queue(config, args)
     studio = StudioClient.from_config(config)
     try:
         plan = Plan(studio.project_id, selection, changes)
-        workers = args.concurrency or config.studio.concurrency
         out = sys.stdout
         shown = ", ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in changes.items())
         print(f"backfill {plan.job_id}: project {plan.project_id}, {selection.describe()};"
               f" set {shown}", file=out)  # fmt: skip
-        ledger = Ledger(queue) if queue is not None else None
-        job = Backfill(studio, ledger, plan, workers=workers, out=out,
+        job = Backfill(studio, Ledger(queue) if queue is not None else None, plan,
+                       workers=args.concurrency or config.studio.concurrency, out=out,
                        progress=None if args.dry_run else Progress(sys.stderr))  # fmt: skip
         note = job.ledger_note()
         if note:
             print(note, file=out)
-        if args.dry_run:
-            summary = job.dry_run()
-            c = summary.counts
-            print(
-                f"dry run: {c['written']} sample(s) would change, {c['unchanged']} already"
-                f" have the values, {c['skipped']} outside the filters, {c['missing']} not in"
-                f" the project, {c['failed']} refused; nothing was changed",
-                file=out,
-            )
-        else:
-            summary = job.apply()
-            if isinstance(job.progress, Progress) and summary.todo:
-                job.progress(summary.counts, summary.todo, final=True)
-            if summary.earlier:
-                earlier = ", ".join(f"{k} {v}" for k, v in summary.earlier.items())
-                print(f"earlier runs of this job: {earlier}", file=out)
-            c = summary.counts
-            print(
-                f"this run: {c['written']} written, {c['unchanged']} already had the values,"
-                f" {c['skipped']} outside the filters, {c['missing']} not in the project,"
-                f" {c['failed']} failed (of {summary.todo} to do)",
-                file=out,
-            )
+        summary = _dry_run_backfill(job, out) if args.dry_run else _apply_backfill(job, out)
         for problem in summary.problems[:20]:
             print(f"  {problem}", file=out)
         if len(summary.problems) > 20:
@@ -214,6 +176,40 @@ def cmd_backfill(args: argparse.Namespace) -> int:
             queue.close()
 
 
+def _backfill_queue(config: Config, args: argparse.Namespace) -> Queue | None:
+    """The queue file: the ledger selection reads it, and an applied job records its
+    progress there (created for a ``--select all`` job on a machine without an agent)."""
+    if args.select == "all" and not args.dry_run:
+        return open_queue(config, create=True)
+    if args.select == "ledger" or config.queue.path.exists():
+        return open_queue(config, why="the ledger selection reads this device's queue (run"
+                          " the agent first, or use --select all)")  # fmt: skip
+    return None
+
+
+def _dry_run_backfill(job: Backfill, out: IO[str]) -> BackfillSummary:
+    summary = job.dry_run()
+    c = summary.counts
+    print(f"dry run: {c['written']} sample(s) would change, {c['unchanged']} already have the"
+          f" values, {c['skipped']} outside the filters, {c['missing']} not in the project,"
+          f" {c['failed']} refused; nothing was changed", file=out)  # fmt: skip
+    return summary
+
+
+def _apply_backfill(job: Backfill, out: IO[str]) -> BackfillSummary:
+    summary = job.apply()
+    if isinstance(job.progress, Progress) and summary.todo:
+        job.progress(summary.counts, summary.todo, final=True)
+    if summary.earlier:
+        earlier = ", ".join(f"{k} {v}" for k, v in summary.earlier.items())
+        print(f"earlier runs of this job: {earlier}", file=out)
+    c = summary.counts
+    print(f"this run: {c['written']} written, {c['unchanged']} already had the values,"
+          f" {c['skipped']} outside the filters, {c['missing']} not in the project,"
+          f" {c['failed']} failed (of {summary.todo} to do)", file=out)  # fmt: skip
+    return summary
+
+
 def cmd_sync(args: argparse.Namespace) -> int:
     from ..project.deletesync import DeletionSync
     from ..remote.studio import StudioClient
@@ -222,7 +218,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     if args.confirm_deletes and args.cancel_deletes:
         raise ConfigError(SOURCE, "--confirm-deletes", "give one of --confirm-deletes and"
                           " --cancel-deletes")  # fmt: skip
-    queue = _open_queue(config, required=True, why="sync compares this device's queue")
+    queue = open_queue(config, why="sync compares this device's queue")
     studio = None
     try:
         if not (args.cancel_deletes or (args.dry_run and args.no_remote)):
@@ -332,11 +328,6 @@ def _q(value: str | None) -> str:
 
 
 # -- registration ------------------------------------------------------------------------
-def _config_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", "-c", type=Path, required=True, metavar="FILE",
-                   help="the agent's TOML config file")  # fmt: skip
-
-
 def register(sub: Any) -> None:
     """Add ``metadata backfill`` and ``sync`` (``agent.cli.COMMAND_MODULES``)."""
     from ..remote.studio import LIST_CATEGORIES
@@ -349,7 +340,7 @@ def register(sub: Any) -> None:
         description="Set metadata on existing samples: read each, merge, write the full map."
         " Resumable: run the same command again after an interruption.",
     )
-    _config_arg(b)
+    add_config_option(b)
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a value to set (repeat for several keys)")  # fmt: skip
     b.add_argument("--set-file", type=Path, metavar="FILE",
@@ -374,7 +365,7 @@ def register(sub: Any) -> None:
         description="Without options: one deletion-sync pass (needs [sync] delete_remote ="
         " true). --dry-run lists the drift and changes nothing.",
     )  # fmt: skip
-    _config_arg(s)
+    add_config_option(s)
     s.add_argument("--dry-run", action="store_true", help="list the drift; change nothing")
     s.add_argument("--json", action="store_true", help="with --dry-run: one JSON object a line")
     s.add_argument(

@@ -11,14 +11,12 @@ import argparse
 import json
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, TextIO
 
 from ..config import load_config
 from ..daemon.wake import wake_daemon
-from ..errors import ConfigError
 from ..store.queue import Queue, Row, State
-from . import positive_int
+from .options import add_config_option, open_queue, positive_int
 
 DEAD_FORMAT_VERSION = 1
 
@@ -43,18 +41,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         p.set_defaults(func=func, parser=p)
 
     p = sub.add_parser("retry-now", help="skip backoff waits: every pending file is due now")
-    p.add_argument("--config", "-c", type=Path, metavar="FILE", help="the agent's config")
+    add_config_option(p, required=False, note="default: the per-user queue")
     p.set_defaults(func=cmd_retry_now)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--config",
-        "-c",
-        type=Path,
-        metavar="FILE",
-        help="the agent's config (default: the per-user queue)",
-    )
+    add_config_option(p, required=False, note="default: the per-user queue")
     p.add_argument(
         "--id", type=int, action="append", dest="ids", metavar="N", help="this row id (repeatable)"
     )
@@ -62,13 +54,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", metavar="ID", help="rows of this upload batch")  # fmt: skip
 
 
-def open_queue(config_path: Path | None) -> Queue:
-    """The queue a config names (or the default one); a missing file is a config error."""
-    config = load_config(config_path, check_dirs=False)
-    path = config.queue.path
-    if not path.exists():
-        raise ConfigError(str(path), "queue.path", "no queue file here yet (nothing was queued)")
-    return Queue(path)
+def _queue(args: argparse.Namespace) -> Queue:
+    return open_queue(load_config(args.config, check_dirs=False), why="nothing was queued yet")
 
 
 def _selected(args: argparse.Namespace) -> dict[str, Any]:
@@ -110,7 +97,7 @@ def dead_json(row: Row) -> dict[str, Any]:
 
 
 def cmd_dead_list(args: argparse.Namespace) -> int:
-    queue = open_queue(args.config)
+    queue = _queue(args)
     try:
         write_dead_list(queue, args, sys.stdout)
     finally:
@@ -146,7 +133,7 @@ def _require_selector(args: argparse.Namespace, verb: str) -> None:
 
 def cmd_dead_retry(args: argparse.Namespace) -> int:
     _require_selector(args, "retry")
-    queue = open_queue(args.config)
+    queue = _queue(args)
     try:
         n = queue.retry(state=State.DEAD, **_selected(args))
         pid = wake_daemon(queue) if n else None
@@ -158,7 +145,7 @@ def cmd_dead_retry(args: argparse.Namespace) -> int:
 
 def cmd_dead_drop(args: argparse.Namespace) -> int:
     _require_selector(args, "drop")
-    queue = open_queue(args.config)
+    queue = _queue(args)
     try:
         n = queue.drop(state=State.DEAD, **_selected(args))
     finally:
@@ -169,7 +156,7 @@ def cmd_dead_drop(args: argparse.Namespace) -> int:
 
 
 def cmd_retry_now(args: argparse.Namespace) -> int:
-    queue = open_queue(args.config)
+    queue = _queue(args)
     try:
         n = queue.retry_now()
         pid = wake_daemon(queue)

@@ -25,6 +25,7 @@ from ..errors import ConfigError, InputError
 from ..metadata import check_key, check_metadata, check_value, encode_metadata
 from ..secrets import SecretSource
 from ..store.queue import State
+from .options import add_config_option
 
 SOURCE = "command line"
 
@@ -39,13 +40,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "skipped or is still undelivered; 78 bad config or options; 130 interrupted.",
     )
     p.add_argument("paths", nargs="*", metavar="PATH", help="files, folders or glob patterns")
-    p.add_argument(
-        "--config",
-        "-c",
-        type=Path,
-        metavar="FILE",
-        help="the agent's TOML config (optional: defaults and environment otherwise)",
-    )
+    add_config_option(p, required=False, note="optional: defaults and environment otherwise")
     p.add_argument(
         "--api-key-file",
         type=Path,
@@ -53,14 +48,27 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="file holding the API key (default: the config's, or $EI_API_KEY)",
     )
     p.add_argument(
+        "--info-file",
+        type=Path,
+        metavar="FILE",
+        help="an Edge Impulse info.labels file (JSON or NDJSON): upload what it "
+        "lists, with its labels, categories, metadata and bounding boxes",
+    )
+    _tag_options(p)
+    _run_options(p)
+    p.set_defaults(func=cmd_upload, parser=p)  # fmt: skip
+
+
+def _tag_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
         "--category",
         choices=CONFIG_CATEGORIES,
         help="training, testing, split, ... (default: the config's, else training)",
     )
     p.add_argument(
         "--label",
-        help='label for every file ("" = unlabeled); default: the service '
-        "takes it from the file name (idle.01.wav -> idle)",
+        help='label for every file ("" = unlabeled); default: the '
+        "service takes it from the file name (idle.01.wav -> idle)",
     )
     p.add_argument(
         "--metadata",
@@ -72,14 +80,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--metadata-json",
         metavar="JSON",
-        help='metadata for every file as a JSON object of strings, e.g. \'{"site":"A"}\'',
-    )
-    p.add_argument(
-        "--info-file",
-        type=Path,
-        metavar="FILE",
-        help="an Edge Impulse info.labels file (JSON or NDJSON): upload what it lists, "
-        "with its labels, categories, metadata and bounding boxes",
+        help="metadata for every file as a JSON"
+        """ object of strings, e.g. '{"site":"A"}'""",
     )
     p.add_argument(
         "--session",
@@ -91,6 +93,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="store_true",
         help="do not ask the service to refuse files it already has",
     )
+
+
+def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--concurrency",
         type=int,
@@ -102,8 +107,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=float,
         default=60.0,
         metavar="SECONDS",
-        help="stop when the service has been unreachable this long (default 60); "
-        "what is left stays queued for the next run",
+        help="stop when the service has been unreachable this long (default 60);"
+        " what is left stays queued for the next run",
     )
     p.add_argument(
         "--dry-run",
@@ -112,7 +117,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress display")
     p.add_argument("--verbose", "-v", action="store_true", help="log every file")
-    p.set_defaults(func=cmd_upload, parser=p)  # fmt: skip
 
 
 def cmd_upload(args: argparse.Namespace) -> int:

@@ -21,17 +21,7 @@ def parse_mqtt(top: Table, device_id: str, *, check_files: bool = True) -> MqttC
     host = t.req_str("host")
     if any(c.isspace() for c in host) or "/" in host:
         raise t.error("host", f"expected a host name or address, got {host!r}")
-    tls: TlsConfig | None = None
-    if t.has("tls"):
-        tt = t.table("tls")
-        tls = TlsConfig(
-            ca_file=_readable(tt, "ca_file", check_files),
-            cert_file=_readable(tt, "cert_file", check_files),
-            key_file=_readable(tt, "key_file", check_files),
-        )
-        if (tls.cert_file is None) != (tls.key_file is None):
-            raise tt.error("key_file", "cert_file and key_file go together (a client certificate)")
-        tt.finish()
+    tls = _tls(t.table("tls"), check_files) if t.has("tls") else None
     port = t.get_int("port", 8883 if tls else 1883, 1, 65535)
     prefix = t.get_str("topic_prefix") or "edge-uploader/{device_id}"
     prefix = prefix.replace("{device_id}", device_id).rstrip("/")
@@ -75,6 +65,18 @@ def parse_mqtt(top: Table, device_id: str, *, check_files: bool = True) -> MqttC
     )
     t.finish()
     return cfg
+
+
+def _tls(t: Table, check_files: bool) -> TlsConfig:
+    tls = TlsConfig(
+        ca_file=_readable(t, "ca_file", check_files),
+        cert_file=_readable(t, "cert_file", check_files),
+        key_file=_readable(t, "key_file", check_files),
+    )
+    if (tls.cert_file is None) != (tls.key_file is None):
+        raise t.error("key_file", "cert_file and key_file go together (a client certificate)")
+    t.finish()
+    return tls
 
 
 def topic_ok(topic: str) -> bool:

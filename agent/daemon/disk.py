@@ -101,12 +101,6 @@ class DiskGuard(Loop):
             self._add(folder, prunable=folder != self.queue_dir)
 
     # -- registration --------------------------------------------------------------------
-    def add_capture_dir(self, path: Path) -> None:
-        """A capture source writes into ``path``: watch its file system too, and allow
-        pruning delivered kept files there."""
-        self._add(path, prunable=True)
-        self.check(force=True)
-
     def _add(self, folder: Path, *, prunable: bool) -> None:
         folder = folder.absolute()
         with self._lock:

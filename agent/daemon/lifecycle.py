@@ -44,7 +44,7 @@ from ..remote.ingestion import build_uploader
 from ..sources.scan import Scanner
 from ..sources.watcher import Watcher
 from ..store.queue import Queue
-from . import metrics, wake
+from . import wake
 from .components import build_components
 from .disk import DiskGuard
 from .health import Health, assess
@@ -284,9 +284,6 @@ class Daemon:
     def _alive(self) -> tuple[bool, list[str]]:
         h = self.health()
         return h.alive, h.reasons
-
-    def metrics_text(self) -> str:
-        return metrics.render(self)
 
     def status_line(self) -> str:
         """One line for systemd's ``STATUS=`` (shown by ``systemctl status``)."""

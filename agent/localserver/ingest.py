@@ -311,26 +311,7 @@ def store_files(
 
     The caller owns ``parts`` and discards whatever temp files remain afterwards.
     """
-    for part in parts:
-        if part.name != "data":
-            raise UploadRefused(400, f"Unexpected field {part.name!r} (every part is 'data')")
-    label_parts = [p for p in parts if (p.filename or "").endswith(".labels")]
-    extras = _side_labels(label_parts)
-    attached = {
-        safe_filename(name)
-        for value in extras.values()
-        for item in value.get("attachments", [])
-        if isinstance(name := item.get("filename") if isinstance(item, dict) else item, str)
-    }
-    samples = [
-        p
-        for p in parts
-        if not (p.filename or "").endswith(".labels") and safe_filename(p.filename) not in attached
-    ]
-    if not samples:
-        raise UploadRefused(400, "No files uploaded (expected a multipart part named 'data')")
-    if len(samples) > MAX_FILES_PER_REQUEST:
-        raise UploadRefused(400, f"Too many files in one request (max {MAX_FILES_PER_REQUEST})")
+    samples, extras = _sample_parts(parts)
     if ctx.disallow_duplicates and duplicate_style == "400":
         seen: set[str] = set()
         for part in samples:
@@ -358,18 +339,37 @@ def store_files(
                 raise UploadRefused(400, str(dup)) from None
             results.append({"success": False, "error": str(dup)})
             continue
-        results.append(
-            {
-                "success": True,
-                "sampleId": record.id,
-                "projectId": record.project_id,
-                "fileName": record.filename,
-            }
-        )
+        results.append({"success": True, "sampleId": record.id, "projectId": record.project_id,
+                        "fileName": record.filename})  # fmt: skip
     body: dict[str, Any] = {"success": all(r["success"] for r in results), "files": results}
     if not body["success"]:
         body["error"] = next(r["error"] for r in results if not r["success"])
     return 200, body
+
+
+def _sample_parts(parts: list[Part]) -> tuple[list[Part], dict[str, dict[str, Any]]]:
+    """The parts that are samples, and what the side label files say about them."""
+    for part in parts:
+        if part.name != "data":
+            raise UploadRefused(400, f"Unexpected field {part.name!r} (every part is 'data')")
+    label_parts = [p for p in parts if (p.filename or "").endswith(".labels")]
+    extras = _side_labels(label_parts)
+    attached = {
+        safe_filename(name)
+        for value in extras.values()
+        for item in value.get("attachments", [])
+        if isinstance(name := item.get("filename") if isinstance(item, dict) else item, str)
+    }
+    samples = [
+        p
+        for p in parts
+        if not (p.filename or "").endswith(".labels") and safe_filename(p.filename) not in attached
+    ]
+    if not samples:
+        raise UploadRefused(400, "No files uploaded (expected a multipart part named 'data')")
+    if len(samples) > MAX_FILES_PER_REQUEST:
+        raise UploadRefused(400, f"Too many files in one request (max {MAX_FILES_PER_REQUEST})")
+    return samples, extras
 
 
 def store_data(

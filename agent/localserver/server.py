@@ -1,17 +1,9 @@
-"""HTTP handling for the local ingestion server, and its in-process API for tests.
+"""The local ingestion server, in process: start, stop, and what tests look at.
 
-One port serves ingestion (``/api/...``) and the Studio subset (``/v1/...``). It is a
-``ThreadingHTTPServer`` (a thread per connection) speaking HTTP/1.1 with keep-alive,
-because clients reuse connections and the agent's behaviour under reuse is what we test.
-
-Connection hygiene is the subtle part: a response sent before the body is fully read
-would leave body bytes that the next request on the connection parses as garbage. So
-every refusal first drains the body (up to ``drain_limit`` = 2 x max_file_bytes + 1 MiB);
-when that is not possible the response says ``Connection: close`` and the socket is
-closed gracefully (half-close, then discard briefly) so the client still reads the
-answer instead of a reset. A ``/files`` request whose Content-Length already exceeds
-``drain_limit`` is answered 413 at once (we send one sample per request, so a body that
-big can only hold an oversized file).
+``LocalIngestionServer`` binds one port and serves it from a background thread with the
+request handler of ``handler``; it owns the data folder (``store``), the Studio subset
+(``studio``) and the fault injector (``faults``). Tests and benchmarks use it directly;
+``edge-uploader local-ingestion`` runs it in the foreground (``cli``).
 """
 
 from __future__ import annotations
@@ -23,328 +15,18 @@ import socket
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Iterable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TextIO
 
 from . import ingest
 from .faults import FaultAction, FaultConfig, FaultInjector
-from .multipart import (
-    BodyError,
-    BodyReader,
-    ChunkedReader,
-    LengthReader,
-    MultipartParser,
-    Part,
-    PartTooLarge,
-    TooManyParts,
-    boundary_of,
-    drain,
-    spool,
-)
+from .handler import HTTPServer, KeyPolicy
 from .store import SampleRecord, SampleStore
 from .studio import StudioApi
 
-MAX_HEADER_BYTES = 16 * 1024
-MAX_STUDIO_BODY = 1024 * 1024
-LINGER_SECONDS = 1.0
-IDLE_TIMEOUT_SECONDS = 120.0
 STOP_GRACE_SECONDS = 1.0
 DEFAULT_MAX_FILE_BYTES = 100_000_000
-
-
-class KeyPolicy:
-    """Which ``x-api-key`` values are accepted: a fixed set, or any ``ei_...`` when None."""
-
-    def __init__(self, keys: Iterable[str] | None) -> None:
-        self.keys = None if keys is None else frozenset(k for k in keys if k)
-
-    def accepts(self, key: str | None) -> bool:
-        if not key:
-            return False
-        if self.keys is None:
-            return key.startswith("ei_") and len(key) > 3
-        return key in self.keys
-
-
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    app: LocalIngestionServer
-
-    def __init__(self, address: tuple[str, int], app: LocalIngestionServer) -> None:
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        self.app = app
-        super().__init__(address, _Handler)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    # Headers and body go out in two writes; with Nagle on, the body waits for the client's
-    # delayed ACK (40 ms on Linux) and every keep-alive request pays it.
-    disable_nagle_algorithm = True
-    server: _HTTPServer
-    timeout = IDLE_TIMEOUT_SECONDS
-
-    # --- connection bookkeeping ------------------------------------------------------
-
-    def setup(self) -> None:
-        super().setup()
-        # Headers and body go out as separate writes; without NODELAY, Nagle plus the
-        # client's delayed ACK adds ~40 ms to every response.
-        with contextlib.suppress(OSError):
-            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.server.app._track(self.connection, add=True)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self.server.app._track(self.connection, add=False)
-
-    def parse_request(self) -> bool:
-        """The stdlib limits lines and header count but not total size; add a 16 KiB cap."""
-        if not super().parse_request():
-            return False
-        total = sum(len(k) + len(v) + 4 for k, v in self.headers.items())
-        if total > MAX_HEADER_BYTES:
-            self._json(431, {"success": False, "error": "Request headers too large"}, close=True)
-            self._linger_close()
-            self._log_line(time.monotonic())
-            return False
-        return True
-
-    # --- logging ---------------------------------------------------------------------
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        del code, size  # our own line, written once the response is complete
-
-    def log_message(self, format: str, *args: Any) -> None:
-        self.server.app._log(f"{self.client_address[0]} {format % args}")
-
-    def _log_line(self, started: float) -> None:
-        ms = (time.monotonic() - started) * 1000
-        status = self._status or "drop"
-        self.server.app._log(
-            f"{self.client_address[0]} {self.command} {self.path} {status} {ms:.1f}ms"
-        )
-
-    # --- responses -------------------------------------------------------------------
-
-    _status: int = 0
-
-    def _send(
-        self,
-        status: int,
-        body: bytes,
-        content_type: str,
-        *,
-        close: bool = False,
-        extra: dict[str, str] | None = None,
-    ) -> None:
-        self._status = status
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in (extra or {}).items():
-            self.send_header(name, value)
-        if close:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-        self.wfile.flush()
-
-    def _json(self, status: int, doc: dict[str, Any], *, close: bool = False) -> None:
-        self._send(status, json.dumps(doc).encode(), "application/json", close=close)
-
-    def _text(self, status: int, text: str, **kwargs: Any) -> None:
-        self._send(status, text.encode(), "text/plain; charset=utf-8", **kwargs)
-
-    def _linger_close(self) -> None:
-        """Half-close and discard what the client still sends, so it sees our response
-        rather than a TCP reset caused by unread data."""
-        self.close_connection = True
-        with contextlib.suppress(OSError):
-            self.connection.shutdown(socket.SHUT_WR)
-            self.connection.settimeout(0.1)
-            deadline = time.monotonic() + LINGER_SECONDS
-            while time.monotonic() < deadline and self.connection.recv(65536):
-                pass
-
-    # --- body ------------------------------------------------------------------------
-
-    def _body(self) -> BodyReader:
-        encoding = self.headers.get("Transfer-Encoding")
-        if encoding is not None:
-            if encoding.strip().lower() != "chunked":
-                raise BodyError(f"unsupported Transfer-Encoding {encoding!r}")
-            return ChunkedReader(self.rfile)
-        length = self.headers.get("Content-Length", "0").strip() or "0"
-        if not length.isdigit():
-            raise BodyError(f"bad Content-Length {length!r}")
-        return LengthReader(self.rfile, int(length))
-
-    def _refuse(self, reader: BodyReader, status: int, doc: dict[str, Any]) -> None:
-        """Answer a refusal after draining the body, or with a graceful close."""
-        if drain(reader, self.server.app.drain_limit):
-            self._json(status, doc)
-        else:
-            self._json(status, doc, close=True)
-            self._linger_close()
-
-    # --- dispatch --------------------------------------------------------------------
-
-    def do_GET(self) -> None:
-        self._dispatch()
-
-    def do_POST(self) -> None:
-        self._dispatch()
-
-    def do_PUT(self) -> None:
-        self._dispatch()
-
-    def do_DELETE(self) -> None:
-        self._dispatch()
-
-    def do_HEAD(self) -> None:
-        self._dispatch()
-
-    def _dispatch(self) -> None:
-        started = time.monotonic()
-        self._status = 0
-        app = self.server.app
-        path, _, query = self.path.partition("?")
-        try:
-            reader = self._body()
-        except BodyError as exc:
-            self._json(400, {"success": False, "error": str(exc)}, close=True)
-            self._linger_close()
-            self._log_line(started)
-            return
-        try:
-            if path.startswith("/api/"):
-                self._ingestion(app, path, reader)
-            elif path.startswith("/v1/"):
-                self._studio(app, path, query, reader)
-            else:
-                self._refuse(reader, 404, {"success": False, "error": f"Not found: {path}"})
-        except BodyError as exc:
-            if not self._status:
-                with contextlib.suppress(OSError):
-                    self._json(400, {"success": False, "error": str(exc)}, close=True)
-            self._linger_close()
-        except (OSError, TimeoutError):
-            self.close_connection = True  # the client went away mid-request
-        except Exception:
-            # A bug here must still produce an answer, and the traceback, not a silent hang-up.
-            traceback.print_exc(file=sys.stderr)
-            if not self._status:
-                with contextlib.suppress(OSError):
-                    self._json(500, {"success": False, "error": "Internal error"}, close=True)
-            self._linger_close()
-        finally:
-            self._log_line(started)
-
-    def _studio(self, app: LocalIngestionServer, path: str, query: str, reader: BodyReader) -> None:
-        if not app.keys.accepts(self.headers.get("x-api-key")):
-            self._refuse(reader, 401, {"success": False, "error": "Invalid API key"})
-            return
-        body = bytearray()
-        while len(body) <= MAX_STUDIO_BODY and (chunk := reader.read(65536)):
-            body += chunk
-        if len(body) > MAX_STUDIO_BODY:
-            self._refuse(reader, 413, {"success": False, "error": "Request body too large"})
-            return
-        status, doc = app.studio.handle(self.command, path, query, bytes(body))
-        self._json(status, doc)
-
-    def _ingestion(self, app: LocalIngestionServer, path: str, reader: BodyReader) -> None:
-        parts = path.strip("/").split("/")
-        if self.command != "POST" or len(parts) != 3 or parts[2] not in ("files", "data"):
-            self._refuse(reader, 404, {"success": False, "error": f"Not found: {path}"})
-            return
-        decision = app.faults.decide()
-        if decision.latency_seconds:
-            app._stopping.wait(decision.latency_seconds)
-        if decision.action is FaultAction.DROP:
-            drain(reader, app.drain_limit)
-            self.close_connection = True  # no response at all
-            return
-        if decision.action is FaultAction.FAIL:
-            drained = drain(reader, app.drain_limit)
-            extra = {"Retry-After": decision.retry_after} if decision.retry_after else None
-            self._text(
-                decision.status,
-                "Internal server error (injected fault)\n",
-                extra=extra,
-                close=not drained,
-            )
-            if not drained:
-                self._linger_close()
-            return
-        if not app.keys.accepts(self.headers.get("x-api-key")):
-            self._refuse(reader, 401, {"success": False, "error": "Invalid API key"})
-            return
-        category, kind = parts[1], parts[2]
-        headers = ingest.request_headers(list(self.headers.items()))
-        try:
-            ctx = ingest.context_from_headers(kind, category, headers)
-            if kind == "files":
-                self._files(app, ctx, reader)
-            else:
-                self._data(app, ctx, reader)
-        except ingest.UploadRefused as exc:
-            self._refuse(reader, exc.status, {"success": False, "error": exc.error})
-        except (PartTooLarge, TooManyParts) as exc:
-            status = 413 if isinstance(exc, PartTooLarge) else 400
-            self._refuse(reader, status, {"success": False, "error": str(exc)})
-
-    def _files(
-        self, app: LocalIngestionServer, ctx: ingest.UploadContext, reader: BodyReader
-    ) -> None:
-        boundary = boundary_of(self.headers.get("Content-Type", ""))
-        if boundary is None:
-            raise ingest.UploadRefused(
-                400, "Content-Type must be multipart/form-data with a boundary"
-            )
-        length = self.headers.get("Content-Length")
-        if length is not None and length.isdigit() and int(length) > app.drain_limit:
-            # Hopeless: answer now rather than read gigabytes first, then close gracefully.
-            error = str(PartTooLarge(None, app.max_file_bytes))
-            self._json(413, {"success": False, "error": error}, close=True)
-            self._linger_close()
-            return
-        parser = MultipartParser(
-            reader,
-            boundary,
-            app.store.tmp_dir,
-            max_part_bytes=app.max_file_bytes,
-            max_parts=ingest.MAX_FILES_PER_REQUEST + 10,
-        )
-        parts = parser.parse()
-        try:
-            status, doc = ingest.store_files(
-                app.store, ctx, parts, hmac_key=app.hmac_key, duplicate_style=app.duplicate_style
-            )
-        finally:
-            for part in parts:
-                part.discard()
-        self._json(status, doc)
-
-    def _data(
-        self, app: LocalIngestionServer, ctx: ingest.UploadContext, reader: BodyReader
-    ) -> None:
-        if "x-file-name" not in ctx.headers:
-            raise ingest.UploadRefused(421, "Missing x-file-name header")
-        part: Part = spool(reader, app.store.tmp_dir, app.max_file_bytes)
-        try:
-            name = ingest.store_data(app.store, ctx, part, hmac_key=app.hmac_key)
-        finally:
-            part.discard()
-        self._text(200, name)
 
 
 class LocalIngestionServer:
@@ -386,10 +68,10 @@ class LocalIngestionServer:
         self._host, self._port = host, port
         self._store: SampleStore | None = None
         self._studio: StudioApi | None = None
-        self._httpd: _HTTPServer | None = None
+        self._httpd: HTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._wake: tuple[socket.socket, socket.socket] | None = None
-        self._stopping = threading.Event()
+        self.stopping = threading.Event()
         self._conns: dict[socket.socket, threading.Thread] = {}
         self._conns_lock = threading.Lock()
 
@@ -399,10 +81,10 @@ class LocalIngestionServer:
         """Open the store, bind, and serve from a daemon thread; returns self."""
         if self._httpd is not None:
             raise RuntimeError("server already started")
-        self._stopping.clear()
+        self.stopping.clear()
         store = SampleStore(self.data_dir)
         try:
-            self._httpd = _HTTPServer((self._host, self._port), self)
+            self._httpd = HTTPServer((self._host, self._port), self)
         except OSError:
             store.close()
             raise
@@ -417,7 +99,7 @@ class LocalIngestionServer:
         self._thread.start()
         return self
 
-    def _serve(self, httpd: _HTTPServer, wake: socket.socket) -> None:
+    def _serve(self, httpd: HTTPServer, wake: socket.socket) -> None:
         """Accept loop that a stop wakes at once (``serve_forever`` polls: up to its interval
         per stop, which adds up over a test suite), and idles with no timer at all."""
         httpd.socket.setblocking(False)  # a vanished client must not block accept()
@@ -425,9 +107,9 @@ class LocalIngestionServer:
         with selectors.DefaultSelector() as selector:
             selector.register(httpd.socket, selectors.EVENT_READ)
             selector.register(wake, selectors.EVENT_READ)
-            while not self._stopping.is_set():
+            while not self.stopping.is_set():
                 for key, _ in selector.select():
-                    if key.fileobj is httpd.socket and not self._stopping.is_set():
+                    if key.fileobj is httpd.socket and not self.stopping.is_set():
                         httpd.handle_request()
 
     def stop(self) -> None:
@@ -435,7 +117,7 @@ class LocalIngestionServer:
         httpd, self._httpd = self._httpd, None
         if httpd is None:
             return
-        self._stopping.set()
+        self.stopping.set()
         wake, self._wake = self._wake, None
         if wake is not None:
             with contextlib.suppress(OSError):
@@ -516,14 +198,14 @@ class LocalIngestionServer:
 
     # --- internals used by the handler -----------------------------------------------
 
-    def _track(self, conn: socket.socket, *, add: bool) -> None:
+    def track(self, conn: socket.socket, *, add: bool) -> None:
         with self._conns_lock:
             if add:
                 self._conns[conn] = threading.current_thread()
             else:
                 self._conns.pop(conn, None)
 
-    def _log(self, line: str) -> None:
+    def log_line(self, line: str) -> None:
         if self.quiet:
             return
         stream = self._log_stream or sys.stderr

@@ -221,18 +221,10 @@ class SampleStore:
                     "INSERT INTO samples (category, requested_category, filename,"
                     " original_filename, label, metadata, sha256, size, added, details)"
                     " VALUES (?, ?, '', ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        new.category,
-                        new.requested_category,
-                        new.original_filename,
-                        new.label,
-                        json.dumps(new.metadata),
-                        new.sha256,
-                        new.size,
-                        iso(added),
-                        json.dumps(new.details),
-                    ),
-                )
+                    (new.category, new.requested_category, new.original_filename, new.label,
+                     json.dumps(new.metadata), new.sha256, new.size, iso(added),
+                     json.dumps(new.details)),
+                )  # fmt: skip
                 sample_id = int(cur.lastrowid or 0)
                 name = with_date_id(original, added, sample_id) if new.add_date_id else original
                 self._db.execute("UPDATE samples SET filename=? WHERE id=?", (name, sample_id))
@@ -240,19 +232,12 @@ class SampleStore:
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 part_path.replace(dest)
                 record = SampleRecord(
-                    id=sample_id,
-                    category=new.category,
-                    requested_category=new.requested_category,
-                    filename=name,
-                    original_filename=new.original_filename,
-                    label=new.label,
-                    metadata=dict(new.metadata),
-                    sha256=new.sha256,
-                    size=new.size,
-                    added=iso(added),
-                    path=dest,
-                    details=dict(new.details),
-                )
+                    id=sample_id, category=new.category,
+                    requested_category=new.requested_category, filename=name,
+                    original_filename=new.original_filename, label=new.label,
+                    metadata=dict(new.metadata), sha256=new.sha256, size=new.size,
+                    added=iso(added), path=dest, details=dict(new.details),
+                )  # fmt: skip
                 self._index.write(json.dumps(_index_line(record, new.headers)) + "\n")
                 self._index.flush()
                 self._db.execute("COMMIT")

@@ -232,7 +232,12 @@ class DeletionSync:
         raise _Stop from None
 
     def _execute(self, d: Delete, result: PassResult, roots: list[Path]) -> None:
-        assert self.studio is not None
+        if not self._kept_by_local_facts(d, result, roots):
+            self._delete_remote(d, result)
+
+    def _kept_by_local_facts(self, d: Delete, result: PassResult, roots: list[Path]) -> bool:
+        """What the device says first: the file cannot be checked (postpone), is back, was
+        pruned rather than deleted, or its bytes live on at another path. True: decided."""
         now = self.clock()
         path = Path(d.path)
         here: OSError | bool = presence(path)
@@ -244,22 +249,27 @@ class DeletionSync:
             self.ledger.retry_later(d.row_id, due=now + delay, reason=reason)
             log.warning("deletion sync: %s (trying again in %.0f s)", reason, delay)
             result.postponed += 1
-            return
+            return True
         if here:
             self.ledger.forget(d.row_id)
             if d.sha256:  # back as a new version: the service called it a duplicate
                 self.ledger.adopt_sample(d.sha256, d.sample_id)
             log.info("%s is back: sample %d stays in the project", path, d.sample_id)
             result.kept += 1
-            return
+            return True
+        keep = self._keep_reason(d)
+        if keep is None:
+            return False
+        self.ledger.finish(d.row_id, DeleteState.CANCELLED, now=now, reason=keep)
+        log.info("not deleting sample %d of %s: %s", d.sample_id, path, keep)
+        result.kept += 1
+        return True
+
+    def _keep_reason(self, d: Delete) -> str | None:
         if not self.ledger.kept_locally(d.row_id):
             # Pruned by the disk guard (the watcher may report its unlink before the row is
             # marked), or no longer a kept file: nobody deleted the recording.
-            reason = "its file was not deleted by a user (pruned to free space)"
-            self.ledger.finish(d.row_id, DeleteState.CANCELLED, now=now, reason=reason)
-            log.info("not deleting sample %d of %s: %s", d.sample_id, path, reason)
-            result.kept += 1
-            return
+            return "its file was not deleted by a user (pruned to free space)"
         if d.sha256:
             others = [
                 p for p in self.ledger.paths_with_sha256(d.sha256, exclude_row=d.row_id)
@@ -267,11 +277,13 @@ class DeletionSync:
             ]  # fmt: skip
             if others:
                 self.ledger.adopt_sample(d.sha256, d.sample_id)
-                reason = f"the same content is still at {others[0]}"
-                self.ledger.finish(d.row_id, DeleteState.CANCELLED, now=now, reason=reason)
-                log.info("not deleting sample %d: %s", d.sample_id, reason)
-                result.kept += 1
-                return
+                return f"the same content is still at {others[0]}"
+        return None
+
+    def _delete_remote(self, d: Delete, result: PassResult) -> None:
+        """Ask the project: the sample is gone already, holds other bytes, or goes now."""
+        assert self.studio is not None
+        now, path = self.clock(), Path(d.path)
         try:
             try:
                 sample = self.studio.get_sample(d.sample_id)

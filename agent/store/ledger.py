@@ -369,12 +369,3 @@ class Ledger:
                 )
             )
         return {s.label: int(got.get(int(s), 0)) for s in ItemState}
-
-    def failed_items(self, job: str, limit: int = 20) -> list[tuple[int, str, str | None]]:
-        with self.queue.reading() as db:
-            rows = db.execute(
-                "SELECT sample_id, state, detail FROM backfill_items WHERE job=?"
-                " AND state IN (?,?) ORDER BY sample_id LIMIT ?",
-                (job, ItemState.FAILED, ItemState.MISSING, limit),
-            ).fetchall()
-        return [(int(r[0]), ItemState(r[1]).label, r[2]) for r in rows]

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from edge_uploader import cli
+from edge_uploader.cli.run import _age, render_text, to_json
 from edge_uploader.store.queue import Queue, Result, State
-from edge_uploader.store.status import _age, gather, render_text, to_json
+from edge_uploader.store.status import gather
 from tests.fakes import FakeClock
 from tests.unit.helpers import new_file
 

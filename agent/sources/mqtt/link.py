@@ -126,9 +126,6 @@ class MqttLink:
     def connected(self) -> bool:
         return self._connected.is_set()
 
-    def wait_connected(self, timeout: float) -> bool:
-        return self._connected.wait(timeout)
-
     def _build(self) -> _Client:
         cfg = self.config
         v5 = cfg.protocol == "5"

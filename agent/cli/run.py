@@ -1,0 +1,108 @@
+"""``run``, ``status`` and ``local-ingestion``: the daemon, its queue, the local service."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+from ..config import load_config
+from ..localserver.cli import add_arguments as add_local_ingestion_arguments
+from ..localserver.cli import run as run_local_ingestion
+from ..store.status import gather
+from .options import add_config_option, open_queue, positive_int
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("run", help="run the daemon: watch, queue, upload")
+    add_config_option(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("status", help="what the queue holds: counts, backlog, dead letters")
+    add_config_option(p, required=False, note="default: the per-user queue of `upload`")
+    p.add_argument("--json", action="store_true", help="stable machine-readable output")
+    p.add_argument("--limit", type=positive_int, default=20,
+                   help="dead letters and held files to list")  # fmt: skip
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("local-ingestion", help="run a local ingestion service (no account needed)")
+    add_local_ingestion_arguments(p)
+    p.set_defaults(func=lambda args: int(run_local_ingestion(args)))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ..config.preflight import prepare
+    from ..daemon.lifecycle import Daemon  # the whole agent: imported only to run it
+
+    config = prepare(args.config)  # a missing key is a config error before anything starts
+    return Daemon(config, config_path=args.config).run_forever()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    queue = open_queue(load_config(args.config, check_dirs=False))
+    try:
+        info = gather(queue, dead_limit=args.limit)
+    finally:
+        queue.close()
+    print(to_json(info) if args.json else render_text(info))
+    return 0
+
+
+def render_text(info: dict[str, Any]) -> str:
+    c = info["counts"]
+    lines = [
+        f"queue: {info['queue']}",
+        "files: " + ", ".join(f"{k} {v}" for k, v in c.items()),
+    ]
+    age = info["oldest_pending_age_seconds"]
+    lines.append(f"oldest pending: {_age(age)}" if age is not None else "oldest pending: none")
+    if info["last_delivery_at"]:
+        lines.append(f"last delivery: {_age(time.time() - info['last_delivery_at'])} ago")
+    t = info["throughput"]
+    lines.append(
+        "delivered: "
+        + ", ".join(f"{v['files']} in the last {int(k[5:-1]) // 60} min" for k, v in t.items())
+    )
+    if info["paused"]:
+        lines.append(f"UPLOADS PAUSED: {info['paused']}")
+    if info["last_error"]:
+        lines.append(f"last error: {info['last_error']}")
+    lines.extend(_remote_deletes(info.get("remote_deletes") or {}))
+    for title, key in (("dead letters", "dead_letters"), ("held", "held")):
+        if info[key]:
+            lines.append(f"{title} (first {len(info[key])}):")
+            lines.extend(f"  #{d['id']} {d['path']}: {d['reason']}" for d in info[key])
+    return "\n".join(lines)
+
+
+def _remote_deletes(rd: dict[str, Any]) -> list[str]:
+    """Deletion sync: what is scheduled and, loudly, whether the cap holds it back."""
+    lines = []
+    if rd.get("scheduled") or rd.get("failed"):
+        lines.append(
+            f"remote deletions: {rd['scheduled']} scheduled ({rd['due']} due),"
+            f" {rd['done_last_hour']} done in the last hour, {rd['failed']} failed"
+        )
+    blocked = rd.get("blocked")
+    if blocked:
+        lines.append(
+            f"DELETION SYNC BLOCKED: {blocked['pending']} pending remote deletion(s), more than"
+            f" max_deletes_per_hour = {blocked['max_deletes_per_hour']}; nothing is deleted."
+            f" If intended: {blocked['confirm']}"
+        )
+    return lines
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def to_json(info: dict[str, Any]) -> str:
+    return json.dumps(info, indent=2, sort_keys=True)
