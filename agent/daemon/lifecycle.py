@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -33,13 +34,13 @@ from types import FrameType
 import httpx
 
 from ..clock import Clock, system_clock
-from ..config import Config, WatchConfig
+from ..config import Config
 from ..config.preflight import prepare
 from ..core.delivery import PREFETCH, Delivery
-from ..core.intake import Intake, Item
+from ..core.intake import Intake
 from ..core.runtime import Component, Runtime
 from ..errors import AgentError, ConfigError
-from ..events import Event, Stats
+from ..events import Stats
 from ..remote.ingestion import build_uploader
 from ..sources.scan import Scanner
 from ..sources.watcher import Watcher
@@ -89,7 +90,7 @@ class Daemon:
         self.reporter = SystemdReporter(
             self.notifier, alive=self._alive, status=self.status_line, watchdog=watchdog_seconds()
         )
-        self.stats.subscribe(lambda event, info: self.reporter.poke())
+        self.stats.subscribe(self.reporter.on_event)
         self.components: list[Component] = build_components(config, self)
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -128,12 +129,12 @@ class Daemon:
         intake.start()
         delivery.start()
         if cfg.watches:
-            self.watcher = Watcher(cfg.watches, self._on_file, self._on_removed)
+            self.watcher = Watcher(cfg.watches, intake.submit, self.stats)
             self.watcher.start()
         self.scanner = Scanner(cfg.watches, queue, intake.submit, cfg.queue.scan_interval_seconds)
         self.scanner.start()
         runtime = Runtime(config=cfg, queue=queue, stats=self.stats, clock=self.clock,
-                          submit=intake.submit, claim=self._claim,
+                          submit=intake.submit, claim=self._claim_for(self.watcher),
                           capture_refusal=disk.reason)  # fmt: skip
         for component in self.components:
             try:
@@ -310,17 +311,10 @@ class Daemon:
             self.delivery.wake()
         self.reporter.poke()
 
-    # -- sources -------------------------------------------------------------------------
-    def _on_file(self, path: Path, watch: WatchConfig) -> None:
-        if self.intake is not None:
-            self.intake.submit(Item(path=path, watch=watch))
-
-    def _on_removed(self, path: Path, watch: WatchConfig, is_dir: bool) -> None:
-        self.stats.emit(Event.REMOVED, path=str(path), is_dir=is_dir, watch=watch.key)
-
-    def _claim(self, path: Path) -> None:
-        if self.watcher is not None:
-            self.watcher.claim(path)
+    @staticmethod
+    def _claim_for(watcher: Watcher | None) -> Callable[[Path], None]:
+        """The runtime's claim: the watcher's, or nothing to claim from (no watches)."""
+        return watcher.claim if watcher is not None else (lambda path: None)
 
 
 def _iso(timestamp: float) -> str:

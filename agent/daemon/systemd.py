@@ -23,7 +23,9 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
+from ..events import Event
 from ..loop import Loop
 from ..text import one_line
 
@@ -154,6 +156,10 @@ class SystemdReporter(Loop):
         """Something changed (an upload, a queued file): refresh ``STATUS=`` soon."""
         self._changed = True
         self.wake()
+
+    def on_event(self, event: Event, info: dict[str, Any]) -> None:
+        """A ``Stats`` listener: every lifecycle event may change the status line."""
+        self.poke()
 
     def send_status(self, *, force: bool = False) -> None:
         try:

@@ -48,13 +48,14 @@ from watchdog.observers.polling import PollingObserver
 
 from ..config import WatchConfig
 from ..core.files import walk, wanted
+from ..core.intake import Item
+from ..core.sidecar import data_path, is_sidecar
+from ..events import Event, Stats
 from ..loop import Loop
 
 log = logging.getLogger(__name__)
 
-OnFile = Callable[[Path, WatchConfig], None]
-OnRemoved = Callable[[Path, WatchConfig, bool], None]
-"""(path, watch, is_dir): a file or folder left a watched folder (deleted or moved away)."""
+Submit = Callable[[Item], None]
 CLAIM_SECONDS = 60.0
 MAX_CLAIMS = 1024
 
@@ -99,16 +100,15 @@ def _s(value: str | bytes) -> str:
 
 
 class Watcher:
-    """Watches every ``[[watch]]`` folder and calls ``on_file`` for each complete file."""
+    """Watches every ``[[watch]]`` folder and submits each complete file to intake; a file
+    or folder that leaves a watch (deleted, moved away) is an ``Event.REMOVED``."""
 
     def __init__(
-        self, watches: tuple[WatchConfig, ...], on_file: OnFile,
-        on_removed: OnRemoved | None = None,
+        self, watches: tuple[WatchConfig, ...], submit: Submit, stats: Stats | None = None,
     ) -> None:  # fmt: skip
         self.watches = watches
-        self.on_file = on_file
-        self.on_removed = on_removed
-        """Told when a sample file or a folder leaves a watch (deleted or moved away)."""
+        self.submit = submit
+        self.stats = stats
         self._observers: list[BaseObserver] = []
         self._settler = _Settler(self)
         self._claims: dict[Path, float] = {}
@@ -157,8 +157,9 @@ class Watcher:
         self._observers.clear()
 
     def claim(self, path: Path) -> None:
-        """The caller submits ``path`` itself (a capture it just renamed into place): its
-        next event is not reported. Claims expire after ``CLAIM_SECONDS``."""
+        """The caller submits ``path`` itself (a capture it is about to rename into place):
+        its next event, and its sidecar's, are not reported. Claims expire after
+        ``CLAIM_SECONDS``."""
         now = time.monotonic()
         with self._claims_lock:
             if len(self._claims) >= MAX_CLAIMS:
@@ -166,19 +167,24 @@ class Watcher:
             self._claims[path] = now + CLAIM_SECONDS
 
     def _claimed(self, path: Path) -> bool:
+        """A claimed file's event is dropped once; its sidecar's (written just before the
+        file is renamed into place) is dropped too, leaving the claim for the file."""
         with self._claims_lock:
-            until = self._claims.pop(path, None)
+            if is_sidecar(path):
+                until = self._claims.get(data_path(path))
+            else:
+                until = self._claims.pop(path, None)
         return until is not None and until > time.monotonic()
 
     def found(self, path: Path, watch: WatchConfig) -> None:
         if wanted(path, watch):
             self._settler.forget(path)  # complete now: no need to wait for it to settle
             if not self._claimed(path):
-                self.on_file(path, watch)
+                self.submit(Item(path=path, watch=watch))
 
     def gone(self, path: Path, watch: WatchConfig, is_dir: bool) -> None:
-        if self.on_removed is not None and (is_dir or wanted(path, watch)):
-            self.on_removed(path, watch, is_dir)
+        if self.stats is not None and (is_dir or wanted(path, watch)):
+            self.stats.emit(Event.REMOVED, path=str(path), is_dir=is_dir, watch=watch.key)
 
     def found_folder(self, folder: Path, watch: WatchConfig, *, settle: bool = False) -> None:
         """Report the files under ``folder``; with ``settle``, once they stopped changing."""

@@ -19,6 +19,7 @@ import pytest
 
 from edge_uploader.config import WatchConfig
 from edge_uploader.core.files import wanted
+from edge_uploader.core.intake import Item
 from edge_uploader.sources.watcher import Watcher
 from tests.support import wait_for
 
@@ -29,7 +30,8 @@ class Seen:
         self.calls: list[tuple[Path, int, float]] = []
         self.markers = itertools.count()
 
-    def __call__(self, path: Path, watch: WatchConfig) -> None:
+    def __call__(self, item: Item) -> None:
+        path = item.path
         try:
             size = path.stat().st_size
         except OSError:
