@@ -125,7 +125,7 @@ def _expand(arg: str, report: Report) -> Iterator[tuple[Path, bool]]:
 def _walk(folder: Path, report: Report) -> Iterator[tuple[Path, bool]]:
     """Regular files under ``folder``, streamed in directory order.
 
-    Unlike ``intake.walk`` (sorted, for the daemon's scans) nothing is listed ahead: a flat
+    Unlike ``core.files.walk`` (sorted, for the daemon's scans) nothing is listed ahead: a flat
     folder of 200,000 files costs no more memory than one of 200 (sorting the entries of
     a 50,000-file folder alone costs about 13 MB). Hidden names and symbolic links are
     skipped, as in the daemon.

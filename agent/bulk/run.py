@@ -3,7 +3,7 @@
 There is no second upload path: files go through the same ``Intake`` (tagging, sidecars),
 the same durable ``Queue`` and the same ``Delivery``/``Uploader`` as the daemon. What the
 command adds is a *batch*: every row it queues carries the batch id (derived from the
-command's inputs, see ``bulkinputs.batch_id``), and its pipeline leases and recovers only
+command's inputs, see ``bulk.inputs.batch_id``), and its delivery leases and recovers only
 that batch's rows. Hence:
 
 - resumable: after a kill, a network loss or Ctrl-C, the same command finds the same
@@ -112,7 +112,7 @@ class BulkUpload:
         levels = self._quiet_logs()
         stats = Stats()
         stats.subscribe(self._on_event)
-        pipeline: Delivery | None = None
+        delivery: Delivery | None = None
         outcome = "done"
         try:
             returned = queue.recover(batch=self.batch)
@@ -120,21 +120,21 @@ class BulkUpload:
             if returned:
                 self.progress.message(f"{returned} upload(s) interrupted last time are queued "
                                       "again")  # fmt: skip
-            pipeline = Delivery(
+            delivery = Delivery(
                 queue, uploader, cfg.ingestion, stats, batch=self.batch, prefetch=PREFETCH
             )
-            intake = Intake(queue, cfg, stats, on_queued=pipeline.wake)
+            intake = Intake(queue, cfg, stats, on_queued=delivery.wake)
             self.tracker.refresh(queue)
-            pipeline.start()
+            delivery.start()
             self.progress.start(self.tracker, queue)
             outcome = self._feed(intake, queue)
             with self.tracker.lock:
                 self.tracker.scanning = False
             if outcome == "done":
-                outcome = self._wait(queue, pipeline)
+                outcome = self._wait(queue, delivery)
         finally:
-            if pipeline is not None:
-                pipeline.stop(STOP_TIMEOUT_SECONDS)
+            if delivery is not None:
+                delivery.stop(STOP_TIMEOUT_SECONDS)
             uploader.client.close()
             self.progress.stop()
             self._restore_signals()
@@ -169,7 +169,7 @@ class BulkUpload:
         self.tracker.refresh(queue)
         return "done"
 
-    def _wait(self, queue: Queue, pipeline: Delivery) -> str:
+    def _wait(self, queue: Queue, delivery: Delivery) -> str:
         """Until the batch has nothing pending or uploading, or the run must stop.
 
         Woken by every final outcome; the queue is counted only when the outcomes seen

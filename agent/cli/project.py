@@ -6,7 +6,7 @@
     edge-uploader sync --config FILE [--dry-run [--json] [--no-remote]]
         [--confirm-deletes | --cancel-deletes]
 
-Exit statuses follow ``agent.cli``: 0 done; 1 something left undone (a failed sample, a
+Exit statuses follow ``cli``: 0 done; 1 something left undone (a failed sample, a
 refused key, the service unreachable: the message says which); 78 bad input (a bad key
 or value, an unknown project, a missing queue): nothing was changed.
 """
@@ -329,7 +329,7 @@ def _q(value: str | None) -> str:
 
 # -- registration ------------------------------------------------------------------------
 def register(sub: Any) -> None:
-    """Add ``metadata backfill`` and ``sync`` (``agent.cli.COMMAND_MODULES``)."""
+    """Add ``metadata backfill`` and ``sync``."""
     from ..remote.studio import LIST_CATEGORIES
 
     p = sub.add_parser("metadata", help="change the metadata of samples already in the project")

@@ -1,7 +1,7 @@
 """Queue care: ``dead list|retry|drop`` and ``retry-now``, on the daemon's queue or an upload's.
 
 They work on the queue file directly (SQLite in WAL mode lets them run beside a running
-daemon) and wake the daemon afterwards (``agent.wake``), so retried rows go out at once.
+daemon) and wake the daemon afterwards (``daemon.wake``), so retried rows go out at once.
 ``dead list --json`` is a stable format, documented in docs/bulk.md: keys are only added.
 """
 

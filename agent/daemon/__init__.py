@@ -1,1 +1,1 @@
-"""daemon"""
+"""The long-running agent: lifecycle, components, systemd, health, metrics, disk, wake."""

@@ -59,10 +59,10 @@ def assess(service: Vitals, *, now: float | None = None) -> Health:
     now = time.monotonic() if now is None else now
     fatal: list[str] = []
     notes: list[str] = []
-    pipeline, intake = service.delivery, service.intake
-    if pipeline is None or intake is None:
+    delivery, intake = service.delivery, service.intake
+    if delivery is None or intake is None:
         return Health(alive=True, healthy=False, reasons=["starting or reloading"])
-    if not pipeline.alive():
+    if not delivery.alive():
         fatal.append("the upload dispatcher thread is not running")
     if not intake.alive():
         fatal.append("the intake thread is not running")
@@ -71,15 +71,15 @@ def assess(service: Vitals, *, now: float | None = None) -> Health:
         cfg.ingestion.timeout_seconds, cfg.ingestion.connect_timeout_seconds
     )
     quiet = now - service.stats.last_progress
-    if pipeline.queue_error:
-        notes.append(f"the queue cannot be written: {pipeline.queue_error}")
-    elif pipeline.inflight and quiet > stall:
+    if delivery.queue_error:
+        notes.append(f"the queue cannot be written: {delivery.queue_error}")
+    elif delivery.inflight and quiet > stall:
         fatal.append(
-            f"uploads stalled: {pipeline.inflight} in flight and no progress for {quiet:.0f} s"
+            f"uploads stalled: {delivery.inflight} in flight and no progress for {quiet:.0f} s"
             f" (limit {stall:g} s)"
         )
-    if pipeline.paused:
-        notes.append(f"uploads paused: {pipeline.paused}")
+    if delivery.paused:
+        notes.append(f"uploads paused: {delivery.paused}")
     disk = service.disk.reason() if service.disk is not None else None
     if disk:
         notes.append(disk)

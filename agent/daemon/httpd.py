@@ -1,8 +1,8 @@
 """The optional local health endpoint: ``[http] listen = "127.0.0.1:9108"``.
 
 - ``GET /healthz``: 200 with ``{"status": "ok"}`` when healthy, 503 with
-  ``{"status": "unhealthy", "reasons": [...]}`` otherwise (see ``agent.health``);
-- ``GET /metrics``: Prometheus text format (see ``agent.metrics``).
+  ``{"status": "unhealthy", "reasons": [...]}`` otherwise (see ``daemon.health``);
+- ``GET /metrics``: Prometheus text format (see ``daemon.metrics``).
 
 It listens on loopback unless the config names another address, and it never shows a
 secret (there is none to show: it reads counters, queue counts and free space). The

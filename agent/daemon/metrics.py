@@ -113,12 +113,12 @@ def render(service: Vitals, *, now: float | None = None) -> str:
     samples.append(("_count", stats.latency_count))
     w.metric("upload_latency_seconds", "histogram", "Time per upload request.", samples)
 
-    pipeline = service.delivery
-    if pipeline is not None:
+    delivery = service.delivery
+    if delivery is not None:
         w.metric("uploads_in_flight", "gauge", "Upload requests being sent now.",
-                 [("", pipeline.inflight)])  # fmt: skip
+                 [("", delivery.inflight)])  # fmt: skip
         w.metric("uploads_paused", "gauge", "1 while the service refuses the key or URL.",
-                 [("", 1 if pipeline.paused else 0)])  # fmt: skip
+                 [("", 1 if delivery.paused else 0)])  # fmt: skip
 
     disk = service.disk
     if disk is not None:

@@ -8,7 +8,7 @@ Three lists, each streamed (memory does not grow with the ledger):
                    will do about each (scheduled, blocked, done, or nothing: sync is off
                    or the file was not kept under a watched folder).
 ``metadata``       remote samples whose metadata differs from what the config would give
-                   the file now (``agent.tagger.tag`` on the file, its sidecar and its
+                   the file now (``core.tagger.tag`` on the file, its sidecar and its
                    watch). Only keys the config controls are compared: ``[metadata]``, the
                    watch's ``metadata``, the sidecar's and ``device_id``. ``captured_at``
                    and ``agent_version`` are derived at upload time (the file's mtime, the

@@ -2,7 +2,7 @@
 scheduled remote deletions and resumable metadata backfill jobs.
 
 The ledger is the ``files`` table itself: a delivered row carries the ``sample_id`` the
-service returned. The tables added by schema version 2 (see ``agent.queue``) are:
+service returned. The tables added by schema version 2 (see ``store.schema``) are:
 
 ``remote_deletes``  one row per delivered file whose local copy went, keyed by the queue
                     row: the sample to delete, when it is due (noticed + grace), and what

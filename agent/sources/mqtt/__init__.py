@@ -1,1 +1,1 @@
-"""sources/mqtt"""
+"""The MQTT link: capture commands in; their events and the fleet status document out."""
