@@ -61,7 +61,7 @@ bench: venv
 	$(BIN)/python bench/drain.py
 
 clean:
-	rm -rf $(VENV) $(RUNDIR) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(RUNDIR) .pytest_cache .mypy_cache .ruff_cache *.egg-info build dist
 
 # --- deployment: `sudo make install` on the device (docs/deploy.md) ------------------------
 # DESTDIR stages everything under another root (packaging, tests): nothing outside it is
@@ -91,6 +91,8 @@ install-venv:
 	$(need_root)
 	rm -rf $(STAGE)/venv.new
 	$(PYTHON) -m venv $(STAGE)/venv.new
+	@# setuptools reuses build/: modules an older checkout built would ride along in the wheel
+	rm -rf build
 	$(STAGE)/venv.new/bin/pip install --quiet --no-cache-dir --disable-pip-version-check .
 	@# scripts name their interpreter by absolute path: point them where the venv will live
 	grep -rlI -F '$(STAGE)/venv.new' $(STAGE)/venv.new/bin | \

@@ -420,6 +420,23 @@ def test_unusable_path_is_a_queue_error(tmp_path: Path) -> None:
         Queue(tmp_path / "q.db")
 
 
+def test_a_failing_read_is_a_queue_error_naming_the_file(tmp_path: Path) -> None:
+    """Reads go through the same boundary as writes: no raw sqlite3 error escapes."""
+    from edge_uploader.store.ledger import Ledger
+
+    q = Queue(tmp_path / "q.db")
+    try:
+        with sqlite3.connect(tmp_path / "q.db") as other:  # another process breaks the file
+            other.execute("DROP TABLE files")
+            other.execute("DROP TABLE remote_deletes")
+        for read in (q.counts, lambda: list(q.rows()), q.oldest_pending,
+                     lambda: Ledger(q).counts(0.0)):  # fmt: skip
+            with pytest.raises(QueueError, match=str(tmp_path / "q.db")):
+                read()
+    finally:
+        q.close()
+
+
 def test_not_a_database(tmp_path: Path) -> None:
     (tmp_path / "q.db").write_bytes(b"garbage" * 1000)
     with pytest.raises(QueueError, match="cannot open the queue"):
