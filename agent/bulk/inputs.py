@@ -16,10 +16,10 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ..config import DEFAULT_PATTERNS, Config
+from ..config import DEFAULT_PATTERNS, Concurrency, Config, TaggingConfig
 from ..core.files import ignored_name, matches
 from ..core.intake import Item
 from ..core.sidecar import is_sidecar
@@ -46,8 +46,21 @@ class UploadRequest:
     metadata: Mapping[str, str] = field(default_factory=dict)
     session: str | None = None
     allow_duplicates: bool = False
-    concurrency: int | None = None
+    concurrency: Concurrency | None = None
     give_up_after: float = 60.0
+    captured_at: bool = True
+    """False (``--no-captured-at``): no derived ``captured_at``, so files of one session
+    agree on metadata and share requests."""
+
+
+def run_config(config: Config, request: UploadRequest) -> Config:
+    """The config as this command runs it: its options replace the config's values."""
+    if request.concurrency is not None:
+        config = replace(config, ingestion=replace(config.ingestion,
+                                                   concurrency=request.concurrency))  # fmt: skip
+    if not request.captured_at:
+        config = replace(config, tagging=TaggingConfig(captured_at=False))
+    return config
 
 
 def batch_id(request: UploadRequest, config: Config) -> str:
@@ -63,6 +76,8 @@ def batch_id(request: UploadRequest, config: Config) -> str:
         "allow_duplicates": request.allow_duplicates,
         "config": config.source,
     }
+    if not request.captured_at:  # other metadata: another batch (kept out when on, so the
+        doc["captured_at"] = False  # ids of earlier runs stay the same)
     digest = hashlib.sha256(json.dumps(doc, sort_keys=True).encode("utf-8")).hexdigest()
     return f"upload-{digest[:16]}"
 

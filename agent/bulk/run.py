@@ -29,7 +29,6 @@ import signal
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import replace
 from types import FrameType
 from typing import Any
 
@@ -42,7 +41,7 @@ from ..errors import InputError
 from ..events import Event, Stats
 from ..remote.ingestion import build_uploader
 from ..store.queue import Queue, State
-from .inputs import UploadRequest, batch_id, candidates
+from .inputs import UploadRequest, batch_id, candidates, run_config
 from .progress import Progress
 from .tracker import Summary, Tracker
 
@@ -67,10 +66,7 @@ class BulkUpload:
         transport: httpx.BaseTransport | None = None,
         verbose: bool = False,
     ) -> None:
-        ing = config.ingestion
-        if request.concurrency is not None:
-            ing = replace(ing, concurrency=request.concurrency)
-        self.config = replace(config, ingestion=ing)
+        self.config = run_config(config, request)
         self.request = request
         self.progress = progress
         self.transport = transport

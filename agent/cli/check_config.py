@@ -14,7 +14,7 @@ import re
 import time
 from pathlib import Path
 
-from ..config import Config, WatchConfig, load_config
+from ..config import Config, IngestionConfig, WatchConfig, load_config
 from ..core.files import ignored_name, matches
 from ..core.sidecar import read_sidecar, sidecar_path
 from ..core.tagger import tag
@@ -54,17 +54,27 @@ def describe_secret(source: SecretSource) -> str:
     return f"from the systemd credential {source.credential}"
 
 
+def _concurrency(ing: IngestionConfig) -> str:
+    files = ing.max_files_per_request
+    shared = f", up to {files} files per request" if files > 1 else ", one file per request"
+    if ing.concurrency == "auto":
+        return f"auto (1 to {ing.max_concurrency}){shared}"
+    return f"{ing.concurrency}{shared}"
+
+
 def render_config(config: Config, api_key: str) -> str:
     ing = config.ingestion
     lines = [
         f"config: {config.source}",
         f"device: id {config.device_id}, hostname {config.hostname}",
-        f"ingestion: {ing.url}  category {ing.category}  concurrency {ing.concurrency}  "
+        f"ingestion: {ing.url}  category {ing.category}  concurrency {_concurrency(ing)}  "
         f"group key {ing.group_key}  duplicates {'allowed' if ing.allow_duplicates else 'refused'}",
         f"API key: {api_key}",
         f"queue: {config.queue.path}"
         + ("" if config.queue.path.exists() else " (not created yet)"),
     ]
+    if not config.tagging.captured_at:
+        lines.append("tagging: no derived captured_at ([tagging] captured_at = false)")
     if config.metadata:
         lines.append("metadata for every file:")
         lines.extend(f"  {k} = {t.source!r}" for k, t in sorted(config.metadata.items()))

@@ -64,6 +64,7 @@ def render_text(info: dict[str, Any]) -> str:
         "delivered: "
         + ", ".join(f"{v['files']} in the last {int(k[5:-1]) // 60} min" for k, v in t.items())
     )
+    lines.extend(_uploads(info.get("concurrency")))
     if info["paused"]:
         lines.append(f"UPLOADS PAUSED: {info['paused']}")
     if info["last_error"]:
@@ -74,6 +75,18 @@ def render_text(info: dict[str, Any]) -> str:
             lines.append(f"{title} (first {len(info[key])}):")
             lines.extend(f"  #{d['id']} {d['path']}: {d['reason']}" for d in info[key])
     return "\n".join(lines)
+
+
+def _uploads(c: dict[str, Any] | None) -> list[str]:
+    """The delivery's last recorded limit on requests in flight and round-trip time."""
+    if not c:
+        return []
+    mode = f"auto, at most {c['maximum']}" if c.get("adaptive") else "fixed"
+    rtt = "not measured yet" if c.get("rtt_ms") is None else f"{c['rtt_ms']:.0f} ms"
+    line = f"uploads: {c['limit']} request(s) in flight at most ({mode}), round trip {rtt}"
+    if c.get("outage"):
+        line += "; OUTAGE: the service does not answer, one probe at a time"
+    return [line]
 
 
 def _remote_deletes(rd: dict[str, Any]) -> list[str]:

@@ -16,8 +16,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
-from ..bulk.inputs import UploadRequest, candidates
-from ..config import CONFIG_CATEGORIES, Config, load_config
+from ..bulk.inputs import UploadRequest, candidates, run_config
+from ..config import CONFIG_CATEGORIES, Concurrency, Config, load_config
 from ..core.files import stat_sample
 from ..core.intake import new_file
 from ..core.tagger import check_label
@@ -98,9 +98,16 @@ def _tag_options(p: argparse.ArgumentParser) -> None:
 def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--concurrency",
-        type=int,
-        metavar="N",
-        help="parallel uploads, 1-64 (default: the config's, else 4)",
+        metavar="N|auto",
+        help='requests in flight: 1-64, or "auto" to adapt them to the link'
+        " (default: the config's, else auto)",
+    )
+    p.add_argument(
+        "--no-captured-at",
+        dest="captured_at",
+        action="store_false",
+        help="do not add the derived captured_at metadata; files that then agree on label,"
+        " category and metadata share requests (much faster for many small files)",
     )
     p.add_argument(
         "--give-up-after",
@@ -131,6 +138,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
                            config_source=SOURCE)  # fmt: skip
         config = replace(config, ingestion=replace(config.ingestion, api_key=key))
     request = build_request(args)
+    config = run_config(config, request)
     if args.dry_run:
         return preview(config, request, sys.stdout)
 
@@ -171,8 +179,7 @@ def build_request(args: argparse.Namespace) -> UploadRequest:
         check_metadata(metadata, "--metadata")
     except InputError as exc:
         raise ConfigError(SOURCE, exc.field, exc.message) from None
-    if args.concurrency is not None and not 1 <= args.concurrency <= 64:
-        raise ConfigError(SOURCE, "--concurrency", f"expected 1 to 64, got {args.concurrency}")
+    concurrency = _concurrency(args.concurrency)
     if not 0 <= args.give_up_after <= 86400:
         raise ConfigError(SOURCE, "--give-up-after", "expected 0 to 86400 seconds")
     if args.info_file is not None and not args.info_file.is_file():
@@ -185,9 +192,24 @@ def build_request(args: argparse.Namespace) -> UploadRequest:
         metadata=metadata,
         session=args.session,
         allow_duplicates=args.allow_duplicates,
-        concurrency=args.concurrency,
+        concurrency=concurrency,
         give_up_after=args.give_up_after,
+        captured_at=args.captured_at,
     )
+
+
+def _concurrency(value: str | None) -> Concurrency | None:
+    if value is None:
+        return None
+    if value == "auto":
+        return "auto"
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 64:
+        raise ConfigError(SOURCE, "--concurrency", f'expected 1 to 64 or "auto", got {value!r}')
+    return n
 
 
 def preview(config: Config, request: UploadRequest, out: TextIO) -> int:

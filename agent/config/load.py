@@ -22,11 +22,14 @@ from .model import (
     AFTER_UPLOAD,
     CONFIG_CATEGORIES,
     DEFAULT_URL,
+    MAX_FILES_PER_REQUEST,
     URL_ENV,
     CaptureConfig,
+    Concurrency,
     Config,
     IngestionConfig,
     QueueConfig,
+    TaggingConfig,
     WatchConfig,
     api_key_source,
     hmac_key_source,
@@ -82,11 +85,12 @@ def parse_config(
         _check_sendable(metadata, w.metadata, device_id, source, f"watch[{i}].metadata")
 
     studio, sync = parse_studio(top.table("studio")), parse_sync(top.table("sync"))
+    tagging = _tagging(top.table("tagging"))
     top.finish()
     return Config(
         source=source, device_id=device_id, hostname=hostname, metadata=metadata,
         ingestion=ingestion, queue=queue, watches=watches, mqtt=mqtt, capture=capture,
-        http=http, health=health, disk=disk, studio=studio, sync=sync,
+        http=http, health=health, disk=disk, studio=studio, sync=sync, tagging=tagging,
     )  # fmt: skip
 
 
@@ -130,7 +134,11 @@ def _ingestion(t: Table, source: str) -> IngestionConfig:
         api_key=api_key_source(t.key("api_key_file"), t.get_path("api_key_file"), source),
         hmac_key=hmac_key_source(t.key("hmac_key_file"), t.get_path("hmac_key_file"), source),
         category=t.choice("category", d.category, CONFIG_CATEGORIES) or d.category,
-        concurrency=t.get_int("concurrency", d.concurrency, 1, 64),
+        concurrency=_concurrency(t, "concurrency", d.concurrency),
+        max_concurrency=t.get_int("max_concurrency", d.max_concurrency, 1, 256),
+        max_files_per_request=t.get_int("max_files_per_request", d.max_files_per_request, 1,
+                                        MAX_FILES_PER_REQUEST),
+        max_request_bytes=t.get_int("max_request_bytes", d.max_request_bytes, 1024, 2**31),
         timeout_seconds=t.get_float("timeout_seconds", d.timeout_seconds, 0.1, 3600.0),
         connect_timeout_seconds=t.get_float("connect_timeout_seconds",
                                             d.connect_timeout_seconds, 0.1, 600.0),
@@ -151,6 +159,22 @@ def _ingestion(t: Table, source: str) -> IngestionConfig:
         raise t.error("ca_file", f"{cfg.ca_file} is not a readable file")
     t.finish()  # first: a misspelt allow_insecure_http must say "unknown key"
     check_service_url(t, "url", cfg.url, cfg.allow_insecure_http)
+    return cfg
+
+
+def _concurrency(t: Table, name: str, default: Concurrency) -> Concurrency:
+    """``"auto"`` or a whole number from 1 to 64."""
+    if t.data.get(name) == "auto":
+        t.seen.add(name)
+        return "auto"
+    if isinstance(t.data.get(name), str):
+        raise t.error(name, 'expected a whole number from 1 to 64 or "auto", got a string')
+    return t.get_int(name, 0, 1, 64) if t.has(name) else default
+
+
+def _tagging(t: Table) -> TaggingConfig:
+    cfg = TaggingConfig(captured_at=t.get_bool("captured_at", TaggingConfig().captured_at))
+    t.finish()
     return cfg
 
 

@@ -91,13 +91,25 @@ class WatchConfig:
         return f"watch:{self.path}"
 
 
+Concurrency = int | Literal["auto"]
+MAX_FILES_PER_REQUEST = 1000
+"""The ingestion service's documented limit of files in one request."""
+
+
 @dataclass(frozen=True)
 class IngestionConfig:
     url: str = DEFAULT_URL
     api_key: SecretSource = field(default_factory=api_key_source)
     hmac_key: SecretSource = field(default_factory=hmac_key_source)
     category: str = "training"
-    concurrency: int = 4
+    concurrency: Concurrency = "auto"
+    """Requests in flight: "auto" adapts them to the link (1 to ``max_concurrency``); a
+    number fixes them."""
+    max_concurrency: int = 32
+    max_files_per_request: int = 20
+    """Files that agree on category, label and metadata share one request, up to this."""
+    max_request_bytes: int = 1024 * 1024
+    """...and up to this many bytes of files in one request."""
     timeout_seconds: float = 60.0
     connect_timeout_seconds: float = 10.0
     group_key: str = "session"
@@ -108,6 +120,20 @@ class IngestionConfig:
     auth_pause_seconds: float = 300.0
     ca_file: Path | None = None
     allow_insecure_http: bool = False
+
+    @property
+    def workers(self) -> int:
+        """Upload threads: as many as requests may ever be in flight."""
+        return self.max_concurrency if self.concurrency == "auto" else self.concurrency
+
+
+@dataclass(frozen=True)
+class TaggingConfig:
+    """What the tagger derives for every file."""
+
+    captured_at: bool = True
+    """The file's time as metadata. It makes every file's metadata unique, so files of one
+    session can no longer share a request (see ``max_files_per_request``)."""
 
 
 @dataclass(frozen=True)
@@ -299,6 +325,7 @@ class Config:
     disk: DiskConfig = field(default_factory=DiskConfig)
     studio: StudioConfig = field(default_factory=StudioConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
+    tagging: TaggingConfig = field(default_factory=TaggingConfig)
 
     def watch_for_key(self, key: str) -> WatchConfig | None:
         """The watch a queue row's ``source`` names, if it is still configured."""

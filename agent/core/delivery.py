@@ -1,17 +1,13 @@
-"""Delivery: lease due rows, upload them on a few workers, settle the results.
+"""Delivery: lease due rows, send them in requests on a pool of workers, settle the answers.
 
-The dispatcher (a ``Loop``) owns every queue write of the delivery side; ``concurrency``
-worker threads each hold one request at a time on the shared ``httpx.Client``. The
-dispatcher sleeps on an event until a result arrives, a file is queued, or the next retry
-is due: idle means idle, not a polling loop.
-
-Two kinds of waiting:
-
-- per row: a transient failure sets the row's ``next_attempt_at`` (exponential backoff with
-  full jitter, ``Retry-After`` honoured);
-- for the whole service: when the service is unreachable (network errors, 429, 503) or
-  refuses the key (401/403), the dispatcher stops leasing and later sends a single probe
-  before opening up again, so a day offline costs a handful of requests, not one per file.
+The dispatcher (a ``Loop``) owns every queue write of the delivery side. It leases due
+rows, groups those that may share a request (``core.batching``) and queues the requests;
+worker threads take them and send each on the shared ``httpx.Client``, at most
+``core.concurrency``'s limit at once (fixed, or adapted to the link). The dispatcher sleeps
+on an event until answers arrive, a file is queued, or the next retry is due: idle means
+idle, not a polling loop. What each answer means, per file and for the whole service
+(sporadic errors back off one file; an outage holds everything behind one probe; a wrong
+key or URL pauses), is ``core.verdicts``'s.
 
 A local delete or move (``after_upload``) happens only after the delivered state was
 committed with a full sync.
@@ -20,6 +16,7 @@ committed with a full sync.
 from __future__ import annotations
 
 import logging
+import math
 import queue as stdqueue
 import random
 import threading
@@ -29,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..clock import Clock, retry_delay, system_clock
+from ..clock import Clock, system_clock
 from ..config import IngestionConfig
 from ..errors import Outcome, QueueError
 from ..events import Event, Stats
@@ -37,18 +34,33 @@ from ..loop import Loop
 from ..remote.ingestion import Answer, Sample, Uploader
 from ..store.queue import Queue, Result, Row, State
 from .after_upload import AfterUpload
+from .batching import requests
+from .concurrency import Concurrency
+from .verdicts import ServiceState, pushback
 
 log = logging.getLogger(__name__)
 
 QUEUE_RETRY_SECONDS = 5.0
 GATHER_SECONDS = 0.02
-"""Bulk mode: the longest a result waits before it is settled (with the others that came
+"""Bulk mode: the longest an answer waits before it is settled (with the others that came
 back meanwhile, in one transaction)."""
 PREFETCH = 32
-"""Rows leased ahead of the workers while a backlog drains: fewer, larger transactions."""
+"""Requests kept ready beyond the limit while a backlog drains: workers never wait for the
+dispatcher, and leases come in batches (fewer, larger transactions)."""
+MAX_LEASE = 1000
+STATUS_EVERY_SECONDS = 10.0
 
 NOT_SENT = Answer(Outcome.RETRY, "not sent: the pipeline stopped or the service is in trouble")
 """A prefetched row a worker gave back unsent; it returns to pending without an attempt."""
+
+
+@dataclass
+class _Sent:
+    """One request's rows and their answers, from a worker to the dispatcher."""
+
+    rows: list[Row]
+    answers: list[Answer]
+    latency: float
 
 
 @dataclass
@@ -59,13 +71,6 @@ class _Done:
     decided: bool = False
     result: Result | None = None
     """What the queue records (None: requeue), decided once even if the write is retried."""
-
-
-def _outage(answer: Answer) -> bool:
-    """The whole service looks unreachable or refuses the key (not just this file)."""
-    if answer.outcome is Outcome.PAUSE:
-        return True
-    return answer.outcome is Outcome.RETRY and answer.status in (None, 429, 503)
 
 
 def row_sample(row: Row) -> Sample:
@@ -79,6 +84,38 @@ def row_sample(row: Row) -> Sample:
         metadata=row.metadata, allow_duplicates=row.allow_duplicates, extra_parts=parts,
         expect_size=row.size, expect_mtime_ns=row.mtime_ns,
     )  # fmt: skip
+
+
+class _Gate:
+    """Requests in flight, never more than the current limit: workers wait here."""
+
+    def __init__(self, limit: Callable[[], int]) -> None:
+        self._limit = limit
+        self._n = 0
+        self._open = True
+        self._cv = threading.Condition()
+
+    def enter(self) -> int | None:
+        """Wait for a free slot; how many are in flight now (None: stopping)."""
+        with self._cv:
+            while self._open and self._n >= self._limit():
+                self._cv.wait()
+            if not self._open:
+                return None
+            self._n += 1
+            if self._n < self._limit():
+                self._cv.notify()  # the limit grew: pass the wake-up on, one at a time
+            return self._n
+
+    def leave(self) -> None:
+        with self._cv:
+            self._n -= 1
+            self._cv.notify()  # one slot, one waiter (not a herd of 32 threads)
+
+    def close(self) -> None:
+        with self._cv:
+            self._open = False
+            self._cv.notify_all()
 
 
 class Delivery(Loop):
@@ -96,33 +133,39 @@ class Delivery(Loop):
         self.config = config
         self.stats = stats
         self.clock = clock
-        self.rng = rng
         self.after_upload = AfterUpload(watch_roots or {})
         self.batch = batch
         """Deliver only this batch's rows (the ``upload`` command); None: every row (daemon)."""
         self.prefetch = prefetch
-        """Bulk mode: rows leased beyond ``concurrency``, waiting in memory for a free worker,
-        so leases come in batches. The daemon uses ``PREFETCH`` too while a backlog drains."""
+        """Requests kept ready beyond the limit (bulk mode); 0: one per free slot."""
+        fixed = None if config.concurrency == "auto" else config.concurrency
+        self.concurrency = Concurrency(fixed, config.max_concurrency)
+        self.state = ServiceState(config, rng)
+        self._gate = _Gate(lambda: 1 if self.state.probe else self.concurrency.limit)
         self._caution = threading.Event()
-        """Set by a worker that met a network failure or a refused key: the others start no
-        prefetched row until the dispatcher has decided (hold, probe or pause)."""
-        self._work: stdqueue.SimpleQueue[Row | None] = stdqueue.SimpleQueue()
-        self._done: stdqueue.SimpleQueue[_Done] = stdqueue.SimpleQueue()
+        """Set when the service is in trouble (paused, breaker open): workers start no
+        prefetched request until the dispatcher has decided."""
+        self._work: stdqueue.SimpleQueue[list[Row] | None] = stdqueue.SimpleQueue()
+        self._done: stdqueue.SimpleQueue[_Sent] = stdqueue.SimpleQueue()
         self._inflight: dict[int, Row] = {}
         self._unsettled: list[_Done] = []
+        self._requests_out = 0
+        self._rows_per_request = 1 if config.max_files_per_request == 1 else 2
+        """Rows leased per request wanted: doubles while every request fills, follows what
+        the grouping achieved otherwise (at least 2, so that sharing is always tried)."""
+        self._alone: set[int] = set()
         self._queue_error: str | None = None
-        self._hold_until = 0.0
-        self._probe = False
-        self._failures = 0
-        self._paused_reason: str | None = None
         self._workers: list[threading.Thread] = []
         self._stop_timeout = 5.0
+        self._status_at = -STATUS_EVERY_SECONDS
+        self._status_shown: tuple[int, bool] = (0, False)
+        self._delivery_noted_at = -math.inf
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
         paused = self.queue.get_state().get("paused")
-        self._paused_reason = str(paused) if paused else None
-        for i in range(self.config.concurrency):
+        self.state.paused = str(paused) if paused else None
+        for i in range(self.config.workers):
             t = threading.Thread(target=self._worker, name=f"upload-{i}", daemon=True)
             t.start()
             self._workers.append(t)
@@ -132,6 +175,7 @@ class Delivery(Loop):
         """Stop leasing, let in-flight uploads finish within ``timeout``, requeue the rest."""
         self._stop_timeout = timeout
         super().stop(timeout + 1.0)  # its last settle may run just past the deadline
+        self._gate.close()
         for _ in self._workers:
             self._work.put(None)
         leftover = list(self._inflight)
@@ -154,34 +198,45 @@ class Delivery(Loop):
 
     @property
     def paused(self) -> str | None:
-        return self._paused_reason
+        return self.state.paused
 
     def retry_now(self) -> None:
         """Drop every wait (used by ``retry-now`` and a reload with a new key)."""
-        self._hold_until = 0.0
+        self.state.retry_now()
         self.wake()
 
-    # -- threads -------------------------------------------------------------------------
+    # -- workers -------------------------------------------------------------------------
     def _worker(self) -> None:
-        while (row := self._work.get()) is not None:
-            if self.prefetch and (self.stopping or self._caution.is_set()):
-                self._done.put(_Done(row, NOT_SENT, 0.0))  # back to pending, no attempt
+        while (rows := self._work.get()) is not None:
+            if self.prefetch and self._caution.is_set():
+                self._done.put(_Sent(rows, [NOT_SENT] * len(rows), 0.0))
                 self.wake()
                 continue
+            in_flight = self._gate.enter()
+            if in_flight is None:  # stopping: back to pending, no attempt
+                self._done.put(_Sent(rows, [NOT_SENT] * len(rows), 0.0))
+                self.wake()
+                continue
+            self.concurrency.started(in_flight)
             started = time.monotonic()
             try:
-                answer = self.uploader.upload(row_sample(row))
+                answers = self.uploader.upload_many([row_sample(r) for r in rows])
             except Exception as exc:
-                log.exception("upload of %s failed unexpectedly", row.path)
-                answer = Answer(Outcome.RETRY, f"internal error: {type(exc).__name__}: {exc}")
-            outage = self.prefetch and _outage(answer)
-            if outage:
-                self._caution.set()  # before the result is seen: no other worker starts more
-            self._done.put(_Done(row, answer, time.monotonic() - started))
-            if (not self.prefetch or outage or self.stopping
-                    or self._work.qsize() <= self.config.concurrency):  # fmt: skip
-                self.wake()  # (bulk mode: only when running low, or in trouble)
+                log.exception("upload of %s failed unexpectedly", rows[0].path)
+                answers = [Answer(Outcome.RETRY, f"internal error: {type(exc).__name__}: {exc}")]
+                answers *= len(rows)
+            finally:
+                self._gate.leave()
+            latency = time.monotonic() - started
+            refused_at_once = all(a.status is None and not a.timed_out for a in answers)
+            self.concurrency.finished(None if refused_at_once else latency,
+                                      pushback=any(pushback(a) for a in answers))  # fmt: skip
+            if self.prefetch and any(a.outcome is Outcome.PAUSE for a in answers):
+                self._caution.set()  # before the answer is seen: no other worker starts more
+            self._done.put(_Sent(rows, answers, latency))
+            self.wake()
 
+    # -- the dispatcher --------------------------------------------------------------------
     def step(self) -> float | None:
         try:
             self._settle_done()
@@ -189,8 +244,8 @@ class Delivery(Loop):
                 return None
             timeout = self._dispatch()
             if self.prefetch and self._inflight:
-                # bulk mode: workers wake us only when they run low; settle what came
-                # back at least every GATHER_SECONDS, several results per transaction
+                # bulk mode: settle what came back at least every GATHER_SECONDS, several
+                # results per transaction
                 timeout = GATHER_SECONDS if timeout is None else min(timeout, GATHER_SECONDS)
         except QueueError as exc:
             self._queue_failed(exc)
@@ -222,62 +277,80 @@ class Delivery(Loop):
         self._queue_error = text
 
     def _dispatch(self) -> float | None:
-        """Lease and hand out work; return how long to sleep (None: until woken)."""
+        """Lease and queue requests; return how long to sleep (None: until woken)."""
         now = self.clock()
-        if now < self._hold_until:
-            return self._hold_until - now
-        n = len(self._inflight)
-        limit = self.config.concurrency - n
-        if self._probe or self._paused_reason:
-            limit = min(limit, 1 - n)
-        elif self.prefetch:
-            if n > self.config.concurrency + self.prefetch // 2:
-                return None  # enough rows wait for a worker; lease again in a batch later
-            limit += self.prefetch
-        if limit <= 0:
-            return None
+        if now < self.state.hold_until:
+            return self.state.hold_until - now
+        if self.state.probe or self.state.paused:
+            if self._inflight:
+                return None  # the probe is out: its answer decides
+            asked = 1
+        else:
+            wanted = self.concurrency.limit + self.prefetch - self._requests_out
+            if wanted <= 0:
+                return None
+            asked = min(MAX_LEASE, wanted * self._rows_per_request)
+        rows = self.queue.lease(asked, now, batch=self.batch)
         self._caution.clear()  # the hold is over: what is leased now may go out
-        rows = self.queue.lease(limit, now, batch=self.batch)
         if rows:
-            self.stats.progress()
-        for row in rows:
-            self._inflight[row.id] = row
-            self._work.put(row)
-        if len(rows) < limit:
+            self._queue_requests(rows, full=len(rows) == asked)
+        if len(rows) < asked:
             due = self.queue.next_due(batch=self.batch)
             if due is not None:
                 return max(0.0, due - self.clock()) + 0.001
         return None
 
-    # -- results -------------------------------------------------------------------------
+    def _queue_requests(self, rows: list[Row], *, full: bool) -> None:
+        self.stats.progress()
+        cfg = self.config
+        grouped = requests(rows, cfg.max_files_per_request, cfg.max_request_bytes, self._alone)
+        if full and cfg.max_files_per_request > 1:
+            achieved = len(rows) // len(grouped)
+            filled = achieved * 10 >= self._rows_per_request * 9
+            grown = min(cfg.max_files_per_request, self._rows_per_request * 2)
+            self._rows_per_request = grown if filled else max(2, achieved)
+        for request in grouped:
+            for row in request:
+                self._inflight[row.id] = row
+            self._requests_out += 1
+            self._work.put(request)
+
+    # -- answers ---------------------------------------------------------------------------
+    def _collect(self) -> None:
+        while True:
+            try:
+                sent = self._done.get_nowait()
+            except stdqueue.Empty:
+                return
+            self._requests_out -= 1
+            pairs = zip(sent.rows, sent.answers, strict=True)
+            self._unsettled.extend(_Done(r, a, sent.latency) for r, a in pairs)
+
     def _settle_done(self) -> None:
         """Write the finished uploads back. Rows stay in flight until the write commits:
         when it fails (a full disk), the same results are written on the next try."""
-        while True:
-            try:
-                self._unsettled.append(self._done.get_nowait())
-            except stdqueue.Empty:
-                break
+        self._collect()
         done = self._unsettled = [d for d in self._unsettled if d.row.id in self._inflight]
         if not done:
             return
-        if self.prefetch and any(_outage(d.answer) for d in done):
-            done.extend(_Done(row, NOT_SENT, 0.0) for row in self._unstarted())
         now = self.clock()
         for d in done:
             if not d.decided:  # NOT_SENT: result None, back to pending, no attempt, no event
-                d.result = None if d.answer is NOT_SENT else self._result(d, now)
+                d.result = None if d.answer is NOT_SENT else self._verdict(d, now)
                 d.decided = True
+        if self.state.probe or self.state.paused:
+            self._caution.set()
+            done.extend(_Done(row, NOT_SENT, 0.0, True) for row in self._unstarted())
         results = [d.result for d in done if d.result is not None]
         local = [d.row for d in done if d.result is not None and d.result.state is
                  State.DELIVERED and d.row.after_upload != "keep"]  # fmt: skip
-        self.queue.settle(results, durable=bool(local))
+        self.queue.settle(results, durable=bool(local), facts=self._facts(done, now))
         settled = [d for d in done if d.result is not None]
         requeue = [d.row.id for d in done if d.result is None]
         self._unsettled = [d for d in done if d.result is None]
         for d in settled:
             del self._inflight[d.row.id]
-        self._note(done, now)
+            self._alone.discard(d.row.id)
         self.stats.progress()
         for d in settled:
             self._report(d)
@@ -289,65 +362,35 @@ class Delivery(Loop):
                 del self._inflight[row_id]
             self._unsettled = []
 
+    def _verdict(self, d: _Done, now: float) -> Result | None:
+        verdict = self.state.verdict(d.row, d.answer, now)
+        if verdict.alone:
+            self._alone.add(d.row.id)
+        if self.state.newly_paused:
+            self.queue.set_state(paused=self.state.newly_paused)
+            self.stats.emit(Event.PAUSED, reason=self.state.newly_paused)
+            log.error("uploads paused: the service refused the request (%s). Check the API key"
+                      " and the URL %s; nothing is dead-lettered; next try in %.0f s",
+                      self.state.newly_paused, self.uploader.url,
+                      self.config.auth_pause_seconds)  # fmt: skip
+        if self.state.resumed:
+            self.queue.set_state(paused=None)
+            self.stats.emit(Event.RESUMED)
+        return verdict.result
+
     def _unstarted(self) -> list[Row]:
-        """Take back the prefetched rows no worker has started (the service is in trouble)."""
+        """Take back the requests no worker has started (the service is in trouble)."""
         rows: list[Row] = []
         while True:
             try:
-                row = self._work.get_nowait()
+                request = self._work.get_nowait()
             except stdqueue.Empty:
                 return rows
-            if row is None:  # a stop sentinel: leave it for the workers
+            if request is None:  # a stop sentinel: leave it for the workers
                 self._work.put(None)
                 return rows
-            rows.append(row)
-
-    def _result(self, d: _Done, now: float) -> Result | None:
-        a, row = d.answer, d.row
-        if a.outcome in (Outcome.DELIVERED, Outcome.DUPLICATE):
-            self._failures = 0
-            self._probe = False
-            if self._paused_reason:
-                self._paused_reason = None
-                self.queue.set_state(paused=None)
-                log.warning("uploads resumed: the service accepts the key again")
-                self.stats.emit(Event.RESUMED)
-            return Result(row.id, State.DELIVERED, None, 0.0, a.sha256, a.sample_id,
-                          bytes_sent=a.bytes_sent)  # fmt: skip
-        if a.outcome is Outcome.DEAD:
-            return Result(row.id, State.DEAD, a.reason, 0.0, a.sha256)
-        if a.outcome is Outcome.GONE:
-            return Result(row.id, State.GONE, a.reason, 0.0, a.sha256, count_attempt=False)
-        if a.outcome is Outcome.PAUSE:
-            self._pause(a.reason, now)
-            return None
-        # RETRY: the first retry waits up to retry_base_seconds
-        cfg = self.config
-        delay = retry_delay(row.attempts, cfg.retry_base_seconds, cfg.retry_max_seconds,
-                            a.retry_after, self.rng)  # fmt: skip
-        if a.status in (None, 429, 503):
-            if now >= self._hold_until:
-                # One outage step per probe: the other uploads that were in flight when the
-                # link went down fail inside the hold and must not escalate it (20 of them
-                # would otherwise make a one-second blip a five-minute wait).
-                self._failures += 1
-            self._probe = True
-            hold = retry_delay(self._failures, cfg.retry_base_seconds, cfg.retry_max_seconds,
-                               a.retry_after, self.rng)  # fmt: skip
-            self._hold_until = max(self._hold_until, now + hold)
-        return Result(row.id, State.PENDING, a.reason, now + delay, a.sha256)
-
-    def _pause(self, reason: str, now: float) -> None:
-        self._hold_until = max(self._hold_until, now + self.config.auth_pause_seconds)
-        if self._paused_reason != reason:
-            self._paused_reason = reason
-            self.queue.set_state(paused=reason)
-            self.stats.emit(Event.PAUSED, reason=reason)
-        log.error(
-            "uploads paused: the service refused the request (%s). Check the API key and the"
-            " URL %s; nothing is dead-lettered; next try in %.0f s",
-            reason, self.uploader.url, self.config.auth_pause_seconds,
-        )  # fmt: skip
+            self._requests_out -= 1
+            rows.extend(request)
 
     def _report(self, d: _Done) -> None:
         a, row = d.answer, d.row
@@ -358,31 +401,36 @@ class Delivery(Loop):
             info.update(sample_id=a.sample_id, bytes=row.size)
             log.info("%s %s sample_id=%s category=%s", event.value, row.path, a.sample_id,
                      row.category)  # fmt: skip
-        elif a.outcome is Outcome.DEAD:
+        elif d.result is not None and d.result.state is State.DEAD:
             event = Event.DEAD
             log.warning("dead-lettered %s: %s", row.path, a.reason)
         elif a.outcome is Outcome.GONE:
             event = Event.GONE
             log.info("skipped %s: %s", row.path, a.reason)
-        elif a.outcome is Outcome.PAUSE:
-            return
         else:
             event = Event.RETRY
             log.info("will retry %s: %s", row.path, a.reason)
         self.stats.emit(event, **info)
 
-    def _note(self, done: list[_Done], now: float) -> None:
-        """Facts for ``status``, once per round (not once per file), best effort: a full
-        disk must not stop the reporting."""
+    def _facts(self, done: list[_Done], now: float) -> dict[str, object]:
+        """Facts for ``status``, written with the round's results (not once per file, and
+        the time of the last delivery at most once a second)."""
         facts: dict[str, object] = {}
         for d in done:
             if d.answer.outcome in (Outcome.DELIVERED, Outcome.DUPLICATE):
-                facts["last_delivery_at"] = now
+                if now - self._delivery_noted_at >= 1.0 or now < self._delivery_noted_at:
+                    facts["last_delivery_at"] = self._delivery_noted_at = now
             elif d.answer.outcome is Outcome.RETRY and d.answer is not NOT_SENT:
                 facts["last_error"] = d.answer.reason
-        if not facts:
-            return
-        try:
-            self.queue.set_state(**facts)
-        except QueueError as exc:
-            log.debug("could not record %s: %s", ", ".join(facts), exc)
+        limit, rtt = self.concurrency.limit, self.concurrency.rtt
+        shown = (limit, self.state.outage)
+        if shown != self._status_shown or now - self._status_at >= STATUS_EVERY_SECONDS:
+            facts["concurrency"] = {
+                "limit": limit,
+                "maximum": self.concurrency.maximum,
+                "adaptive": self.concurrency.adaptive,
+                "outage": self.state.outage,
+                "rtt_ms": None if rtt is None else round(rtt * 1000, 1),
+            }
+            self._status_shown, self._status_at = shown, now
+        return facts

@@ -7,7 +7,8 @@ Layers, later wins:
 3. the sidecar ``<file>.meta.json`` written next to the capture;
 4. the trigger context (an MQTT command, the ``upload`` command's options);
 5. derived values: ``device_id`` always, ``captured_at`` (ISO 8601 UTC of the file's
-   modification time unless a layer above set it), ``agent_version``.
+   modification time unless a layer above set it; off with ``[tagging] captured_at =
+   false``), ``agent_version``.
 
 Label: ``None`` means "let the service infer it from the file name" (no ``x-label``);
 the empty string means "unlabeled" (``x-no-label: 1``); anything else is the label.
@@ -111,7 +112,8 @@ def tag(
             label = layer.label
         category = layer.category or category
     metadata["device_id"] = device_id
-    metadata.setdefault("captured_at", iso_utc(mtime))
+    if config.tagging.captured_at:
+        metadata.setdefault("captured_at", iso_utc(mtime))
     metadata["agent_version"] = __version__
     metadata = check_metadata(metadata)
     check_size(metadata)

@@ -23,6 +23,9 @@ edge_uploader_last_delivery_timestamp_seconds  gauge      Unix time of the last 
 edge_uploader_upload_latency_seconds           histogram  time per upload request
 edge_uploader_uploads_in_flight                gauge      requests being sent now
 edge_uploader_uploads_paused                   gauge      1 while the service refuses the key
+edge_uploader_upload_concurrency_limit         gauge      requests allowed in flight now
+edge_uploader_upload_rtt_seconds               gauge      mean round trip of recent requests
+edge_uploader_upload_outage                    gauge      1 while the breaker holds delivery
 edge_uploader_captures_allowed                 gauge      0 while below the free-space floor
 edge_uploader_disk_free_bytes{path}            gauge      free space per watched file system
 edge_uploader_disk_floor_bytes{path}           gauge      the configured floor there
@@ -37,6 +40,7 @@ import time
 from collections.abc import Iterable
 
 from .. import __version__
+from ..core.delivery import Delivery
 from .health import Vitals, assess
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -113,12 +117,8 @@ def render(service: Vitals, *, now: float | None = None) -> str:
     samples.append(("_count", stats.latency_count))
     w.metric("upload_latency_seconds", "histogram", "Time per upload request.", samples)
 
-    delivery = service.delivery
-    if delivery is not None:
-        w.metric("uploads_in_flight", "gauge", "Upload requests being sent now.",
-                 [("", delivery.inflight)])  # fmt: skip
-        w.metric("uploads_paused", "gauge", "1 while the service refuses the key or URL.",
-                 [("", 1 if delivery.paused else 0)])  # fmt: skip
+    if service.delivery is not None:
+        _delivery(w, service.delivery)
 
     disk = service.disk
     if disk is not None:
@@ -136,3 +136,21 @@ def render(service: Vitals, *, now: float | None = None) -> str:
     w.metric("info", "gauge", "The running version.",
              [(f'{{version="{_label(__version__)}"}}', 1)])  # fmt: skip
     return w.text()
+
+
+def _delivery(w: _Writer, delivery: Delivery) -> None:
+    w.metric("uploads_in_flight", "gauge", "Upload requests being sent now.",
+             [("", delivery.inflight)])  # fmt: skip
+    w.metric("uploads_paused", "gauge", "1 while the service refuses the key or URL.",
+             [("", 1 if delivery.paused else 0)])  # fmt: skip
+    c = delivery.concurrency
+    w.metric("upload_concurrency_limit", "gauge",
+             "Upload requests allowed in flight now (adaptive or fixed).",
+             [("", c.limit)])  # fmt: skip
+    if c.rtt is not None:
+        w.metric("upload_rtt_seconds", "gauge",
+                 "Mean round-trip time of recent upload requests.",
+                 [("", round(c.rtt, 6))])  # fmt: skip
+    w.metric("upload_outage", "gauge",
+             "1 while repeated failures hold delivery behind one probe.",
+             [("", 1 if delivery.state.outage else 0)])  # fmt: skip

@@ -58,6 +58,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--drop-rate", type=float, default=0.0, help="fraction of uploads closed with no response"
     )
     parser.add_argument(
+        "--overload-above",
+        type=int,
+        default=0,
+        metavar="N",
+        help="answer 503 (Retry-After: 1) to uploads beyond N in flight at once (default: off)",
+    )
+    parser.add_argument(
         "--duplicate-style",
         choices=DUPLICATE_STYLES,
         default="200",
@@ -109,6 +116,7 @@ def build_server(args: argparse.Namespace) -> LocalIngestionServer:
             latency_ms=args.latency_ms,
             drop_rate=args.drop_rate,
             seed=args.seed,
+            overload_above=args.overload_above,
         )
     except ValueError as exc:
         raise ConfigError(SOURCE, "faults", str(exc)) from None

@@ -8,11 +8,12 @@ Tests that need an exact sequence can script the next decisions with ``FaultInje
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import random
 import threading
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 RETRY_AFTER_STATUSES = frozenset({429, 503})
@@ -24,6 +25,7 @@ class FaultAction(enum.Enum):
     OK = "ok"  # handle normally
     FAIL = "fail"  # answer FaultConfig.fail_status after reading the body
     DROP = "drop"  # read the body, then close the connection with no response
+    OVERLOAD = "overload"  # more requests in flight than overload_above: 503, Retry-After
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,9 @@ class FaultConfig:
     latency_ms: int = 0
     drop_rate: float = 0.0
     seed: int | None = None
+    overload_above: int = 0
+    """Answer 503 to an upload request that arrives while this many are already being
+    handled (an overloaded service); 0: never."""
 
     def __post_init__(self) -> None:
         for name in ("fail_rate", "drop_rate"):
@@ -47,6 +52,8 @@ class FaultConfig:
             raise ValueError(f"fail_status must be a 4xx or 5xx code, got {self.fail_status}")
         if self.latency_ms < 0:
             raise ValueError(f"latency_ms must be >= 0, got {self.latency_ms}")
+        if self.overload_above < 0:
+            raise ValueError(f"overload_above must be >= 0, got {self.overload_above}")
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,8 @@ class FaultDecision:
     @property
     def retry_after(self) -> str | None:
         """``Retry-After`` value to send with a failure, if the status calls for one."""
+        if self.action is FaultAction.OVERLOAD:
+            return "1"
         return "1" if self.status in RETRY_AFTER_STATUSES else None
 
 
@@ -71,6 +80,9 @@ class FaultInjector:
         self._config = config or FaultConfig()
         self._rng = random.Random(self._config.seed)  # noqa: S311 - faults, not crypto
         self._script: deque[FaultAction] = deque()
+        self._in_flight = 0
+        self.requests = 0
+        """Upload requests handled so far (tests count requests per file with it)."""
 
     @property
     def config(self) -> FaultConfig:
@@ -87,6 +99,22 @@ class FaultInjector:
         """Queue exact decisions for the next requests; they win over the random rates."""
         with self._lock:
             self._script.extend(FaultAction(a) for a in actions)
+
+    @contextlib.contextmanager
+    def request(self) -> Iterator[FaultDecision]:
+        """One upload request being handled: its fate, with overload counted while it lasts."""
+        with self._lock:
+            self._in_flight += 1
+            self.requests += 1
+            over = self._config.overload_above and self._in_flight > self._config.overload_above
+        try:
+            if over:
+                yield FaultDecision(FaultAction.OVERLOAD, 503, 0.0)
+            else:
+                yield self.decide()
+        finally:
+            with self._lock:
+                self._in_flight -= 1
 
     def decide(self) -> FaultDecision:
         """Decide the next request's fate (one RNG draw per request, for replayability)."""

@@ -28,7 +28,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 
 from . import ingest
-from .faults import FaultAction, FaultInjector
+from .faults import FaultAction, FaultDecision, FaultInjector
 from .multipart import (
     BodyError,
     BodyReader,
@@ -281,19 +281,25 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "POST" or len(parts) != 3 or parts[2] not in ("files", "data"):
             self._refuse(reader, 404, {"success": False, "error": f"Not found: {path}"})
             return
-        decision = app.faults.decide()
+        with app.faults.request() as decision:
+            self._upload(app, parts, reader, decision)
+
+    def _upload(self, app: App, parts: list[str], reader: BodyReader,
+                decision: FaultDecision) -> None:  # fmt: skip
         if decision.latency_seconds:
             app.stopping.wait(decision.latency_seconds)
         if decision.action is FaultAction.DROP:
             drain(reader, app.drain_limit)
             self.close_connection = True  # no response at all
             return
-        if decision.action is FaultAction.FAIL:
+        if decision.action in (FaultAction.FAIL, FaultAction.OVERLOAD):
             drained = drain(reader, app.drain_limit)
             extra = {"Retry-After": decision.retry_after} if decision.retry_after else None
             self._text(
                 decision.status,
-                "Internal server error (injected fault)\n",
+                "Service overloaded, try again later\n"
+                if decision.action is FaultAction.OVERLOAD
+                else "Internal server error (injected fault)\n",
                 extra=extra,
                 close=not drained,
             )

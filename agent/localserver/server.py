@@ -182,6 +182,11 @@ class LocalIngestionServer:
         """Fix the fate of the next upload requests: "pass", "fail" or "drop"."""
         self.faults.script(actions)
 
+    @property
+    def upload_requests(self) -> int:
+        """Upload requests received so far, whatever their fate."""
+        return self.faults.requests
+
     def samples(self, category: str | None = None) -> list[SampleRecord]:
         """Live samples (not deleted), in id order."""
         return list(self.store.samples(category))

@@ -32,7 +32,7 @@ import hashlib
 import os
 import stat
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
@@ -86,6 +86,10 @@ class Answer:
     status: int | None = None
     sha256: str | None = None
     bytes_sent: int = 0
+    timed_out: bool = False
+    alone: bool = False
+    """The request held several files and was refused as a whole (which file the refusal
+    is about is unknown): send this file again in a request of its own."""
 
 
 @dataclass(frozen=True)
@@ -147,6 +151,39 @@ def classify(status: int, headers: Mapping[str, str], body: bytes, now: float) -
     return Answer(error.outcome, reason, status=status)
 
 
+def classify_many(
+    status: int, headers: Mapping[str, str], body: bytes, now: float, n: int
+) -> list[Answer]:
+    """``classify`` for a request of ``n`` files: one answer per file, in order. A refusal of
+    the whole request (which file it is about is unknown) sends each file again alone."""
+    if n == 1:
+        return [classify(status, headers, body, now)]
+    data: Any = parse_json(body)
+    files = data.get("files") if status == 200 and isinstance(data, dict) else None
+    if isinstance(files, list) and files:
+        if len(files) != n:
+            why = f"the service listed {len(files)} files for the {n} sent"
+            return [Answer(Outcome.RETRY, why, status=status)] * n
+        return [_one_file(f, status) for f in files]
+    one = classify(status, headers, body, now)
+    if one.outcome in (Outcome.DEAD, Outcome.DUPLICATE):
+        return [replace(one, outcome=Outcome.RETRY, alone=True)] * n
+    return [one] * n
+
+
+def _one_file(entry: Any, status: int) -> Answer:
+    """One ``files[i]`` of a request's answer."""
+    if isinstance(entry, dict) and entry.get("success") is True:
+        sid = entry.get("sampleId")
+        sample_id = sid if isinstance(sid, int) and not isinstance(sid, bool) else None
+        return Answer(Outcome.DELIVERED, sample_id=sample_id, status=status)
+    text = entry.get("error") if isinstance(entry, dict) else None
+    text = text if isinstance(text, str) else ""
+    if DUPLICATE_MARK in text and "hash" in text:
+        return Answer(Outcome.DUPLICATE, clean(text), status=status)
+    return Answer(Outcome.DEAD, clean(text or "the service refused the file"), status=status)
+
+
 def _classify_ok(data: Any, text: str, status: int) -> Answer:
     if not isinstance(data, dict):
         return Answer(Outcome.RETRY, "the service answered 200 without a JSON body",
@@ -181,7 +218,7 @@ def build_uploader(
     (the health check's proof that a long upload is not hung)."""
     ing = config.ingestion
     client = make_client(
-        concurrency=ing.concurrency, timeout=ing.timeout_seconds,
+        concurrency=ing.workers, timeout=ing.timeout_seconds,
         connect_timeout=ing.connect_timeout_seconds, ca_file=ing.ca_file, transport=transport,
         on_progress=on_progress,
     )  # fmt: skip
@@ -206,38 +243,52 @@ class Uploader:
         self.client.close()
 
     def upload(self, sample: Sample) -> Answer:
-        opened = _open(sample)
-        if isinstance(opened, Answer):
-            return opened
-        handle, size = opened
-        try:
-            small = size <= SMALL_BODY_BYTES
-            content: IO[bytes] | bytes = handle
-            try:
-                if small:
-                    content = handle.read(SMALL_BODY_BYTES + 1)
-                    sha = hashlib.sha256(content).hexdigest()
-                else:
-                    sha = file_sha256(handle)
-            except OSError as exc:
-                return Answer(Outcome.DEAD, f"cannot read the file: {exc.strerror or exc}")
-            answer = self._send(sample, content, small)
-            sent = size if answer.outcome is Outcome.DELIVERED else 0
-            return replace(answer, sha256=sha, bytes_sent=sent)
-        finally:
-            handle.close()
+        return self.upload_many([sample])[0]
 
-    def _send(self, sample: Sample, content: IO[bytes] | bytes, small: bool) -> Answer:
-        files: list[tuple[str, tuple[str, Any, str]]] = [
-            ("data", (sample.file_name, content, content_type(sample.file_name)))
-        ]
-        files.extend(("data", part) for part in sample.extra_parts)
+    def upload_many(self, samples: Sequence[Sample]) -> list[Answer]:
+        """Send ``samples`` in one request (they share category, label and metadata); one
+        answer per sample, in order. A file that vanished or changed is answered without
+        being sent; the others still go."""
+        answers: list[Answer | None] = [None] * len(samples)
+        opened: list[IO[bytes]] = []
+        try:
+            parts: list[tuple[int, IO[bytes] | bytes, str, int]] = []
+            for i, sample in enumerate(samples):
+                got = _open(sample)
+                if isinstance(got, Answer):
+                    answers[i] = got
+                    continue
+                fd, size = got
+                try:
+                    content, sha = _body(fd, size, opened)
+                except OSError as exc:
+                    answers[i] = _unreadable(exc)
+                    continue
+                parts.append((i, content, sha, size))
+            if parts:
+                sent = self._send([samples[i] for i, *_ in parts], [c for _, c, _, _ in parts])
+                for (i, _, sha, size), answer in zip(parts, sent, strict=True):
+                    delivered = answer.outcome is Outcome.DELIVERED
+                    answers[i] = replace(answer, sha256=sha, bytes_sent=size if delivered else 0)
+        finally:
+            for handle in opened:
+                handle.close()
+        return [a for a in answers if a is not None]
+
+    def _send(
+        self, samples: Sequence[Sample], contents: Sequence[IO[bytes] | bytes]
+    ) -> list[Answer]:
+        files: list[tuple[str, tuple[str, Any, str]]] = []
+        for sample, content in zip(samples, contents, strict=True):
+            files.append(("data", (sample.file_name, content, content_type(sample.file_name))))
+            files.extend(("data", part) for part in sample.extra_parts)
+        n = len(samples)
         try:
             request = self.client.build_request(
-                "POST", self.endpoint(sample.category),
-                headers=build_headers(sample, self.api_key), files=files,
+                "POST", self.endpoint(samples[0].category),
+                headers=build_headers(samples[0], self.api_key), files=files,
             )  # fmt: skip
-            if small:
+            if all(isinstance(c, bytes) for c in contents):
                 request.read()  # one write for the whole body, not one per multipart piece
             response = self.client.send(request, stream=True)
             try:
@@ -245,16 +296,35 @@ class Uploader:
             finally:
                 response.close()
         except httpx.TimeoutException as exc:
-            return Answer(Outcome.RETRY, f"timed out: {type(exc).__name__}")
+            return [Answer(Outcome.RETRY, f"timed out: {type(exc).__name__}", timed_out=True)] * n
         except httpx.TransportError as exc:
-            return Answer(Outcome.RETRY, f"network error: {transport_reason(exc)}")
+            return [Answer(Outcome.RETRY, f"network error: {transport_reason(exc)}")] * n
         except OSError as exc:
-            return Answer(Outcome.DEAD, f"cannot read the file: {exc.strerror or exc}")
-        return classify(response.status_code, response.headers, body, self.clock())
+            return [_unreadable(exc)] * n
+        return classify_many(response.status_code, response.headers, body, self.clock(), n)
 
 
-def _open(sample: Sample) -> tuple[IO[bytes], int] | Answer:
-    """The file, open, and its size; or why it cannot be sent (it vanished or changed)."""
+def _unreadable(exc: OSError) -> Answer:
+    return Answer(Outcome.DEAD, f"cannot read the file: {exc.strerror or exc}")
+
+
+def _body(fd: int, size: int, opened: list[IO[bytes]]) -> tuple[IO[bytes] | bytes, str]:
+    """What is sent and its SHA-256: a small file's bytes, read once (and ``fd`` closed);
+    a larger file's handle, streamed (hashed first, then rewound; added to ``opened``)."""
+    if size <= SMALL_BODY_BYTES:
+        try:
+            content = os.read(fd, SMALL_BODY_BYTES + 1)
+        finally:
+            os.close(fd)
+        return content, hashlib.sha256(content).hexdigest()
+    handle = os.fdopen(fd, "rb")
+    opened.append(handle)
+    return handle, file_sha256(handle)
+
+
+def _open(sample: Sample) -> tuple[int, int] | Answer:
+    """The file, open (a descriptor), and its size; or why it cannot be sent (it vanished
+    or changed)."""
     try:
         # non-blocking and no symlinks: a FIFO or a link swapped in after the file was
         # queued must not hang a worker or send another file's bytes
@@ -264,7 +334,7 @@ def _open(sample: Sample) -> tuple[IO[bytes], int] | Answer:
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             return Answer(Outcome.GONE, "the file was replaced by a symbolic link")
-        return Answer(Outcome.DEAD, f"cannot read the file: {exc.strerror or exc}")
+        return _unreadable(exc)
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
@@ -274,4 +344,4 @@ def _open(sample: Sample) -> tuple[IO[bytes], int] | Answer:
     ):  # fmt: skip
         os.close(fd)
         return Answer(Outcome.GONE, "the file changed after it was queued")
-    return os.fdopen(fd, "rb"), st.st_size
+    return fd, st.st_size

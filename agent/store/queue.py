@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,13 @@ _INSERT = (
     " metadata, upload_name, extra, after_upload, move_to, allow_duplicates, batch,"
     " last_error, next_attempt_at, enqueued_at, local_done)"
     " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,1)"
+)
+_SETTLE = (
+    "UPDATE files SET state=?, attempts=attempts+?, last_error=?, next_attempt_at=?,"
+    " sha256=coalesce(?, sha256), sample_id=coalesce(?, sample_id),"
+    " delivered_at=CASE WHEN ? THEN ? ELSE delivered_at END,"
+    " local_done=CASE WHEN ? AND after_upload!='keep' THEN 0 ELSE local_done END,"
+    " bytes=bytes+? WHERE id=?"
 )
 _ADOPT = "UPDATE files SET batch=? WHERE path=? AND size=? AND mtime_ns=? AND batch IS NOT ?"
 _PAGE = 500
@@ -195,25 +202,22 @@ class Queue:
         rows.sort(key=lambda r: (r.next_attempt_at, r.id))
         return rows
 
-    def settle(self, results: Sequence[Result], *, durable: bool = False) -> None:
-        """Write back a round of results in one transaction; ``durable`` syncs it first."""
-        if not results:
+    def settle(self, results: Sequence[Result], *, durable: bool = False,
+               facts: Mapping[str, object] | None = None) -> None:  # fmt: skip
+        """Write back a round of results in one transaction; ``durable`` syncs it first.
+        ``facts`` for ``status`` (as ``set_state``) go in the same transaction."""
+        if not results and not facts:
             return
         now = self._clock()
         with self.db.writing(durable=durable) as db:
-            for r in results:
-                attempts = "attempts + 1" if r.count_attempt else "attempts"
-                delivered = r.state == State.DELIVERED
-                db.execute(
-                    f"UPDATE files SET state=?, attempts={attempts}, last_error=?,"
-                    " next_attempt_at=?, sha256=coalesce(?, sha256),"
-                    " sample_id=coalesce(?, sample_id),"
-                    " delivered_at=CASE WHEN ? THEN ? ELSE delivered_at END,"
-                    " local_done=CASE WHEN ? AND after_upload!='keep' THEN 0 ELSE local_done END,"
-                    " bytes=bytes+? WHERE id=?",
-                    (int(r.state), r.error, r.next_attempt_at, r.sha256, r.sample_id,
-                     delivered, now, delivered, r.bytes_sent, r.row_id),
-                )  # fmt: skip
+            db.executemany(_SETTLE, [
+                (int(r.state), int(r.count_attempt), r.error, r.next_attempt_at, r.sha256,
+                 r.sample_id, r.state == State.DELIVERED, now, r.state == State.DELIVERED,
+                 r.bytes_sent, r.row_id)
+                for r in results
+            ])  # fmt: skip
+            if facts:
+                self._set_state(db, facts)
 
     def next_due(self, *, batch: str | None = None) -> float | None:
         """When the earliest pending row (of ``batch``, if given) becomes due; None if none."""
@@ -359,13 +363,17 @@ class Queue:
     # -- small key/value state shared with `status` --------------------------------------
     def set_state(self, **values: object) -> None:
         with self.db.writing() as db:
-            for key, value in values.items():
-                if value is None:
-                    db.execute("DELETE FROM agent_state WHERE key=?", (key,))
-                else:
-                    db.execute("INSERT INTO agent_state (key, value) VALUES (?, ?)"
-                               " ON CONFLICT(key) DO UPDATE SET value=excluded.value",
-                               (key, json.dumps(value)))  # fmt: skip
+            self._set_state(db, values)
+
+    @staticmethod
+    def _set_state(db: sqlite3.Connection, values: Mapping[str, object]) -> None:
+        for key, value in values.items():
+            if value is None:
+                db.execute("DELETE FROM agent_state WHERE key=?", (key,))
+            else:
+                db.execute("INSERT INTO agent_state (key, value) VALUES (?, ?)"
+                           " ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                           (key, json.dumps(value)))  # fmt: skip
 
     def get_state(self) -> dict[str, Any]:
         with self.db.reading() as db:

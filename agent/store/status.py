@@ -44,6 +44,7 @@ def gather(queue: Queue, *, dead_limit: int = 20, now: float | None = None) -> d
         "last_delivery_at": state.get("last_delivery_at"),
         "last_error": state.get("last_error"),
         "paused": state.get("paused"),
+        "concurrency": state.get("concurrency"),
         "throughput": throughput,
         "dead_letters": dead,
         "held": held,

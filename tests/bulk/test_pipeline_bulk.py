@@ -13,6 +13,7 @@ import pytest
 
 from edge_uploader.config import IngestionConfig
 from edge_uploader.core.delivery import Delivery
+from edge_uploader.core.verdicts import OUTAGE_AFTER
 from edge_uploader.events import Stats
 from edge_uploader.remote.ingestion import Uploader, make_client
 from edge_uploader.secrets import Secret
@@ -48,7 +49,8 @@ class Rig:
         self.client = make_client(concurrency=concurrency, timeout=5, connect_timeout=5,
                                   transport=httpx.MockTransport(counting))  # fmt: skip
         uploader = Uploader(self.client, "http://ingest.test", Secret("ei_k"), clock=self.clock)
-        config = IngestionConfig(concurrency=concurrency, auth_pause_seconds=300.0)
+        config = IngestionConfig(concurrency=concurrency, auth_pause_seconds=300.0,
+                                 max_files_per_request=1)
         self.pipeline = Delivery(self.queue, uploader, config, Stats(), clock=self.clock,
                                  rng=lambda: 0.5, batch="B", prefetch=8)  # fmt: skip
 
@@ -98,18 +100,21 @@ def test_a_refused_key_costs_one_request(make_rig: Callable[..., Rig]) -> None:
     assert all(r.attempts == 0 for r in rig.queue.rows())
 
 
-def test_an_outage_costs_one_request_per_worker(make_rig: Callable[..., Rig]) -> None:
+def test_an_outage_costs_a_handful_of_requests(make_rig: Callable[..., Rig]) -> None:
     def down(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("connection refused")
 
-    rig = make_rig(down, concurrency=2)
+    rig = make_rig(down, concurrency=2, n=60)
     rig.pipeline.start()
     try:
-        assert wait_for(lambda: rig.queue.counts()["pending"] == 20 and rig.pipeline.inflight == 0)
+        assert wait_for(lambda: rig.pipeline.state.outage)
+        assert wait_for(lambda: rig.queue.counts()["pending"] == 60 and rig.pipeline.inflight == 0)
         time.sleep(0.2)  # nothing else goes out while the hold lasts
     finally:
         rig.pipeline.stop(1.0)
-    assert rig.requests <= 2
+    # the breaker opens after OUTAGE_AFTER failures in a row; the requests already out
+    # (one per worker) fail inside the hold; the prefetched ones return unsent
+    assert rig.requests <= OUTAGE_AFTER + 2
     assert sum(r.attempts for r in rig.queue.rows()) == rig.requests
 
 

@@ -293,6 +293,29 @@ def test_a_refused_key_stops_at_once_and_a_rerun_delivers(
     assert len(index(server.data_dir)) == 4
 
 
+def test_no_captured_at_lets_one_session_share_requests(
+    tmp_path: Path,
+    env: dict[str, str],
+    server: LocalIngestionServer,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    data = tmp_path / "d"
+    make_files(data, 40)
+    args = ["upload", "--no-progress", "--session", "S-9", "--concurrency", "auto", str(data)]
+    assert main([*args, "--no-captured-at", "--dry-run"]) == 0
+    assert '"captured_at"' not in capsys.readouterr().out
+    assert main([*args, "--no-captured-at"]) == 0
+    got = index(server.data_dir)
+    assert len(got) == 40
+    assert all("captured_at" not in line["metadata"] for line in got)
+    assert all(line["metadata"]["session"] == "S-9" for line in got)
+    assert server.upload_requests <= 40 // 20 + 6  # far fewer requests than files
+    capsys.readouterr()
+    make_files(tmp_path / "e", 3, prefix="late")
+    assert main([*args[:-1], str(tmp_path / "e")]) == 0  # captured_at is on by default
+    assert all("captured_at" in line["metadata"] for line in index(server.data_dir)[40:])
+
+
 def test_bad_options_are_config_errors(
     tmp_path: Path, env: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -301,6 +324,8 @@ def test_bad_options_are_config_errors(
         ["--metadata-json", "[1]"],
         ["--metadata-json", '{"a": 1}'],
         ["--concurrency", "0"],
+        ["--concurrency", "65"],
+        ["--concurrency", "many"],
     ):
         assert main(["upload", *args, str(tmp_path)]) == 78, args
     with pytest.raises(SystemExit) as exc:

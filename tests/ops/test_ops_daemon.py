@@ -119,6 +119,9 @@ def test_sigterm_mid_burst_loses_nothing(
     server.set_faults(FaultConfig())
     again = Agent(config)
     agents.append(again)
+    # (the uploads in flight may all have finished before the first agent stopped: the
+    # second must be running before it is asked to stop)
+    wait_for(lambda: "edge-uploader running" in again.log)
     wait_for(lambda: set(_delivered(server)) == set(names), timeout=20)
     assert again.stop() == 0
     assert _queue_states(tmp_path / "state" / "queue.db") == {2: len(names)}

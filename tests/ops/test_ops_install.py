@@ -50,7 +50,8 @@ def test_install_and_uninstall_into_destdir(tmp_path: Path) -> None:
     assert _mode(dest / "srv/edge-uploader/captures") & 0o2000, "setgid capture folder"
     venv = dest / prefix.lstrip("/") / "venv"
     script = (venv / "bin/edge-uploader").read_text().splitlines()[0]
-    assert script == f"#!{prefix}/venv/bin/python3", "scripts name the final location"
+    # python3 or python3.X, whichever the venv's pip names
+    assert script.startswith(f"#!{prefix}/venv/bin/python3"), "scripts name the final location"
     assert str(dest) not in (venv / "bin/activate").read_text()
     version = subprocess.run([str(venv / "bin/python"), "-m", "edge_uploader", "--version"],
                              capture_output=True, text=True, timeout=60, cwd=tmp_path)  # fmt: skip

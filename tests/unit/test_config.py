@@ -36,7 +36,9 @@ def test_empty_file_gives_documented_defaults(load_toml: Load, tmp_path: Path) -
     ing = cfg.ingestion
     assert ing.url == DEFAULT_URL == "https://ingestion.edgeimpulse.com"
     assert ing.category == "training"
-    assert ing.concurrency == 4
+    assert ing.concurrency == "auto"
+    assert ing.max_concurrency == 32
+    assert ing.workers == 32
     assert ing.timeout_seconds == 60.0
     assert ing.group_key == "session"
     assert ing.testing_fraction == 0.2
@@ -65,6 +67,34 @@ def test_metadata_table_holds_literals_and_templates(load_toml: Load) -> None:
     assert cfg.metadata["site"].is_literal
     assert not cfg.metadata["folder"].is_literal
     assert cfg.metadata["folder"].render(Path("/d/sess-7/a.wav"), "pi", "h") == "sess-7"
+
+
+def test_performance_keys(load_toml: Load) -> None:
+    cfg = load_toml(
+        '[ingestion]\nconcurrency = "auto"\nmax_concurrency = 12\nmax_files_per_request = 100\n'
+        "max_request_bytes = 4000000\n[tagging]\ncaptured_at = false\n"
+    )
+    ing = cfg.ingestion
+    assert (ing.concurrency, ing.max_concurrency, ing.workers) == ("auto", 12, 12)
+    assert (ing.max_files_per_request, ing.max_request_bytes) == (100, 4_000_000)
+    assert cfg.tagging.captured_at is False
+    assert load_toml("").tagging.captured_at is True
+    fixed = load_toml("[ingestion]\nconcurrency = 6\n").ingestion
+    assert (fixed.concurrency, fixed.workers) == (6, 6)
+
+
+@pytest.mark.parametrize(
+    ("body", "key"),
+    [("[ingestion]\nmax_files_per_request = 1001\n", "ingestion.max_files_per_request"),
+     ("[ingestion]\nmax_concurrency = 0\n", "ingestion.max_concurrency"),
+     ('[ingestion]\nconcurrency = "fast"\n', "ingestion.concurrency"),
+     ("[tagging]\ncaptured_at = 1\n", "tagging.captured_at"),
+     ("[tagging]\ncaptured = true\n", "tagging.captured")],
+)  # fmt: skip
+def test_performance_key_errors(load_toml: Load, body: str, key: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_toml(body)
+    assert exc.value.key == key
 
 
 def test_every_ingestion_key(load_toml: Load, tmp_path: Path) -> None:
@@ -233,7 +263,7 @@ move_to = "../uploaded"
         (
             '[ingestion]\nconcurrency = "4"\n',
             "ingestion.concurrency",
-            "expected a whole number from 1 to 64, got a string",
+            'expected a whole number from 1 to 64 or "auto", got a string',
         ),
         (
             "[ingestion]\nconcurrency = 0\n",

@@ -65,8 +65,11 @@ class Rig:
         self.client = make_client(concurrency=concurrency, timeout=5, connect_timeout=5,
                                   transport=httpx.MockTransport(self.server))  # fmt: skip
         self.uploader = Uploader(self.client, "http://ingest.test", Secret("ei_k"), clock=clock)
+        # one file per request (as each file here shares its metadata with the others, the
+        # default would batch them; tests/unit/test_batches.py covers that)
         self.config = IngestionConfig(concurrency=concurrency, retry_base_seconds=1.0,
-                                      retry_max_seconds=300.0, auth_pause_seconds=300.0)  # fmt: skip
+                                      retry_max_seconds=300.0, auth_pause_seconds=300.0,
+                                      max_files_per_request=1)  # fmt: skip
         self.stats = Stats()
         self.events: list[tuple[Event, dict[str, Any]]] = []
         self.stats.subscribe(lambda e, info: self.events.append((e, info)))

@@ -18,6 +18,7 @@ from tests.fakes import FakeClock
 from tests.unit.helpers import new_file
 
 T0 = 1_700_000_000.0
+CONCURRENCY = {"limit": 12, "maximum": 32, "adaptive": True, "outage": False, "rtt_ms": 53.4}
 
 
 @pytest.fixture
@@ -32,7 +33,7 @@ def q(tmp_path: Path, clock: FakeClock) -> Iterator[Queue]:
     clock.advance(200)
     queue.settle([Result(b, State.DELIVERED, sample_id=2)])
     queue.set_state(last_delivery_at=T0 + 300, last_error="HTTP 500: boom",
-                    paused="HTTP 401: Invalid API key")  # fmt: skip
+                    paused="HTTP 401: Invalid API key", concurrency=CONCURRENCY)  # fmt: skip
     yield queue
     queue.close()
 
@@ -50,6 +51,7 @@ def test_gather(q: Queue) -> None:
         "last_delivery_at": T0 + 300,
         "last_error": "HTTP 500: boom",
         "paused": "HTTP 401: Invalid API key",
+        "concurrency": CONCURRENCY,
         "throughput": {
             "last_60s": {"files": 1, "bytes": 3000, "files_per_second": round(1 / 60, 3)},
             "last_300s": {"files": 2, "bytes": 4000, "files_per_second": round(2 / 300, 3)},
@@ -100,6 +102,7 @@ def test_render_text(q: Queue) -> None:
     assert lines[3] in {"last delivery: 30 s ago", "last delivery: 31 s ago"}
     assert lines[4:] == [
         "delivered: 1 in the last 1 min, 2 in the last 5 min, 2 in the last 15 min",
+        "uploads: 12 request(s) in flight at most (auto, at most 32), round trip 53 ms",
         "UPLOADS PAUSED: HTTP 401: Invalid API key",
         "last error: HTTP 500: boom",
         "dead letters (first 1):",

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from edge_uploader import __version__
-from edge_uploader.config import Config
+from edge_uploader.config import Config, TaggingConfig
 from edge_uploader.core.sidecar import (
     MAX_SIDECAR_BYTES,
     is_sidecar,
@@ -61,6 +62,13 @@ def test_layers_later_wins() -> None:
 def test_captured_at_from_a_layer_is_kept() -> None:
     t = tag(PATH, config(), mtime=MTIME, sidecar=Context(metadata={"captured_at": "yesterday"}))
     assert t.metadata["captured_at"] == "yesterday"
+
+
+def test_captured_at_can_be_turned_off() -> None:
+    cfg = replace(config(), tagging=TaggingConfig(captured_at=False))
+    assert "captured_at" not in tag(PATH, cfg, mtime=MTIME).metadata
+    kept = tag(PATH, cfg, mtime=MTIME, sidecar=Context(metadata={"captured_at": "noon"}))
+    assert kept.metadata["captured_at"] == "noon"  # a layer may still set it
 
 
 def test_without_a_watch_only_static_and_derived() -> None:

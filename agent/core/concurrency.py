@@ -1,0 +1,122 @@
+"""How many upload requests may be in flight: fixed, or adapted to the link (AIMD).
+
+A fixed number cannot suit every link: 4 requests hide none of a 200 ms round trip, and
+20 overwhelm a service that starts answering 503 above 6. With ``concurrency = "auto"``
+the limit follows the link, the way TCP finds its window (the model is Vector's adaptive
+request concurrency and Netflix's concurrency-limits):
+
+- the time is cut into windows of about one round trip;
+- a window that saw a back-pressure answer (429, 503, a timeout), or whose mean round-trip
+  time rose clearly above the link's floor (the least window mean of the last
+  ``FLOOR_WINDOWS`` windows, times ``1 + RISE_TOLERANCE``, plus ``RISE_SLACK_SECONDS``),
+  cuts the limit to ``DECREASE_RATIO`` of itself. Comparing with the floor, not with a
+  running mean, matters: a running mean follows a slow climb and never sees the queue
+  it builds. The floor forgets old windows, so a link whose latency really grew is
+  relearned within ``FLOOR_WINDOWS`` round trips;
+- a window in which the limit was used (requests in flight reached it) and latency stayed
+  level raises it by one; until the first cut it doubles instead ("slow start", as TCP
+  does), so a 200 ms link reaches 32 requests in flight within a second, not in six.
+
+So on a link with latency but spare capacity the limit climbs until the round trip starts
+to grow (the service or the CPU is saturated), and on an overloaded service it settles just
+below the level where it pushes back. The clock is injected; nothing here sleeps.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+DECREASE_RATIO = 0.9
+EWMA_ALPHA = 0.4
+"""Weight of the newest window in the reported round-trip time."""
+RISE_TOLERANCE = 0.5
+RISE_SLACK_SECONDS = 0.002
+"""A window's mean may exceed the floor by half of it, and by 2 ms (round trips of a
+millisecond on loopback jitter by more than themselves), before it counts as a rise."""
+FLOOR_WINDOWS = 100
+INITIAL_LIMIT = 4
+"""Where "auto" starts: the old fixed default, safe for any service."""
+MIN_WINDOW_SECONDS = 0.05
+MAX_WINDOW_SECONDS = 5.0
+
+
+class Concurrency:
+    """The limit on requests in flight. Thread-safe."""
+
+    def __init__(
+        self, fixed: int | None, maximum: int, *, initial: int = INITIAL_LIMIT,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:  # fmt: skip
+        self.fixed = fixed
+        self.maximum = fixed if fixed is not None else maximum
+        self._limit = float(fixed if fixed is not None else min(max(1, initial), maximum))
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._mean: float | None = None
+        """The running mean round-trip time (an EWMA of the windows' means), for status."""
+        self._floors: deque[float] = deque(maxlen=FLOOR_WINDOWS)
+        self._window_start = clock()
+        self._window_sum = 0.0
+        self._window_count = 0
+        self._window_full = False
+        self._window_pushback = False
+        self._slow_start = True
+
+    @property
+    def limit(self) -> int:
+        return max(1, int(self._limit))
+
+    @property
+    def adaptive(self) -> bool:
+        return self.fixed is None
+
+    @property
+    def rtt(self) -> float | None:
+        """The running mean round-trip time in seconds (None before the first answer)."""
+        return self._mean
+
+    def started(self, in_flight: int) -> None:
+        """A request went out; ``in_flight`` counts it."""
+        if in_flight >= self.limit:
+            with self._lock:
+                self._window_full = True
+
+    def finished(self, rtt: float | None, *, pushback: bool = False) -> None:
+        """A request came back after ``rtt`` seconds (None: no useful timing, e.g. a
+        connection refused at once); ``pushback``: the service or the link said "slower"."""
+        with self._lock:
+            if rtt is not None:
+                self._window_sum += rtt
+                self._window_count += 1
+            self._window_pushback = self._window_pushback or pushback
+            now = self._clock()
+            window = min(MAX_WINDOW_SECONDS, max(MIN_WINDOW_SECONDS, self._mean or 0.0))
+            if now - self._window_start >= window:
+                self._close_window(now)
+
+    def _close_window(self, now: float) -> None:
+        mean = self._window_sum / self._window_count if self._window_count else None
+        if self.fixed is not None:
+            pass  # a fixed limit: only the round-trip time is followed (for status)
+        elif self._window_pushback or (mean is not None and self._rising(mean)):
+            self._limit = max(1.0, self._limit * DECREASE_RATIO)
+            self._slow_start = False
+        elif self._window_full and self._limit < self.maximum:
+            grown = self._limit * 2 if self._slow_start else math.floor(self._limit) + 1.0
+            self._limit = min(float(self.maximum), grown)
+        if mean is not None and not self._window_pushback:
+            self._mean = mean if self._mean is None else self._mean + EWMA_ALPHA * (
+                mean - self._mean)  # fmt: skip
+            self._floors.append(mean)
+        self._window_start = now
+        self._window_sum, self._window_count = 0.0, 0
+        self._window_full = self._window_pushback = False
+
+    def _rising(self, mean: float) -> bool:
+        if not self._floors:
+            return False
+        return mean > min(self._floors) * (1 + RISE_TOLERANCE) + RISE_SLACK_SECONDS

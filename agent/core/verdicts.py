@@ -1,0 +1,162 @@
+"""What one answer means for its file, and what the answers together say about the service.
+
+Per file: delivered and duplicate rows are delivered, refused ones dead, vanished ones gone,
+and a transient failure backs off *that file only* (exponential backoff with full jitter,
+``Retry-After`` honoured). Sporadic errors therefore cost a retry each, not a stall.
+
+For the whole service, three states, decided here and nowhere else:
+
+- **outage** (a circuit breaker): ``OUTAGE_AFTER`` failures in a row with no answer that
+  shows the service working (network errors, timeouts, 5xx, 429) mean the link or the
+  service is down: delivery holds, then sends one probe at a time with growing waits, so
+  a day offline costs a handful of requests, not one per file. The first success closes it.
+- **paused**: a refused key (401/403), a redirect (a wrong URL), or the same 404/405 for
+  every file (a wrong URL path). Until one file has been accepted, a 404/405 is a suspect:
+  its file goes back unsent and the next request goes alone; the same answer again pauses.
+  Once the service has accepted a file the URL is right, and a 404 is that file's refusal.
+  Nothing is dead-lettered for a config problem; a person must fix the key or the URL (a
+  reload, or the pause times out and a probe tries).
+- **working**: everything else.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..clock import retry_delay
+from ..config import IngestionConfig
+from ..errors import Outcome
+from ..remote.ingestion import Answer
+from ..store.queue import Result, Row, State
+
+log = logging.getLogger(__name__)
+
+OUTAGE_AFTER = 8
+"""Consecutive failures that open the breaker (5 % random errors reach 8 in a row about
+once in 25 billion requests; an outage, at once)."""
+URL_STATUSES = (404, 405)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    result: Result | None
+    """What the queue records (None: the row goes back to pending, no attempt counted)."""
+    alone: bool = False
+    """Send this row in a request of its own next time (its batch was refused as a whole)."""
+
+
+def pushback(answer: Answer) -> bool:
+    """The service or the link asks for fewer requests at once."""
+    return answer.outcome is Outcome.RETRY and (answer.status in (429, 503) or answer.timed_out)
+
+
+def _failure(answer: Answer) -> bool:
+    """An answer that shows the service not working (as opposed to refusing one file)."""
+    return answer.outcome is Outcome.RETRY and (answer.status is None or answer.status >= 500
+                                                or answer.status == 429)  # fmt: skip
+
+
+class ServiceState:
+    """The breaker, the pause and the wrong-URL suspicion; used by the dispatcher only."""
+
+    def __init__(self, config: IngestionConfig, rng: Callable[[], float] = random.random,
+                 paused: str | None = None) -> None:  # fmt: skip
+        self.config = config
+        self.rng = rng
+        self.paused = paused
+        self.hold_until = 0.0
+        self.probe = False
+        """One request at a time: the breaker is open, or an answer is suspect."""
+        self._failures = 0
+        self._outages = 0
+        self.outages_seen = 0
+        """How often the breaker opened (since start)."""
+        self._url_ok = False
+        """A file was accepted: the URL is right, a 404 is about one file."""
+        self._suspect: tuple[int, str] | None = None
+        self.newly_paused: str | None = None
+        self.resumed = False
+        """Set by ``verdict`` when the pause began or ended with this answer (for events)."""
+
+    def verdict(self, row: Row, answer: Answer, now: float) -> Verdict:
+        a = answer
+        self.newly_paused, self.resumed = None, False
+        if a.outcome in (Outcome.DELIVERED, Outcome.DUPLICATE):
+            self._working()
+            return Verdict(Result(row.id, State.DELIVERED, None, 0.0, a.sha256, a.sample_id,
+                                  bytes_sent=a.bytes_sent))  # fmt: skip
+        if a.outcome is Outcome.GONE:
+            return Verdict(Result(row.id, State.GONE, a.reason, 0.0, a.sha256,
+                                  count_attempt=False))  # fmt: skip
+        if a.outcome is Outcome.PAUSE:
+            self._pause(a.reason, now)
+            return Verdict(None)
+        if a.outcome is Outcome.DEAD:
+            return self._refused(row, a, now)
+        if a.alone:
+            return Verdict(None, alone=True)
+        return Verdict(self._retry(row, a, now))
+
+    def _working(self) -> None:
+        if self._failures >= OUTAGE_AFTER:
+            log.warning("the service answers again: delivery resumes at full speed")
+        self._failures = self._outages = 0
+        self.probe = False
+        self._url_ok, self._suspect = True, None
+        if self.paused:
+            log.warning("uploads resumed: the service accepts the key and the URL again")
+            self.paused, self.resumed = None, True
+
+    def _refused(self, row: Row, a: Answer, now: float) -> Verdict:
+        """A refusal of one file, unless every file gets the same 404/405 (a wrong URL)."""
+        if a.status in URL_STATUSES and not self._url_ok:
+            if self._suspect is not None and self._suspect[1] == a.reason:
+                self._pause(
+                    f"{a.reason} (the same answer for every file: check the URL,"
+                    " [ingestion] url is the service's base, without /api/...)",
+                    now,
+                )
+                return Verdict(None)
+            if self._suspect is None:
+                self._suspect = (row.id, a.reason)
+                self.probe = True  # the next request goes alone: is the URL wrong?
+                return Verdict(None)
+        self._failures = 0  # the service answered: it works, this file is refused
+        return Verdict(Result(row.id, State.DEAD, a.reason, 0.0, a.sha256))
+
+    def _retry(self, row: Row, a: Answer, now: float) -> Result:
+        cfg = self.config
+        delay = retry_delay(row.attempts, cfg.retry_base_seconds, cfg.retry_max_seconds,
+                            a.retry_after, self.rng)  # fmt: skip
+        if _failure(a):
+            self._failures += 1
+            if self._failures == OUTAGE_AFTER:
+                self.outages_seen += 1
+                log.warning("%d uploads failed in a row (%s): the service looks down; holding"
+                            " delivery, one probe at a time", OUTAGE_AFTER, a.reason)  # fmt: skip
+            if self._failures >= OUTAGE_AFTER and now >= self.hold_until:
+                # One step per probe: uploads in flight when the link went down fail inside
+                # the hold and must not escalate it.
+                self._outages += 1
+                hold = retry_delay(self._outages, cfg.retry_base_seconds,
+                                   cfg.retry_max_seconds, a.retry_after, self.rng)  # fmt: skip
+                self.hold_until = max(self.hold_until, now + hold)
+                self.probe = True
+        return Result(row.id, State.PENDING, a.reason, now + delay, a.sha256)
+
+    def _pause(self, reason: str, now: float) -> None:
+        """Pause (again): reported once per probe, not once per request that was in flight."""
+        if self.paused != reason or now >= self.hold_until:
+            self.paused = self.newly_paused = reason
+        self.hold_until = max(self.hold_until, now + self.config.auth_pause_seconds)
+
+    @property
+    def outage(self) -> bool:
+        """The breaker is open: failures in a row, no success since."""
+        return self._failures >= OUTAGE_AFTER
+
+    def retry_now(self) -> None:
+        self.hold_until = 0.0

@@ -1,0 +1,97 @@
+"""The adaptive limit on requests in flight, driven by a simulated link on an injected clock.
+
+Each round sends ``limit`` requests at once; a link model says how long each took and
+whether it was pushed back. Nothing sleeps: the clock moves by the round trip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from edge_uploader.core.concurrency import INITIAL_LIMIT, Concurrency
+from tests.fakes import FakeClock
+
+Link = Callable[[int], tuple[float, int]]
+"""limit -> (round-trip seconds, how many of the limit's requests were pushed back)."""
+
+
+def drive(c: Concurrency, clock: FakeClock, link: Link, rounds: int) -> tuple[list[int], int, int]:
+    """Run ``rounds`` rounds; the limits seen, requests sent and requests pushed back."""
+    limits, sent, refused = [], 0, 0
+    for _ in range(rounds):
+        n = c.limit
+        for i in range(n):
+            c.started(i + 1)
+        rtt, pushed = link(n)
+        clock.advance(rtt)
+        for i in range(n):
+            c.finished(rtt, pushback=i < pushed)
+        limits.append(c.limit)
+        sent, refused = sent + n, refused + pushed
+    return limits, sent, refused
+
+
+def test_the_limit_rises_to_hide_latency(clock: FakeClock) -> None:
+    c = Concurrency(None, 32, clock=clock)
+    limits, _, _ = drive(c, clock, lambda n: (0.2, 0), rounds=12)
+    assert limits[-1] == 32  # a 200 ms link with spare capacity: all 32 in flight
+    assert limits.index(32) <= 6  # slow start: doubling, not +1 per round trip
+    assert c.rtt == pytest.approx(0.2)
+
+
+def test_the_limit_falls_on_pushback(clock: FakeClock) -> None:
+    c = Concurrency(None, 32, clock=clock)
+    drive(c, clock, lambda n: (0.05, 0), rounds=10)
+    assert c.limit == 32
+    limits, _, _ = drive(c, clock, lambda n: (0.05, n), rounds=30)  # every request 503
+    assert limits == sorted(limits, reverse=True)
+    assert limits[-1] <= 8
+
+
+def test_an_overloaded_service_is_met_just_below_its_capacity(clock: FakeClock) -> None:
+    """A service that answers 503 above 6 requests in flight."""
+    c = Concurrency(None, 32, clock=clock)
+    limits, sent, refused = drive(c, clock, lambda n: (0.05, max(0, n - 6)), rounds=200)
+    settled = limits[50:]
+    assert max(settled) <= 8 and min(settled) >= 4
+    assert refused / sent < 0.15
+
+
+def test_rising_round_trips_stop_the_climb(clock: FakeClock) -> None:
+    """A service that queues above 8 in flight: no 503, but the round trip grows."""
+    c = Concurrency(None, 32, clock=clock)
+    limits, _, refused = drive(c, clock, lambda n: (0.02 * max(1.0, n / 8), 0), rounds=90)
+    assert refused == 0
+    assert max(limits[20:]) <= 16  # the round trip may grow by half (12 in flight), not double
+
+
+def test_the_limit_rises_only_when_it_was_used(clock: FakeClock) -> None:
+    c = Concurrency(None, 32, clock=clock)
+    for _ in range(50):  # one request at a time: the link never saw the limit
+        c.started(1)
+        clock.advance(0.1)
+        c.finished(0.1)
+    assert c.limit == INITIAL_LIMIT
+
+
+def test_a_fixed_limit_stays_but_the_round_trip_is_measured(clock: FakeClock) -> None:
+    c = Concurrency(4, 32, clock=clock)
+    limits, _, _ = drive(c, clock, lambda n: (0.1, n // 2), rounds=20)
+    assert set(limits) == {4}
+    assert not c.adaptive and c.maximum == 4
+    assert c.rtt is None  # every window saw pushback: its times say nothing about the link
+    drive(c, clock, lambda n: (0.1, 0), rounds=3)
+    assert c.rtt == pytest.approx(0.1)
+
+
+def test_answers_without_timing_do_not_move_the_round_trip(clock: FakeClock) -> None:
+    c = Concurrency(None, 32, clock=clock)
+    drive(c, clock, lambda n: (0.05, 0), rounds=5)
+    before = c.rtt
+    for _ in range(20):  # connection refused at once: no timing
+        c.started(1)
+        clock.advance(0.06)
+        c.finished(None)
+    assert c.rtt == pytest.approx(before)

@@ -1,0 +1,116 @@
+"""What answers mean for their file and for the service: sporadic errors back off one file,
+an outage opens the breaker, a wrong key or URL pauses. Pure: no I/O, an injected time."""
+
+from __future__ import annotations
+
+from edge_uploader.config import IngestionConfig
+from edge_uploader.core.verdicts import OUTAGE_AFTER, ServiceState
+from edge_uploader.errors import Outcome
+from edge_uploader.remote.ingestion import Answer
+from edge_uploader.store.queue import Row, State
+
+T0 = 1_700_000_000.0
+OK = Answer(Outcome.DELIVERED, sample_id=1, status=200)
+BOOM = Answer(Outcome.RETRY, "HTTP 500: boom", status=500)
+REFUSED = Answer(Outcome.RETRY, "network error: connection refused")
+NOT_FOUND = Answer(Outcome.DEAD, "HTTP 404: Not found", status=404)
+
+
+def row(i: int = 1, attempts: int = 0) -> Row:
+    return Row(
+        id=i, path=f"/d/{i}.wav", size=10, mtime_ns=1, state=State.UPLOADING, source="test",
+        label=None, category="training", metadata={}, upload_name=None, extra=None,
+        after_upload="keep", move_to=None, allow_duplicates=False, batch=None,
+        attempts=attempts, next_attempt_at=0.0, last_error=None, sha256=None, sample_id=None,
+        enqueued_at=T0, delivered_at=None,
+    )  # fmt: skip
+
+
+def state() -> ServiceState:
+    return ServiceState(IngestionConfig(retry_base_seconds=1.0, retry_max_seconds=300.0,
+                                        auth_pause_seconds=300.0), rng=lambda: 0.5)  # fmt: skip
+
+
+def test_a_sporadic_error_backs_off_its_file_only() -> None:
+    s = state()
+    v = s.verdict(row(1), BOOM, T0)
+    assert v.result is not None and v.result.state is State.PENDING
+    assert v.result.next_attempt_at > T0
+    assert not s.probe and s.hold_until <= T0 and not s.outage
+
+
+def test_five_percent_errors_never_open_the_breaker() -> None:
+    s = state()
+    for i in range(4000):  # one failure in twenty, as a busy service gives them
+        s.verdict(row(i), BOOM if i % 20 == 7 else OK, T0 + i * 0.01)
+    assert s.outages_seen == 0 and not s.probe and s.hold_until <= T0
+
+
+def test_failures_in_a_row_open_the_breaker_and_a_success_closes_it() -> None:
+    s = state()
+    for i in range(OUTAGE_AFTER - 1):
+        s.verdict(row(i), REFUSED, T0)
+    assert not s.outage and not s.probe
+    s.verdict(row(99), REFUSED, T0)
+    assert s.outage and s.probe and s.outages_seen == 1
+    first_hold = s.hold_until
+    assert first_hold > T0
+    for i in range(20):  # uploads that were in flight fail inside the hold: no escalation
+        s.verdict(row(100 + i), REFUSED, T0 + 0.1)
+    assert s.hold_until == first_hold
+    s.verdict(row(200), REFUSED, first_hold)  # the probe fails: a longer hold
+    assert s.hold_until - first_hold > first_hold - T0
+    s.verdict(row(201), OK, s.hold_until)
+    assert not s.outage and not s.probe and s.outages_seen == 1
+
+
+def test_a_day_offline_costs_a_handful_of_probes() -> None:
+    s = state()
+    now, requests = T0, 0
+    while now < T0 + 86400:
+        if now >= s.hold_until:
+            s.verdict(row(requests), REFUSED, now)
+            requests += 1
+        now = max(now + 0.01, s.hold_until)  # the dispatcher sleeps until the hold ends
+    # retry_max 300 s with full jitter (here the middle, 150 s): one probe every 2.5 min
+    # whatever the backlog, about 600 requests in a day rather than one per queued file
+    assert requests <= OUTAGE_AFTER + 86400 / 150 + 10
+
+
+def test_answers_that_show_the_service_working_reset_the_count() -> None:
+    s = state()
+    dead = Answer(Outcome.DEAD, "HTTP 400: bad file", status=400)
+    for i in range(100):  # failures interleaved with refusals of single files
+        s.verdict(row(i), BOOM if i % 2 else dead, T0)
+    assert not s.outage
+
+
+def test_the_same_404_for_every_file_pauses_without_dead_letters() -> None:
+    s = state()
+    first = s.verdict(row(1), NOT_FOUND, T0)
+    assert first.result is None and s.probe and s.paused is None  # a suspect: back, unsent
+    second = s.verdict(row(1), NOT_FOUND, T0)
+    assert second.result is None and s.paused is not None and "check the URL" in s.paused
+    assert s.newly_paused == s.paused and s.hold_until == T0 + 300.0
+
+
+def test_after_an_accepted_file_a_404_is_that_files_refusal() -> None:
+    s = state()
+    s.verdict(row(1), OK, T0)
+    v = s.verdict(row(2), NOT_FOUND, T0)
+    assert v.result is not None and v.result.state is State.DEAD and s.paused is None
+
+
+def test_a_refused_key_pauses_and_a_success_resumes() -> None:
+    s = state()
+    v = s.verdict(row(1), Answer(Outcome.PAUSE, "HTTP 401: Invalid API key", status=401), T0)
+    assert v.result is None and s.paused == "HTTP 401: Invalid API key"
+    s.verdict(row(1), OK, T0 + 300)
+    assert s.paused is None and s.resumed
+
+
+def test_a_batch_refused_as_a_whole_sends_its_files_alone() -> None:
+    s = state()
+    v = s.verdict(row(1), Answer(Outcome.RETRY, "HTTP 400: bad", status=400, alone=True), T0)
+    assert v.result is None and v.alone
+    assert not s.outage
