@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 QUEUE_RETRY_SECONDS = 5.0
 GATHER_SECONDS = 0.02
-"""Bulk mode: the longest an answer waits before it is settled (with the others that came
+"""Bulk mode: the longest a delivery waits before it is settled (with the others that came
 back meanwhile, in one transaction)."""
 PREFETCH = 32
 """Requests kept ready beyond the limit while a backlog drains: workers never wait for the
@@ -149,6 +149,7 @@ class Delivery(Loop):
         self._done: stdqueue.SimpleQueue[_Sent] = stdqueue.SimpleQueue()
         self._inflight: dict[int, Row] = {}
         self._unsettled: list[_Done] = []
+        self._gather_since = 0.0
         self._requests_out = 0
         self._rows_per_request = 1 if config.max_files_per_request == 1 else 2
         """Rows leased per request wanted: doubles while every request fills, follows what
@@ -165,11 +166,17 @@ class Delivery(Loop):
     def start(self) -> None:
         paused = self.queue.get_state().get("paused")
         self.state.paused = str(paused) if paused else None
-        for i in range(self.config.workers):
-            t = threading.Thread(target=self._worker, name=f"upload-{i}", daemon=True)
+        self._add_workers(self.concurrency.limit)
+        super().start()
+
+    def _add_workers(self, wanted: int) -> None:
+        """Worker threads are started as the limit first needs them (an idle daemon or a
+        slow link that never needs 32 keeps fewer threads and less memory)."""
+        while len(self._workers) < min(wanted, self.config.workers):
+            t = threading.Thread(target=self._worker, name=f"upload-{len(self._workers)}",
+                                 daemon=True)  # fmt: skip
             t.start()
             self._workers.append(t)
-        super().start()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop leasing, let in-flight uploads finish within ``timeout``, requeue the rest."""
@@ -239,14 +246,15 @@ class Delivery(Loop):
     # -- the dispatcher --------------------------------------------------------------------
     def step(self) -> float | None:
         try:
-            self._settle_done()
+            self._collect()
+            gather = self._gathering()
+            if gather is None:
+                self._settle_done()
             if self.stopping:
                 return None
             timeout = self._dispatch()
-            if self.prefetch and self._inflight:
-                # bulk mode: settle what came back at least every GATHER_SECONDS, several
-                # results per transaction
-                timeout = GATHER_SECONDS if timeout is None else min(timeout, GATHER_SECONDS)
+            if gather is not None:
+                timeout = gather if timeout is None else min(timeout, gather)
         except QueueError as exc:
             self._queue_failed(exc)
             return QUEUE_RETRY_SECONDS
@@ -267,6 +275,20 @@ class Delivery(Loop):
                 log.error("queue error while stopping: %s", exc)
                 return
 
+    def _gathering(self) -> float | None:
+        """Bulk mode: how much longer to gather answers before they are written in one
+        transaction (None: write now). Anything but a delivery is written at once (it may
+        change what the service state allows), and so is the last answer out."""
+        if not self.prefetch or not self._unsettled or self.stopping or not self._requests_out:
+            return None
+        left = self._gather_since + GATHER_SECONDS - time.monotonic()
+        if left <= 0 or len(self._unsettled) >= MAX_LEASE:
+            return None
+        delivered = (Outcome.DELIVERED, Outcome.DUPLICATE)
+        if any(d.answer.outcome not in delivered for d in self._unsettled):
+            return None
+        return left
+
     def _queue_failed(self, exc: QueueError) -> None:
         """Log a queue write failure once per distinct message (a full disk can last
         hours); results already received are kept and written on the next try."""
@@ -286,9 +308,11 @@ class Delivery(Loop):
                 return None  # the probe is out: its answer decides
             asked = 1
         else:
-            wanted = self.concurrency.limit + self.prefetch - self._requests_out
-            if wanted <= 0:
-                return None
+            limit = self.concurrency.limit
+            self._add_workers(limit)
+            wanted = limit + self.prefetch - self._requests_out
+            if wanted <= 0 or (self._requests_out > limit and wanted < self.prefetch // 4):
+                return None  # enough requests wait for the workers: lease in batches
             asked = min(MAX_LEASE, wanted * self._rows_per_request)
         rows = self.queue.lease(asked, now, batch=self.batch)
         self._caution.clear()  # the hold is over: what is leased now may go out
@@ -323,6 +347,8 @@ class Delivery(Loop):
             except stdqueue.Empty:
                 return
             self._requests_out -= 1
+            if not self._unsettled:
+                self._gather_since = time.monotonic()
             pairs = zip(sent.rows, sent.answers, strict=True)
             self._unsettled.extend(_Done(r, a, sent.latency) for r, a in pairs)
 

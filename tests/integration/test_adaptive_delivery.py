@@ -124,7 +124,7 @@ def once_each(rig: Rig, n: int) -> None:
 
 
 def test_the_limit_rises_to_hide_latency(make_rig: Any) -> None:
-    rig = make_rig(FaultConfig(latency_ms=40), max_files_per_request=1)
+    rig = make_rig(FaultConfig(latency_ms=100), max_files_per_request=1)
     assert rig.delivery.concurrency.limit == 4
     rig.add(400)
     rig.delivery.start()
@@ -133,7 +133,7 @@ def test_the_limit_rises_to_hide_latency(make_rig: Any) -> None:
     once_each(rig, 400)
     facts = gather(rig.queue)["concurrency"]
     assert facts["adaptive"] and facts["maximum"] == 32 and facts["limit"] > 4
-    assert facts["rtt_ms"] >= 40
+    assert facts["rtt_ms"] >= 100
 
 
 def test_the_limit_falls_on_503_and_every_file_arrives(make_rig: Any) -> None:
