@@ -116,6 +116,8 @@ install-files:
 		install -m 0640 systemd/agent.toml $(DESTDIR)$(CONFDIR)/agent.toml; fi
 	if [ ! -e $(DESTDIR)$(CONFDIR)/api_key ]; then \
 		install -m 0600 /dev/null $(DESTDIR)$(CONFDIR)/api_key; fi
+	if [ ! -e $(DESTDIR)/etc/default/$(SERVICE) ]; then \
+		install -D -m 0600 systemd/$(SERVICE).default $(DESTDIR)/etc/default/$(SERVICE); fi
 	install -d -m 2775 $(DESTDIR)$(CAPTUREDIR)
 	@if [ -z "$(DESTDIR)" ]; then \
 		systemd-sysusers $(SYSUSERSDIR)/$(SERVICE).conf 2>/dev/null || id -u $(SERVICE) >/dev/null 2>&1 || \

@@ -51,6 +51,7 @@ class UploadRequest:
     captured_at: bool = True
     """False (``--no-captured-at``): no derived ``captured_at``, so files of one session
     agree on metadata and share requests."""
+    max_bytes_per_second: int | None = None
 
 
 def run_config(config: Config, request: UploadRequest) -> Config:
@@ -60,7 +61,12 @@ def run_config(config: Config, request: UploadRequest) -> Config:
                                                    concurrency=request.concurrency))  # fmt: skip
     if not request.captured_at:
         config = replace(config, tagging=TaggingConfig(captured_at=False))
-    return config
+    # upload windows are the daemon's: a person running the command means now (the cap and
+    # the daily budget still hold)
+    link = replace(config.ingestion.link, upload_windows=())
+    if request.max_bytes_per_second is not None:
+        link = replace(link, max_bytes_per_second=request.max_bytes_per_second)
+    return replace(config, ingestion=replace(config.ingestion, link=link))
 
 
 def batch_id(request: UploadRequest, config: Config) -> str:

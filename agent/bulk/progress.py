@@ -155,6 +155,7 @@ OUTCOMES = {
     "gave-up": "stopped: the ingestion service could not be reached",
     "refused": "stopped: the ingestion service refused the request",
     "interrupted": "interrupted",
+    "budget": "stopped: the daily data budget ([ingestion] max_bytes_per_day) is spent",
 }
 
 

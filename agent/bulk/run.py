@@ -74,6 +74,7 @@ class BulkUpload:
         self.batch = batch_id(request, config)
         self.tracker = Tracker(self.batch)
         self._stop = threading.Event()
+        self._delivery: Delivery | None = None
         self._previous_handlers: dict[int, Any] = {}
 
     # -- control -------------------------------------------------------------------------
@@ -116,7 +117,7 @@ class BulkUpload:
             if returned:
                 self.progress.message(f"{returned} upload(s) interrupted last time are queued "
                                       "again")  # fmt: skip
-            delivery = Delivery(
+            delivery = self._delivery = Delivery(
                 queue, uploader, cfg.ingestion, stats, batch=self.batch, prefetch=PREFETCH
             )
             intake = Intake(queue, cfg, stats, on_queued=delivery.wake)
@@ -209,6 +210,10 @@ class BulkUpload:
             since = self.tracker.trouble_since
         if since is not None and time.monotonic() - since >= self.request.give_up_after:
             return "gave-up"
+        delivery = self._delivery
+        if delivery is not None and delivery.held is not None:
+            self.progress.message(f"uploads wait: {delivery.held.reason}")
+            return "budget"
         return None
 
     # -- events --------------------------------------------------------------------------

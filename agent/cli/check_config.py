@@ -20,6 +20,7 @@ from ..core.sidecar import read_sidecar, sidecar_path
 from ..core.tagger import tag
 from ..errors import ConfigError, InputError
 from ..metadata import encode_metadata
+from ..remote.http import proxy_for
 from ..secrets import SecretSource
 
 _SERVICE_LABEL = re.compile(r"[a-zA-Z0-9\s_-]+")
@@ -62,6 +63,21 @@ def _concurrency(ing: IngestionConfig) -> str:
     return f"{ing.concurrency}{shared}"
 
 
+def _link_lines(config: Config) -> list[str]:
+    """The proxy and the metered-link keys, when any applies."""
+    link, lines = config.ingestion.link, []
+    proxy = proxy_for(config.ingestion.url)
+    if proxy:
+        lines.append(f"proxy: {proxy} (from the environment; NO_PROXY does not exempt the URL)")
+    if link.max_bytes_per_second:
+        lines.append(f"bandwidth cap: {link.max_bytes_per_second} bytes/s")
+    if link.upload_windows:
+        lines.append("upload windows (local time): " + ", ".join(map(str, link.upload_windows)))
+    if link.max_bytes_per_day:
+        lines.append(f"data budget: {link.max_bytes_per_day} bytes per local day")
+    return lines
+
+
 def render_config(config: Config, api_key: str) -> str:
     ing = config.ingestion
     lines = [
@@ -73,6 +89,7 @@ def render_config(config: Config, api_key: str) -> str:
         f"queue: {config.queue.path}"
         + ("" if config.queue.path.exists() else " (not created yet)"),
     ]
+    lines.extend(_link_lines(config))
     if not config.tagging.captured_at:
         lines.append("tagging: no derived captured_at ([tagging] captured_at = false)")
     if config.metadata:
@@ -84,7 +101,8 @@ def render_config(config: Config, api_key: str) -> str:
         lines.append(f"watch[{i}]: {w.path}  patterns {' '.join(w.patterns)}  "
                      f"{'recursive' if w.recursive else 'top level only'}  "
                      f"after upload: {w.after_upload}"
-                     + (f" to {w.move_to}" if w.move_to else ""))  # fmt: skip
+                     + (f" to {w.move_to}" if w.move_to else "")
+                     + (f"  priority {w.priority}" if w.priority else ""))  # fmt: skip
         if w.label is not None:
             lines.append(f"  label = {w.label.source!r}")
         if w.category:

@@ -16,6 +16,7 @@ from typing import Any, TextIO
 from ..config import load_config
 from ..daemon.wake import wake_daemon
 from ..store.queue import Queue, Row, State
+from ..store.status import OVERRIDE_KEY
 from .options import add_config_option, open_queue, positive_int
 
 DEAD_FORMAT_VERSION = 1
@@ -40,7 +41,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         p.add_argument("--all", action="store_true", help="every dead letter")
         p.set_defaults(func=func, parser=p)
 
-    p = sub.add_parser("retry-now", help="skip backoff waits: every pending file is due now")
+    p = sub.add_parser("retry-now", help="skip backoff waits: every pending file is due now"
+                       " (and the running daemon sends outside its upload windows until it"
+                       " stops)")  # fmt: skip
     add_config_option(p, required=False, note="default: the per-user queue")
     p.set_defaults(func=cmd_retry_now)
 
@@ -159,6 +162,7 @@ def cmd_retry_now(args: argparse.Namespace) -> int:
     queue = _queue(args)
     try:
         n = queue.retry_now()
+        queue.set_state(**{OVERRIDE_KEY: True})  # and outside the upload windows, until a stop
         pid = wake_daemon(queue)
     finally:
         queue.close()
@@ -167,10 +171,11 @@ def cmd_retry_now(args: argparse.Namespace) -> int:
 
 
 def _wake_note(pid: int | None, n: int) -> str:
+    if pid is not None:
+        return (f" The running daemon (pid {pid}) was woken and sends them now, outside its"
+                " upload windows too, until it stops.")  # fmt: skip
     if not n:
         return ""
-    if pid is not None:
-        return f" The running daemon (pid {pid}) was woken and sends them now."
     return (
         " No running daemon was found to wake: a daemon sends them when it next wakes"
         " (at the latest at its next retry time); rows of an upload batch are sent by"

@@ -40,9 +40,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    queue = open_queue(load_config(args.config, check_dirs=False))
+    config = load_config(args.config, check_dirs=False)
+    queue = open_queue(config)
     try:
-        info = gather(queue, dead_limit=args.limit)
+        info = gather(queue, dead_limit=args.limit, link=config.ingestion.link)
     finally:
         queue.close()
     print(to_json(info) if args.json else render_text(info))
@@ -65,6 +66,7 @@ def render_text(info: dict[str, Any]) -> str:
         + ", ".join(f"{v['files']} in the last {int(k[5:-1]) // 60} min" for k, v in t.items())
     )
     lines.extend(_uploads(info.get("concurrency")))
+    lines.extend(_metered(info))
     if info["paused"]:
         lines.append(f"UPLOADS PAUSED: {info['paused']}")
     if info["last_error"]:
@@ -87,6 +89,46 @@ def _uploads(c: dict[str, Any] | None) -> list[str]:
     if c.get("outage"):
         line += "; OUTAGE: the service does not answer, one probe at a time"
     return [line]
+
+
+def _metered(info: dict[str, Any]) -> list[str]:
+    """The bandwidth cap, the upload windows and the daily budget, when configured."""
+    lines = []
+    cap = info.get("max_bytes_per_second")
+    if cap:
+        lines.append(f"bandwidth cap: {_bytes(cap)}/s")
+    w = info.get("window")
+    if w:
+        windows = ", ".join(w["windows"])
+        if w.get("override"):
+            state = "overridden by retry-now until the daemon stops"
+        elif w["open"]:
+            state = "open" + (f" until {_when(w['closes_at'])}" if w.get("closes_at") else "")
+        else:
+            state = f"CLOSED: nothing is sent until {_when(w['next_open_at'])}"
+        lines.append(f"upload windows {windows}: {state}")
+    b = info.get("budget")
+    if b:
+        line = (f"data budget: {_bytes(b['used_bytes'])} of {_bytes(b['max_bytes_per_day'])}"
+                f" used today, {_bytes(b['left_bytes'])} left")  # fmt: skip
+        if b["spent"]:
+            line += f"; SPENT: uploads wait until {_when(b['resets_at'])}"
+        lines.append(line)
+    return lines
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "unknown"
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
 
 
 def _remote_deletes(rd: dict[str, Any]) -> list[str]:

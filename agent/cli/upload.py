@@ -103,6 +103,13 @@ def _run_options(p: argparse.ArgumentParser) -> None:
         " (default: the config's, else auto)",
     )
     p.add_argument(
+        "--max-bytes-per-second",
+        type=int,
+        metavar="N",
+        help="cap the upload bandwidth (request bodies) at N bytes per second; 0: no cap"
+        " (default: [ingestion] max_bytes_per_second, else none)",
+    )
+    p.add_argument(
         "--no-captured-at",
         dest="captured_at",
         action="store_false",
@@ -180,6 +187,8 @@ def build_request(args: argparse.Namespace) -> UploadRequest:
     except InputError as exc:
         raise ConfigError(SOURCE, exc.field, exc.message) from None
     concurrency = _concurrency(args.concurrency)
+    if args.max_bytes_per_second is not None and not 0 <= args.max_bytes_per_second <= 10**12:
+        raise ConfigError(SOURCE, "--max-bytes-per-second", "expected 0 or a positive number")
     if not 0 <= args.give_up_after <= 86400:
         raise ConfigError(SOURCE, "--give-up-after", "expected 0 to 86400 seconds")
     if args.info_file is not None and not args.info_file.is_file():
@@ -195,6 +204,7 @@ def build_request(args: argparse.Namespace) -> UploadRequest:
         concurrency=concurrency,
         give_up_after=args.give_up_after,
         captured_at=args.captured_at,
+        max_bytes_per_second=args.max_bytes_per_second,
     )
 
 

@@ -13,8 +13,10 @@ from functools import partial
 
 from .model import (
     AFTER_UPLOAD,
+    CAPTURE_PRIORITY,
     DEFAULT_BAUDRATE,
     DEFAULT_PATTERNS,
+    MAX_PRIORITY,
     CaptureConfig,
     CaptureSource,
     CommandSource,
@@ -64,6 +66,7 @@ def parse_capture(top: Table, *, check_dirs: bool = True) -> CaptureConfig | Non
         include_iat=t.get_bool("include_iat", _default("include_iat")),
         after_upload=after,  # type: ignore[arg-type]
         move_to=move_to,
+        priority=t.get_int("priority", CAPTURE_PRIORITY, -MAX_PRIORITY, MAX_PRIORITY),
     )
     t.finish()
     return cfg

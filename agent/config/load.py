@@ -18,11 +18,13 @@ from .. import __version__
 from ..errors import ConfigError, InputError
 from ..metadata import check_key, check_metadata
 from .capture import parse_capture
+from .link import parse_link
 from .model import (
     AFTER_UPLOAD,
     CONFIG_CATEGORIES,
     DEFAULT_URL,
     MAX_FILES_PER_REQUEST,
+    MAX_PRIORITY,
     URL_ENV,
     CaptureConfig,
     Concurrency,
@@ -150,6 +152,7 @@ def _ingestion(t: Table, source: str) -> IngestionConfig:
         auth_pause_seconds=t.get_float("auth_pause_seconds", d.auth_pause_seconds, 0.1, 86400.0),
         ca_file=t.get_path("ca_file"),
         allow_insecure_http=t.get_bool("allow_insecure_http", d.allow_insecure_http),
+        link=parse_link(t),
     )  # fmt: skip
     try:
         check_key(cfg.group_key, t.key("group_key"))
@@ -217,6 +220,7 @@ def _watch(t: Table, check_dirs: bool) -> WatchConfig:
         move_to=move_to,
         settle_seconds=t.get_float("settle_seconds", d.settle_seconds, 0.0, 3600.0),
         force_polling=t.get_bool("force_polling", d.force_polling),
+        priority=t.get_int("priority", d.priority, -MAX_PRIORITY, MAX_PRIORITY),
     )
     t.finish()
     return cfg

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..secrets import SecretSource
+from .link import LinkConfig
 from .templates import Template
 
 CATEGORIES = ("training", "testing", "validation", "post-processing", "anomaly", "split")
@@ -84,6 +85,8 @@ class WatchConfig:
     move_to: Path | None = None
     settle_seconds: float = 2.0
     force_polling: bool = False
+    priority: int = 0
+    """Higher goes first; within a priority, oldest first."""
 
     @property
     def key(self) -> str:
@@ -91,6 +94,8 @@ class WatchConfig:
         return f"watch:{self.path}"
 
 
+CAPTURE_PRIORITY = 10
+MAX_PRIORITY = 1000
 Concurrency = int | Literal["auto"]
 MAX_FILES_PER_REQUEST = 1000
 """The ingestion service's documented limit of files in one request."""
@@ -120,6 +125,8 @@ class IngestionConfig:
     auth_pause_seconds: float = 300.0
     ca_file: Path | None = None
     allow_insecure_http: bool = False
+    link: LinkConfig = field(default_factory=LinkConfig)
+    """The metered-link keys: bandwidth cap, upload windows, daily budget."""
 
     @property
     def workers(self) -> int:
@@ -227,6 +234,8 @@ class CaptureConfig:
     include_iat: bool = True
     after_upload: AfterUpload = "keep"
     move_to: Path | None = None
+    priority: int = CAPTURE_PRIORITY
+    """Captures were asked for: by default they go before a backlog of watched files."""
 
     @property
     def patterns(self) -> tuple[str, ...]:
@@ -238,7 +247,7 @@ class CaptureConfig:
         """The implicit watch of the capture folder (captures are complete when renamed in)."""
         return WatchConfig(path=self.dir, patterns=self.patterns, recursive=False,
                            after_upload=self.after_upload, move_to=self.move_to,
-                           settle_seconds=0.0)  # fmt: skip
+                           settle_seconds=0.0, priority=self.priority)  # fmt: skip
 
 
 # -- [http] [health] [disk] --------------------------------------------------------------------

@@ -15,6 +15,7 @@ committed with a full sync.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import queue as stdqueue
@@ -22,7 +23,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from datetime import tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +32,13 @@ from ..config import IngestionConfig
 from ..errors import Outcome, QueueError
 from ..events import Event, Stats
 from ..loop import Loop
-from ..remote.ingestion import Answer, Sample, Uploader
+from ..remote.ingestion import Answer, Uploader
 from ..store.queue import Queue, Result, Row, State
 from .after_upload import AfterUpload
 from .batching import requests
 from .concurrency import Concurrency
+from .inflight import NOT_SENT, Done, Gate, Sent, row_sample
+from .metering import BUDGET_FULL_KEY, OVERRIDE_KEY, Hold, Meter
 from .verdicts import ServiceState, pushback
 
 log = logging.getLogger(__name__)
@@ -50,73 +53,6 @@ dispatcher, and leases come in batches (fewer, larger transactions)."""
 MAX_LEASE = 1000
 STATUS_EVERY_SECONDS = 10.0
 
-NOT_SENT = Answer(Outcome.RETRY, "not sent: the pipeline stopped or the service is in trouble")
-"""A prefetched row a worker gave back unsent; it returns to pending without an attempt."""
-
-
-@dataclass
-class _Sent:
-    """One request's rows and their answers, from a worker to the dispatcher."""
-
-    rows: list[Row]
-    answers: list[Answer]
-    latency: float
-
-
-@dataclass
-class _Done:
-    row: Row
-    answer: Answer
-    latency: float
-    decided: bool = False
-    result: Result | None = None
-    """What the queue records (None: requeue), decided once even if the write is retried."""
-
-
-def row_sample(row: Row) -> Sample:
-    extra = row.extra or {}
-    parts = tuple(
-        (str(p["name"]), str(p["content"]).encode("utf-8"), str(p.get("type", "application/json")))
-        for p in extra.get("parts", [])
-    )
-    return Sample(
-        path=Path(row.path), file_name=row.file_name, category=row.category, label=row.label,
-        metadata=row.metadata, allow_duplicates=row.allow_duplicates, extra_parts=parts,
-        expect_size=row.size, expect_mtime_ns=row.mtime_ns,
-    )  # fmt: skip
-
-
-class _Gate:
-    """Requests in flight, never more than the current limit: workers wait here."""
-
-    def __init__(self, limit: Callable[[], int]) -> None:
-        self._limit = limit
-        self._n = 0
-        self._open = True
-        self._cv = threading.Condition()
-
-    def enter(self) -> int | None:
-        """Wait for a free slot; how many are in flight now (None: stopping)."""
-        with self._cv:
-            while self._open and self._n >= self._limit():
-                self._cv.wait()
-            if not self._open:
-                return None
-            self._n += 1
-            if self._n < self._limit():
-                self._cv.notify()  # the limit grew: pass the wake-up on, one at a time
-            return self._n
-
-    def leave(self) -> None:
-        with self._cv:
-            self._n -= 1
-            self._cv.notify()  # one slot, one waiter (not a herd of 32 threads)
-
-    def close(self) -> None:
-        with self._cv:
-            self._open = False
-            self._cv.notify_all()
-
 
 class Delivery(Loop):
     """Delivers the queue; ``wake`` from sources, ``start``/``stop`` from the daemon."""
@@ -125,7 +61,7 @@ class Delivery(Loop):
         self, queue: Queue, uploader: Uploader, config: IngestionConfig, stats: Stats, *,
         clock: Clock = system_clock, rng: Callable[[], float] = random.random,
         watch_roots: Mapping[str, Path] | None = None, batch: str | None = None,
-        prefetch: int = 0,
+        prefetch: int = 0, tz: tzinfo | None = None,
     ) -> None:  # fmt: skip
         super().__init__("dispatcher")
         self.queue = queue
@@ -141,14 +77,24 @@ class Delivery(Loop):
         fixed = None if config.concurrency == "auto" else config.concurrency
         self.concurrency = Concurrency(fixed, config.max_concurrency)
         self.state = ServiceState(config, rng)
-        self._gate = _Gate(lambda: 1 if self.state.probe else self.concurrency.limit)
+        self.meter = Meter(config.link, queue, tz)
+        self.held: Hold | None = None
+        """Why nothing is sent now (outside the windows, budget spent), for other threads."""
+        self._woken = False
+        self._usage = 0
+        """Bytes sent that the queue's daily count does not have yet."""
+        self._gate = Gate(lambda: 1 if self.state.probe else self.concurrency.limit)
         self._caution = threading.Event()
-        """Set when the service is in trouble (paused, breaker open): workers start no
-        prefetched request until the dispatcher has decided."""
-        self._work: stdqueue.SimpleQueue[list[Row] | None] = stdqueue.SimpleQueue()
-        self._done: stdqueue.SimpleQueue[_Sent] = stdqueue.SimpleQueue()
+        """Set when the service is in trouble (paused, breaker open) or a window closed:
+        workers start no waiting request until the dispatcher has decided."""
+        self._work: stdqueue.PriorityQueue[tuple[float, int, list[Row] | None]] = (
+            stdqueue.PriorityQueue())  # fmt: skip
+        """Requests for the workers, the highest priority first, then in order."""
+        self._seq = itertools.count()
+        self._new_rows = False
+        self._done: stdqueue.SimpleQueue[Sent] = stdqueue.SimpleQueue()
         self._inflight: dict[int, Row] = {}
-        self._unsettled: list[_Done] = []
+        self._unsettled: list[Done] = []
         self._gather_since = 0.0
         self._requests_out = 0
         self._rows_per_request = 1 if config.max_files_per_request == 1 else 2
@@ -166,6 +112,8 @@ class Delivery(Loop):
     def start(self) -> None:
         paused = self.queue.get_state().get("paused")
         self.state.paused = str(paused) if paused else None
+        if self.batch is None:
+            self.queue.set_state(**{OVERRIDE_KEY: None})  # a new start: the windows hold
         self._add_workers(self.concurrency.limit)
         super().start()
 
@@ -184,7 +132,7 @@ class Delivery(Loop):
         super().stop(timeout + 1.0)  # its last settle may run just past the deadline
         self._gate.close()
         for _ in self._workers:
-            self._work.put(None)
+            self._work.put((math.inf, next(self._seq), None))
         leftover = list(self._inflight)
         if leftover:
             log.info("stop: %d upload(s) did not finish in time; they stay queued", len(leftover))
@@ -208,20 +156,22 @@ class Delivery(Loop):
         return self.state.paused
 
     def retry_now(self) -> None:
-        """Drop every wait (used by ``retry-now`` and a reload with a new key)."""
+        """Drop every wait (used by ``retry-now`` and a reload with a new key). Whether
+        ``retry-now`` also asked to send outside the windows is read by the dispatcher."""
         self.state.retry_now()
+        self._woken = True
         self.wake()
 
     # -- workers -------------------------------------------------------------------------
     def _worker(self) -> None:
-        while (rows := self._work.get()) is not None:
-            if self.prefetch and self._caution.is_set():
-                self._done.put(_Sent(rows, [NOT_SENT] * len(rows), 0.0))
+        while (rows := self._work.get()[2]) is not None:
+            if self._caution.is_set():
+                self._done.put(Sent(rows, [NOT_SENT] * len(rows), 0.0))
                 self.wake()
                 continue
             in_flight = self._gate.enter()
             if in_flight is None:  # stopping: back to pending, no attempt
-                self._done.put(_Sent(rows, [NOT_SENT] * len(rows), 0.0))
+                self._done.put(Sent(rows, [NOT_SENT] * len(rows), 0.0))
                 self.wake()
                 continue
             self.concurrency.started(in_flight)
@@ -235,12 +185,14 @@ class Delivery(Loop):
             finally:
                 self._gate.leave()
             latency = time.monotonic() - started
+            if self.uploader.throttle is not None:
+                latency = max(0.0, latency - self.uploader.throttle.waited())
             refused_at_once = all(a.status is None and not a.timed_out for a in answers)
             self.concurrency.finished(None if refused_at_once else latency,
                                       pushback=any(pushback(a) for a in answers))  # fmt: skip
             if self.prefetch and any(a.outcome is Outcome.PAUSE for a in answers):
                 self._caution.set()  # before the answer is seen: no other worker starts more
-            self._done.put(_Sent(rows, answers, latency))
+            self._done.put(Sent(rows, answers, latency))
             self.wake()
 
     # -- the dispatcher --------------------------------------------------------------------
@@ -303,6 +255,10 @@ class Delivery(Loop):
         now = self.clock()
         if now < self.state.hold_until:
             return self.state.hold_until - now
+        if self.meter.active:
+            held = self._metered(now)
+            if held is not None:
+                return held
         if self.state.probe or self.state.paused:
             if self._inflight:
                 return None  # the probe is out: its answer decides
@@ -312,17 +268,58 @@ class Delivery(Loop):
             self._add_workers(limit)
             wanted = limit + self.prefetch - self._requests_out
             if wanted <= 0 or (self._requests_out > limit and wanted < self.prefetch // 4):
+                self._lease_urgent(now, limit)
                 return None  # enough requests wait for the workers: lease in batches
             asked = min(MAX_LEASE, wanted * self._rows_per_request)
         rows = self.queue.lease(asked, now, batch=self.batch)
         self._caution.clear()  # the hold is over: what is leased now may go out
         if rows:
             self._queue_requests(rows, full=len(rows) == asked)
+        closes = self.meter.closes_at(now) if self.meter.active else None
+        wait = None if closes is None else max(0.0, closes - now) + 0.001
         if len(rows) < asked:
             due = self.queue.next_due(batch=self.batch)
             if due is not None:
-                return max(0.0, due - self.clock()) + 0.001
-        return None
+                due_in = max(0.0, due - self.clock()) + 0.001
+                wait = due_in if wait is None else min(wait, due_in)
+        return wait
+
+    def queued(self) -> None:
+        """Intake recorded files (they may outrank what waits for the workers)."""
+        self._new_rows = True
+        self.wake()
+
+    def _lease_urgent(self, now: float, limit: int) -> None:
+        """New files of a higher priority than any in flight go ahead of the requests that
+        wait (a sensor window does not wait behind a prefetched backlog of video)."""
+        if not self._new_rows or not self._inflight:
+            return
+        self._new_rows = False
+        floor = min(r.priority for r in self._inflight.values())
+        rows = self.queue.lease(limit, now, batch=self.batch, above=floor)
+        if rows:
+            self._queue_requests(rows, full=False)
+
+    def _metered(self, now: float) -> float | None:
+        """Outside the windows or over the budget: nothing queued starts, nothing is
+        leased; how long to sleep (None: sending is allowed)."""
+        if self._woken:
+            self._woken = False
+            if self.queue.get_state().get(OVERRIDE_KEY) and not self.meter.override:
+                self.meter.override = True
+                log.info("retry-now: uploads go outside the upload windows until the next stop")
+        held = self.held = self.meter.hold(now)
+        if held is None:
+            return None
+        if held.window:  # the window closed: what waits for a worker stays queued
+            self._caution.set()
+            back = self._unstarted()
+            if back:
+                self.queue.requeue(r.id for r in back)
+                for row in back:
+                    del self._inflight[row.id]
+                self.meter.settled(sum(r.size for r in back), 0, now)
+        return max(0.0, held.until - now) + 0.001
 
     def _queue_requests(self, rows: list[Row], *, full: bool) -> None:
         self.stats.progress()
@@ -333,11 +330,16 @@ class Delivery(Loop):
             filled = achieved * 10 >= self._rows_per_request * 9
             grown = min(cfg.max_files_per_request, self._rows_per_request * 2)
             self._rows_per_request = grown if filled else max(2, achieved)
+        fits = self.meter.fit(grouped, self.clock())
+        if fits < len(grouped):  # over today's budget: back to the queue, no attempt
+            self.queue.requeue(r.id for request in grouped[fits:] for r in request)
+            self.queue.set_state(**{BUDGET_FULL_KEY: self.meter.full})
+            grouped = grouped[:fits]
         for request in grouped:
             for row in request:
                 self._inflight[row.id] = row
             self._requests_out += 1
-            self._work.put(request)
+            self._work.put((-max(r.priority for r in request), next(self._seq), request))
 
     # -- answers ---------------------------------------------------------------------------
     def _collect(self) -> None:
@@ -349,8 +351,12 @@ class Delivery(Loop):
             self._requests_out -= 1
             if not self._unsettled:
                 self._gather_since = time.monotonic()
+            went = sum(r.size for r, a in zip(sent.rows, sent.answers, strict=True)
+                       if a is not NOT_SENT and a.outcome is not Outcome.GONE)  # fmt: skip
+            self._usage += went
+            self.meter.settled(sum(r.size for r in sent.rows), went, self.clock())
             pairs = zip(sent.rows, sent.answers, strict=True)
-            self._unsettled.extend(_Done(r, a, sent.latency) for r, a in pairs)
+            self._unsettled.extend(Done(r, a, sent.latency) for r, a in pairs)
 
     def _settle_done(self) -> None:
         """Write the finished uploads back. Rows stay in flight until the write commits:
@@ -366,11 +372,14 @@ class Delivery(Loop):
                 d.decided = True
         if self.state.probe or self.state.paused:
             self._caution.set()
-            done.extend(_Done(row, NOT_SENT, 0.0, True) for row in self._unstarted())
+            done.extend(Done(row, NOT_SENT, 0.0, True) for row in self._unstarted())
         results = [d.result for d in done if d.result is not None]
         local = [d.row for d in done if d.result is not None and d.result.state is
                  State.DELIVERED and d.row.after_upload != "keep"]  # fmt: skip
-        self.queue.settle(results, durable=bool(local), facts=self._facts(done, now))
+        usage = (self.meter.day, self._usage)
+        self.queue.settle(results, durable=bool(local), facts=self._facts(done, now),
+                          sent=usage)  # fmt: skip
+        self._usage = 0
         settled = [d for d in done if d.result is not None]
         requeue = [d.row.id for d in done if d.result is None]
         self._unsettled = [d for d in done if d.result is None]
@@ -388,7 +397,7 @@ class Delivery(Loop):
                 del self._inflight[row_id]
             self._unsettled = []
 
-    def _verdict(self, d: _Done, now: float) -> Result | None:
+    def _verdict(self, d: Done, now: float) -> Result | None:
         verdict = self.state.verdict(d.row, d.answer, now)
         if verdict.alone:
             self._alone.add(d.row.id)
@@ -409,16 +418,17 @@ class Delivery(Loop):
         rows: list[Row] = []
         while True:
             try:
-                request = self._work.get_nowait()
+                item = self._work.get_nowait()
             except stdqueue.Empty:
                 return rows
+            request = item[2]
             if request is None:  # a stop sentinel: leave it for the workers
-                self._work.put(None)
+                self._work.put(item)
                 return rows
             self._requests_out -= 1
             rows.extend(request)
 
-    def _report(self, d: _Done) -> None:
+    def _report(self, d: Done) -> None:
         a, row = d.answer, d.row
         info: dict[str, Any] = {"path": row.path, "row_id": row.id, "reason": a.reason,
                                 "latency": d.latency}  # fmt: skip
@@ -438,7 +448,7 @@ class Delivery(Loop):
             log.info("will retry %s: %s", row.path, a.reason)
         self.stats.emit(event, **info)
 
-    def _facts(self, done: list[_Done], now: float) -> dict[str, object]:
+    def _facts(self, done: list[Done], now: float) -> dict[str, object]:
         """Facts for ``status``, written with the round's results (not once per file, and
         the time of the last delivery at most once a second)."""
         facts: dict[str, object] = {}

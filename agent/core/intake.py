@@ -84,6 +84,7 @@ def new_file(item: Item, config: Config, st: os.stat_result) -> NewFile:
         allow_duplicates=(item.allow_duplicates if item.allow_duplicates is not None
                           else config.ingestion.allow_duplicates),
         upload_name=item.upload_name, extra=item.extra, batch=item.batch,
+        priority=watch.priority if watch else 0,
     )  # fmt: skip
 
 

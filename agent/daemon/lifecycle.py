@@ -41,6 +41,7 @@ from ..core.intake import Intake
 from ..core.runtime import Component, Runtime
 from ..errors import AgentError, ConfigError
 from ..events import Stats
+from ..remote.http import proxy_for
 from ..remote.ingestion import build_uploader
 from ..sources.scan import Scanner
 from ..sources.watcher import Watcher
@@ -102,9 +103,11 @@ class Daemon:
             if returned:
                 log.info("%d upload(s) interrupted last time are queued again", returned)
             self._start_stages()
+        proxy = proxy_for(cfg.ingestion.url)
         log.info(
-            "edge-uploader running: device %s, %d watch folder(s), queue %s, ingestion %s",
+            "edge-uploader running: device %s, %d watch folder(s), queue %s, ingestion %s%s",
             cfg.device_id, len(cfg.watches), cfg.queue.path, cfg.ingestion.url,
+            f" through the proxy {proxy}" if proxy else "",
         )  # fmt: skip
 
     def _start_stages(self, *, tolerant: bool = False) -> None:
@@ -120,7 +123,7 @@ class Daemon:
                                             clock=self.clock, watch_roots=roots,
                                             prefetch=PREFETCH)  # fmt: skip
         delivery.after_upload.finish_pending(queue)
-        self.intake = intake = Intake(queue, cfg, self.stats, on_queued=delivery.wake)
+        self.intake = intake = Intake(queue, cfg, self.stats, on_queued=delivery.queued)
         self.disk = disk = DiskGuard(cfg.disk, [w.path for w in cfg.watches], cfg.queue.path,
                                      queue=queue, on_change=self.reporter.poke,
                                      on_recover=self._space_back)  # fmt: skip

@@ -26,6 +26,11 @@ edge_uploader_uploads_paused                   gauge      1 while the service re
 edge_uploader_upload_concurrency_limit         gauge      requests allowed in flight now
 edge_uploader_upload_rtt_seconds               gauge      mean round trip of recent requests
 edge_uploader_upload_outage                    gauge      1 while the breaker holds delivery
+edge_uploader_upload_window_open               gauge      0 outside the upload windows
+edge_uploader_upload_bandwidth_cap_bytes       gauge      bytes/s cap on uploads (0: none)
+edge_uploader_data_budget_bytes                gauge      max_bytes_per_day (with a budget)
+edge_uploader_data_budget_used_bytes           gauge      bytes sent today (with a budget)
+edge_uploader_data_budget_spent                gauge      1 while today's budget is spent
 edge_uploader_captures_allowed                 gauge      0 while below the free-space floor
 edge_uploader_disk_free_bytes{path}            gauge      free space per watched file system
 edge_uploader_disk_floor_bytes{path}           gauge      the configured floor there
@@ -40,6 +45,7 @@ import time
 from collections.abc import Iterable
 
 from .. import __version__
+from ..config.link import local_day, window_state
 from ..core.delivery import Delivery
 from .health import Vitals, assess
 
@@ -154,3 +160,22 @@ def _delivery(w: _Writer, delivery: Delivery) -> None:
     w.metric("upload_outage", "gauge",
              "1 while repeated failures hold delivery behind one probe.",
              [("", 1 if delivery.state.outage else 0)])  # fmt: skip
+    _metered(w, delivery)
+
+
+def _metered(w: _Writer, delivery: Delivery) -> None:
+    link, now = delivery.config.link, time.time()
+    is_open = delivery.meter.override or window_state(link.upload_windows, now).open
+    w.metric("upload_window_open", "gauge", "0 outside the upload windows (nothing is sent).",
+             [("", 1 if is_open else 0)])  # fmt: skip
+    w.metric("upload_bandwidth_cap_bytes", "gauge",
+             "The cap on upload bandwidth in bytes per second (0: none).",
+             [("", link.max_bytes_per_second)])  # fmt: skip
+    if link.max_bytes_per_day:
+        used = delivery.queue.bytes_sent_on(local_day(now))
+        w.metric("data_budget_bytes", "gauge", "The daily data budget (max_bytes_per_day).",
+                 [("", link.max_bytes_per_day)])  # fmt: skip
+        w.metric("data_budget_used_bytes", "gauge", "Bytes of files sent today (local time).",
+                 [("", used)])  # fmt: skip
+        w.metric("data_budget_spent", "gauge", "1 while today's data budget is spent.",
+                 [("", 1 if used >= link.max_bytes_per_day else 0)])  # fmt: skip

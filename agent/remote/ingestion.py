@@ -51,10 +51,12 @@ from .http import (
     make_client,
     parse_json,
     parse_retry_after,
+    proxy_for,
     read_limited,
     status_error,
     transport_reason,
 )
+from .throttle import Throttle, pace_bodies
 
 __all__ = ["Answer", "Outcome", "Sample", "Uploader", "build_uploader", "classify",
            "content_type", "encode_label", "make_client", "parse_retry_after"]  # fmt: skip
@@ -222,7 +224,11 @@ def build_uploader(
         connect_timeout=ing.connect_timeout_seconds, ca_file=ing.ca_file, transport=transport,
         on_progress=on_progress,
     )  # fmt: skip
-    return Uploader(client, ing.url, ing.api_key.load(), clock=clock)
+    uploader = Uploader(client, ing.url, ing.api_key.load(), clock=clock)
+    if ing.link.max_bytes_per_second:
+        uploader.throttle = Throttle(ing.link.max_bytes_per_second)
+        pace_bodies(client, uploader.throttle)
+    return uploader
 
 
 class Uploader:
@@ -235,11 +241,17 @@ class Uploader:
         self.url = url.rstrip("/")
         self.api_key = api_key
         self.clock = clock
+        self.throttle: Throttle | None = None
+        """The bandwidth cap on request bodies, if any."""
+        self.proxy = proxy_for(self.url)
+        """The proxy requests go through (named in network errors), or None."""
 
     def endpoint(self, category: str) -> str:
         return f"{self.url}/api/{category}/files"
 
     def close(self) -> None:
+        if self.throttle is not None:
+            self.throttle.close()
         self.client.close()
 
     def upload(self, sample: Sample) -> Answer:
@@ -298,7 +310,8 @@ class Uploader:
         except httpx.TimeoutException as exc:
             return [Answer(Outcome.RETRY, f"timed out: {type(exc).__name__}", timed_out=True)] * n
         except httpx.TransportError as exc:
-            return [Answer(Outcome.RETRY, f"network error: {transport_reason(exc)}")] * n
+            via = f" (through the proxy {self.proxy})" if self.proxy else ""
+            return [Answer(Outcome.RETRY, f"network error: {transport_reason(exc)}{via}")] * n
         except OSError as exc:
             return [_unreadable(exc)] * n
         return classify_many(response.status_code, response.headers, body, self.clock(), n)

@@ -34,8 +34,8 @@ __all__ = ["SCHEMA_VERSION", "NewFile", "Queue", "Recorded", "Result", "Row", "S
 _INSERT = (
     "INSERT OR IGNORE INTO files (path, size, mtime_ns, state, source, label, category,"
     " metadata, upload_name, extra, after_upload, move_to, allow_duplicates, batch,"
-    " last_error, next_attempt_at, enqueued_at, local_done)"
-    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,1)"
+    " last_error, next_attempt_at, enqueued_at, priority, local_done)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,1)"
 )
 _SETTLE = (
     "UPDATE files SET state=?, attempts=attempts+?, last_error=?, next_attempt_at=?,"
@@ -148,7 +148,7 @@ class Queue:
             f.path, f.size, f.mtime_ns, int(f.state), f.source, f.label, f.category,
             json.dumps(f.metadata, ensure_ascii=False), f.upload_name,
             json.dumps(f.extra) if f.extra else None, f.after_upload, f.move_to,
-            int(f.allow_duplicates), f.batch, f.last_error, now, now,
+            int(f.allow_duplicates), f.batch, f.last_error, now, now, f.priority,
         ))  # fmt: skip
         if not cur.rowcount:
             return None
@@ -184,29 +184,36 @@ class Queue:
         return self._select_rows("path=? AND state=?", (path, State.HELD))
 
     # -- delivery ------------------------------------------------------------------------
-    def lease(self, limit: int, now: float | None = None, *, batch: str | None = None) -> list[Row]:
-        """Mark up to ``limit`` due pending rows as uploading and return them, oldest due
-        first. With ``batch``, only rows of that batch (the ``upload`` command's own run)."""
+    def lease(self, limit: int, now: float | None = None, *, batch: str | None = None,
+              above: int | None = None) -> list[Row]:  # fmt: skip
+        """Mark up to ``limit`` due pending rows as uploading and return them: the highest
+        priority first, then the oldest due. With ``batch``, only rows of that batch (the
+        ``upload`` command's own run). With ``above``, only rows of a higher priority (a
+        sensor capture arrived while a backlog of video is in flight)."""
         if limit <= 0:
             return []
         now = self._clock() if now is None else now
         scope, args = _scope(batch)
+        if above is not None:
+            scope, args = scope + " AND priority>?", (*args, above)
         with self.db.writing() as db:
             cur = db.execute(
                 f"UPDATE files SET state=? WHERE id IN (SELECT id FROM files WHERE state=?"
-                f"{scope} AND next_attempt_at<=? ORDER BY next_attempt_at, id LIMIT ?)"
-                f" RETURNING {ROW_COLUMNS}",
+                f"{scope} AND next_attempt_at<=? ORDER BY priority DESC, next_attempt_at, id"
+                f" LIMIT ?) RETURNING {ROW_COLUMNS}",
                 (State.UPLOADING, State.PENDING, *args, now, limit),
             )
             rows = [to_row(r) for r in cur.fetchall()]
-        rows.sort(key=lambda r: (r.next_attempt_at, r.id))
+        rows.sort(key=lambda r: (-r.priority, r.next_attempt_at, r.id))
         return rows
 
     def settle(self, results: Sequence[Result], *, durable: bool = False,
-               facts: Mapping[str, object] | None = None) -> None:  # fmt: skip
+               facts: Mapping[str, object] | None = None,
+               sent: tuple[str, int] | None = None) -> None:  # fmt: skip
         """Write back a round of results in one transaction; ``durable`` syncs it first.
-        ``facts`` for ``status`` (as ``set_state``) go in the same transaction."""
-        if not results and not facts:
+        ``facts`` for ``status`` (as ``set_state``) and ``sent`` (a local day and the bytes
+        of files sent in it, for the data budget) go in the same transaction."""
+        if not results and not facts and not (sent and sent[1]):
             return
         now = self._clock()
         with self.db.writing(durable=durable) as db:
@@ -218,6 +225,9 @@ class Queue:
             ])  # fmt: skip
             if facts:
                 self._set_state(db, facts)
+            if sent and sent[1]:
+                db.execute("INSERT INTO link_usage (day, bytes) VALUES (?, ?) ON CONFLICT(day)"
+                           " DO UPDATE SET bytes = bytes + excluded.bytes", sent)  # fmt: skip
 
     def next_due(self, *, batch: str | None = None) -> float | None:
         """When the earliest pending row (of ``batch``, if given) becomes due; None if none."""
@@ -361,6 +371,12 @@ class Queue:
                            [(i, State.DELIVERED) for i in row_ids])  # fmt: skip
 
     # -- small key/value state shared with `status` --------------------------------------
+    def bytes_sent_on(self, day: str) -> int:
+        """Bytes of files sent on a local day (``YYYY-MM-DD``): the data budget's count."""
+        with self.db.reading() as db:
+            got = db.execute("SELECT bytes FROM link_usage WHERE day=?", (day,)).fetchone()
+            return int(got[0]) if got else 0
+
     def set_state(self, **values: object) -> None:
         with self.db.writing() as db:
             self._set_state(db, values)

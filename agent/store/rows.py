@@ -46,6 +46,8 @@ class NewFile:
     upload_name: str | None = None
     extra: dict[str, Any] | None = None
     batch: str | None = None
+    priority: int = 0
+    """Higher leases first (``[[watch]] priority``)."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ class Row:
     sample_id: int | None
     enqueued_at: float
     delivered_at: float | None
+    priority: int = 0
 
     @property
     def file_name(self) -> str:
@@ -81,7 +84,7 @@ class Row:
 ROW_COLUMNS = (
     "id, path, size, mtime_ns, state, source, label, category, metadata, upload_name, extra, "
     "after_upload, move_to, allow_duplicates, batch, attempts, next_attempt_at, last_error, "
-    "sha256, sample_id, enqueued_at, delivered_at"
+    "sha256, sample_id, enqueued_at, delivered_at, priority"
 )
 
 
@@ -92,6 +95,7 @@ def to_row(r: sqlite3.Row | tuple[Any, ...]) -> Row:
         extra=json.loads(r[10]) if r[10] else None, after_upload=r[11], move_to=r[12],
         allow_duplicates=bool(r[13]), batch=r[14], attempts=r[15], next_attempt_at=r[16],
         last_error=r[17], sha256=r[18], sample_id=r[19], enqueued_at=r[20], delivered_at=r[21],
+        priority=r[22],
     )  # fmt: skip
 
 

@@ -2,7 +2,8 @@
 
 Version 1 is the queue (``files``, ``agent_state``); 2 adds the project side (the
 ``remote_deletes`` of deletion sync and the resumable ``backfill_*`` jobs, see
-``store.ledger``); 3 adds the index the ``upload`` command leases its batch with. A file
+``store.ledger``); 3 adds the index the ``upload`` command leases its batch with; 4 adds
+watch priorities and the bytes sent per day (the data budget). A file
 is brought to ``SCHEMA_VERSION`` in one transaction when it is opened; a file written by
 a newer version is refused, never downgraded.
 """
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from ..errors import QueueError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -93,6 +94,14 @@ CREATE TABLE IF NOT EXISTS backfill_items (
     3: """
 CREATE INDEX IF NOT EXISTS files_batch_due ON files (batch, state, next_attempt_at)
     WHERE batch IS NOT NULL;
+""",
+    # 3 -> 4: metered links. Rows lease by priority (higher first), then oldest due; the
+    # bytes sent per local day survive restarts, so a data budget is not reset by one.
+    4: """
+ALTER TABLE files ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX IF NOT EXISTS files_order ON files (state, priority DESC, next_attempt_at, id);
+CREATE TABLE IF NOT EXISTS link_usage (day TEXT PRIMARY KEY, bytes INTEGER NOT NULL)
+    WITHOUT ROWID;
 """,
 }
 """Schema steps: ``_MIGRATIONS[n]`` takes a version ``n - 1`` file to version ``n``."""

@@ -7,8 +7,10 @@ format for scripts and dashboards: keys are only ever added, never renamed or re
 from __future__ import annotations
 
 import time
+from datetime import tzinfo
 from typing import Any
 
+from ..config.link import LinkConfig, local_day, next_midnight, window_state
 from .ledger import BLOCKED_KEY, Ledger
 from .queue import Queue, State
 
@@ -16,7 +18,18 @@ STATUS_FORMAT_VERSION = 1
 THROUGHPUT_WINDOWS = (60, 300, 900)
 
 
-def gather(queue: Queue, *, dead_limit: int = 20, now: float | None = None) -> dict[str, Any]:
+BUDGET_FULL_KEY = "budget_full"
+"""In the queue's state: the local day on which the next upload no longer fitted in the
+daily data budget (it is spent for that day)."""
+OVERRIDE_KEY = "window_override"
+"""In the queue's state: ``retry-now`` asked the running daemon to send outside the upload
+windows (cleared when the daemon starts: the override lasts until the next stop)."""
+
+
+def gather(queue: Queue, *, dead_limit: int = 20, now: float | None = None,
+           link: LinkConfig | None = None, tz: tzinfo | None = None) -> dict[str, Any]:  # fmt: skip
+    """The document; ``link`` (the config's metered-link keys) adds the window, the
+    budget and the cap, computed from the clock and the queue's count of bytes per day."""
     now = time.time() if now is None else now
     counts = queue.counts()
     oldest = queue.oldest_pending()
@@ -49,4 +62,26 @@ def gather(queue: Queue, *, dead_limit: int = 20, now: float | None = None) -> d
         "dead_letters": dead,
         "held": held,
         "remote_deletes": {**Ledger(queue).counts(now), "blocked": state.get(BLOCKED_KEY)},
+        **_link(queue, link or LinkConfig(), state, now, tz),
     }
+
+
+def _link(queue: Queue, link: LinkConfig, state: dict[str, Any], now: float,
+          tz: tzinfo | None) -> dict[str, Any]:  # fmt: skip
+    window = None
+    if link.upload_windows:
+        w = window_state(link.upload_windows, now, tz)
+        window = {"windows": [str(x) for x in link.upload_windows], "open": w.open,
+                  "next_open_at": w.next_open_at, "closes_at": w.closes_at,
+                  "override": bool(state.get(OVERRIDE_KEY))}  # fmt: skip
+    budget = None
+    if link.max_bytes_per_day:
+        today = local_day(now, tz)
+        used = queue.bytes_sent_on(today)
+        budget = {"max_bytes_per_day": link.max_bytes_per_day, "used_bytes": used,
+                  "left_bytes": max(0, link.max_bytes_per_day - used),
+                  "resets_at": next_midnight(now, tz),
+                  "spent": used >= link.max_bytes_per_day
+                  or state.get(BUDGET_FULL_KEY) == today}  # fmt: skip
+    return {"window": window, "budget": budget,
+            "max_bytes_per_second": link.max_bytes_per_second}  # fmt: skip

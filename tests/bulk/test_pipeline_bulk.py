@@ -49,8 +49,9 @@ class Rig:
         self.client = make_client(concurrency=concurrency, timeout=5, connect_timeout=5,
                                   transport=httpx.MockTransport(counting))  # fmt: skip
         uploader = Uploader(self.client, "http://ingest.test", Secret("ei_k"), clock=self.clock)
-        config = IngestionConfig(concurrency=concurrency, auth_pause_seconds=300.0,
-                                 max_files_per_request=1)
+        config = IngestionConfig(
+            concurrency=concurrency, auth_pause_seconds=300.0, max_files_per_request=1
+        )
         self.pipeline = Delivery(self.queue, uploader, config, Stats(), clock=self.clock,
                                  rng=lambda: 0.5, batch="B", prefetch=8)  # fmt: skip
 

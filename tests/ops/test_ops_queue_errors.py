@@ -35,9 +35,9 @@ class FlakyQueue(Queue):
             self.failed[what] = self.failed.get(what, 0) + 1
             raise QueueError(f"{self.path}: database or disk is full")
 
-    def settle(self, results: Any, *, durable: bool = False) -> None:
+    def settle(self, results: Any, **kw: Any) -> None:
         self._fail("settle")
-        super().settle(results, durable=durable)
+        super().settle(results, **kw)
 
     def record(self, files: Any) -> Any:
         self._fail("enqueue")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,13 @@ def test_a_file_is_tagged_and_queued(rig: Rig) -> None:
     }
     assert rig.woken == 1
     assert [e for e, _ in rig.events] == [Event.SEEN, Event.QUEUED]
+
+
+def test_a_watch_priority_goes_into_the_row(rig: Rig) -> None:
+    urgent = replace(rig.watch, priority=7)
+    (plain,) = rig.process(rig.file("a.wav"))
+    (first,) = rig.process(rig.file("b.wav"), watch=urgent)
+    assert [r.id for r in rig.queue.lease(2)] == [first, plain]
 
 
 @pytest.mark.parametrize(

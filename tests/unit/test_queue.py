@@ -108,6 +108,39 @@ def test_lease_takes_due_rows_oldest_due_first_and_marks_them(q: Queue, clock: F
     assert [r.id for r in q.lease(10)] == [ids[0]]
 
 
+def test_lease_takes_the_highest_priority_first_then_the_oldest(q: Queue) -> None:
+    video = q.enqueue_many([nf(i, priority=0) for i in range(5)])
+    sensor = q.enqueue_many([nf(10 + i, priority=10) for i in range(2)])
+    low = q.enqueue_many([nf(20, priority=-5)])
+    assert [r.id for r in q.lease(4)] == [*sensor, video[0], video[1]]
+    assert [r.id for r in q.lease(10)] == [*video[2:], *low]
+
+
+def test_a_version_3_queue_gains_priorities_and_the_daily_count(tmp_path: Path) -> None:
+    from edge_uploader.store import schema
+
+    path = tmp_path / "v3.db"
+    con = sqlite3.connect(path)
+    script = schema._SCHEMA + schema._MIGRATIONS[2] + schema._MIGRATIONS[3]
+    con.executescript(script + "PRAGMA user_version=3;")
+    con.execute(
+        "INSERT INTO files (path, size, mtime_ns, state, source, category, metadata,"
+        " enqueued_at) VALUES ('/d/old.wav', 5, 1, 0, 'watch:/d', 'training', '{}', 0)"
+    )
+    con.commit()
+    con.close()
+    q = Queue(path)
+    try:
+        (row,) = q.lease(5, now=1.0)
+        assert row.path == "/d/old.wav"
+        assert q.bytes_sent_on("2026-12-02") == 0
+        q.settle([], sent=("2026-12-02", 123))
+        q.settle([], sent=("2026-12-02", 7))
+        assert q.bytes_sent_on("2026-12-02") == 130
+    finally:
+        q.close()
+
+
 def test_lease_with_explicit_now_and_zero_limit(q: Queue) -> None:
     (rid,) = q.enqueue_many([nf(1)])
     assert q.lease(0) == []

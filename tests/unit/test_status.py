@@ -65,6 +65,9 @@ def test_gather(q: Queue) -> None:
             ("scheduled", "done", "cancelled", "failed", "due", "unconfirmed", "done_last_hour"), 0
         )
         | {"blocked": None},
+        "window": None,
+        "budget": None,
+        "max_bytes_per_second": 0,
     }
 
 

@@ -136,7 +136,8 @@ class MqttComponent:
     def _status_document(self) -> dict[str, Any]:
         cfg, queue = self.config, self.runtime.queue
         disk = cfg.capture.dir if cfg.capture else queue.path.parent
-        return online_document(queue, self.runtime.stats, cfg.device_id, disk, len(self._threads))
+        return online_document(queue, self.runtime.stats, cfg.device_id, disk, len(self._threads),
+                               link=cfg.ingestion.link)  # fmt: skip
 
     # -- commands ------------------------------------------------------------------------
     def _on_message(self, msg: Message) -> None:

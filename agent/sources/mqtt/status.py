@@ -14,7 +14,11 @@ Format (keys are only ever added)::
      "at": "2026-05-01T10:00:00.000Z", "queue_depth": 3, "pending": 3, "held": 0,
      "dead_letters": 0, "delivered": 120, "oldest_pending_age_seconds": 12.5,
      "last_delivery_at": "2026-05-01T09:59:58.120Z", "uploads_paused": null,
-     "last_error": null, "free_disk_bytes": 812345344, "captures_running": 0}
+     "last_error": null, "free_disk_bytes": 812345344, "captures_running": 0,
+     "upload_window_open": null, "data_budget_left_bytes": null, "data_budget_spent": null}
+
+(``upload_window_open`` is null without upload windows, the two budget keys without a
+daily data budget.)
 
     {"status": "offline", "device_id": "pi-0042", "agent_version": "0.1.0",
      "reason": "connection lost"}            (the last will; "stopped" on a clean stop)
@@ -31,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ... import __version__
+from ...config.link import LinkConfig, local_day, window_state
 from ...core.tagger import iso_utc
 from ...events import Event, Stats
 from ...loop import Loop
@@ -79,8 +84,14 @@ def online_document(
     disk_path: Path,
     captures_running: int,
     now: float | None = None,
+    link: LinkConfig | None = None,
 ) -> dict[str, Any]:
     now = time.time() if now is None else now
+    link = link or LinkConfig()
+    window = window_state(link.upload_windows, now).open if link.upload_windows else None
+    left: int | None = None
+    if link.max_bytes_per_day:
+        left = max(0, link.max_bytes_per_day - queue.bytes_sent_on(local_day(now)))
     counts = queue.counts()
     oldest = queue.oldest_pending()
     state = queue.get_state()
@@ -105,6 +116,11 @@ def online_document(
         "last_error": state.get("last_error"),
         "free_disk_bytes": free,
         "captures_running": captures_running,
+        "upload_window_open": window,
+        "data_budget_left_bytes": left,
+        "data_budget_spent": None
+        if left is None
+        else left == 0 or state.get("budget_full") == local_day(now),
     }
 
 
