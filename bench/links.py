@@ -63,8 +63,9 @@ The columns of each situation's table:
 - ``once``: ``yes`` when in every round every file was stored and none twice; otherwise
   ``lost N`` (the most files missing after a round the client ended by itself: it gave
   up on them), ``stored twice``, ``cap`` (stopped before it was done).
-- ``req/file``: median over the rounds of HTTP requests the server received (every attempt,
-  answered or not) per file of the situation; below 1 means several files per request.
+- ``requests``: median over the rounds of HTTP requests the server received (every attempt,
+  answered or not), and in brackets per file delivered: above 1 means retries, below 1
+  several files per request.
 - ``dups``: median of sample parts the server refused as already stored.
 - ``5xx``: median of 500/503 answers the server sent (injected, or over the in-flight
   limit), and their share of the requests.
@@ -212,6 +213,8 @@ class Context:
     multi_note: str | None
     """Why the multi variants are skipped; None: they run."""
     results: dict[tuple[str, str], list[Result]] = field(default_factory=dict)
+    floors: dict[int, float] = field(default_factory=dict)
+    """The server's own files/s by files per request."""
     runs: int = 0
 
     def count(self, sit: Situation) -> int:
@@ -556,6 +559,11 @@ def once_text(rs: list[Result]) -> str:
     return ", ".join(notes)
 
 
+def requests_text(rs: list[Result]) -> str:
+    per_file = med([r.requests / r.distinct for r in rs if r.distinct])
+    return f"{med([r.requests for r in rs]):,.0f} ({per_file:.2f})"
+
+
 def first_text(rs: list[Result]) -> str:
     starts = [r.first_request for r in rs if r.first_request is not None]
     return f"{med(starts):.2f}" if starts else "-"
@@ -583,7 +591,7 @@ def row(ctx: Context, sit: Situation, client: Client, rs: list[Result]) -> str:
         first_text(rs),
         f"{delivered:,}/{rs[0].n:,}{star}",
         once_text(rs),
-        f"{med([r.requests / r.n for r in rs]):.3f}",
+        requests_text(rs),
         f"{med([r.duplicates for r in rs]):,.0f}",
         errors_text(rs),
         f"{med([r.cpu for r in rs]):.1f}",
@@ -594,7 +602,7 @@ def row(ctx: Context, sit: Situation, client: Client, rs: list[Result]) -> str:
 
 
 HEAD = (
-    "| client | files/s | x naive | x pool8 | per round | 1st req s | delivered | once | req/file "
+    "| client | files/s | x naive | x pool8 | per round | 1st req s | delivered | once | requests "
     "| dups | 5xx | CPU s | RSS MB | srv CPU |"
 )
 
@@ -620,12 +628,21 @@ def table(ctx: Context, sit: Situation, rounds: int) -> list[str]:
     return [*out, ""]
 
 
+def floor_line(ctx: Context) -> str:
+    """The server's floor beside the fastest client at loopback: who is the bottleneck."""
+    floors = ", ".join(f"{num(v)} files/s at {k} per request" for k, v in ctx.floors.items())
+    rates = [med([r.rate for r in rs]) for (s, _), rs in ctx.results.items() if s == "loopback"]
+    best = f"; the fastest client at loopback: {num(max(rates))}" if rates else ""
+    return f"The server alone takes {floors}{best}."
+
+
 def overview(ctx: Context, sits: set[str]) -> list[str]:
     """One line per situation: every client's files/s and whether each file arrived once."""
     names = [c.name for c in CLIENTS if any((s, c.name) in ctx.results for s in sits)]
-    out = [
-        "### overview: files/s (median) and delivery",
-        "",
+    out = ["### overview: files/s (median) and delivery", ""]
+    if ctx.floors:
+        out += [floor_line(ctx), ""]
+    out += [
         "| situation | " + " | ".join(names) + " |",
         "| --- |" + " --- |" * len(names),
     ]
@@ -678,7 +695,7 @@ def _ratio(
     return Verdict(label, measured, want, "PASS" if ok else "FAIL")
 
 
-def _floor_rate(ctx: Context, label: str, key: tuple[str, str], goal: float) -> Verdict:
+def _rate_at_least(ctx: Context, label: str, key: tuple[str, str], goal: float) -> Verdict:
     rate = rate_of(ctx, *key)
     if rate is None:
         return Verdict(label, "not run", f">= {goal:.0f} files/s", "SKIP")
@@ -745,7 +762,7 @@ def verdicts(ctx: Context) -> list[Verdict]:
     for c in ("run", "upload"):
         out.append(_ratio(ctx, f"+50 ms: {c} / pool8", ("+50ms", c), ("+50ms", "pool8"), 3.0))
     for c in ("run", "upload"):
-        out.append(_floor_rate(ctx, f"+200 ms: {c}", ("+200ms", c), 150))
+        out.append(_rate_at_least(ctx, f"+200 ms: {c}", ("+200ms", c), 150))
     for sit, goal in (("5xx", 0.8), ("drops", 0.7), ("lost", 0.7)):
         for c in ("run", "upload"):
             out.append(
@@ -831,6 +848,7 @@ def print_floor(ctx: Context) -> None:
     print("| --- | --- | --- | --- |")
     for per in (1, 100):
         rate, server_cpu, client_cpu = floor(ctx, per)
+        ctx.floors[per] = rate
         print(f"| {per} | {num(rate)} | {server_cpu:.1f} | {client_cpu:.1f} |", flush=True)
     print()
 
