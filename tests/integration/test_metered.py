@@ -119,8 +119,12 @@ def test_outside_the_windows_nothing_is_sent_until_retry_now(
 def test_the_daily_budget_holds_and_survives_a_restart(
     tmp_path: Path, server: LocalServer, key_file: Path, agents: list[Agent]
 ) -> None:
+    port = free_port()
+    watch = (f'[[watch]]\npath = "{tmp_path / "captures"}"\nsettle_seconds = 0.1\n'
+             f'[http]\nlisten = "127.0.0.1:{port}"\n')  # fmt: skip
     cfg = config(tmp_path, server.url, key_file,
-                 "max_bytes_per_day = 7000\nmax_files_per_request = 1\nconcurrency = 1\n")  # fmt: skip
+                 "max_bytes_per_day = 7000\nmax_files_per_request = 1\nconcurrency = 1\n",
+                 watch)  # fmt: skip
     agents.append(agent := Agent(cfg, tmp_path / "agent.log").start())
     wait_for(lambda: "edge-uploader running" in agent.output())
     drop(tmp_path / "captures", 6)  # 6 x 2048 bytes; 3 fit in 7000
@@ -133,6 +137,11 @@ def test_the_daily_budget_holds_and_survives_a_restart(
     }  # fmt: skip
     assert info["backlog"] == 3
     assert "SPENT: uploads wait until" in cli("status", "--config", str(cfg))
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as page:
+        metrics = page.read().decode()
+    assert "edge_uploader_data_budget_bytes 7000" in metrics
+    assert f"edge_uploader_data_budget_used_bytes {3 * 2048}" in metrics
+    assert "edge_uploader_data_budget_spent 1" in metrics
     assert agent.terminate() == 0
 
     agents.append(again := Agent(cfg, tmp_path / "agent2.log").start())

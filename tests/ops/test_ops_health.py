@@ -117,6 +117,12 @@ def test_healthz_and_metrics(tmp_path: Path, server: LocalIngestionServer) -> No
         assert values["edge_uploader_upload_latency_seconds_count"] == 2
         assert values["edge_uploader_captures_allowed"] == 1
         assert values["edge_uploader_healthy"] == 1
+        assert values["edge_uploader_upload_concurrency_limit"] >= 1  # "auto": adapted
+        assert values["edge_uploader_upload_rtt_seconds"] > 0
+        assert values["edge_uploader_upload_outage"] == 0
+        assert values["edge_uploader_upload_window_open"] == 1  # no windows: always open
+        assert values["edge_uploader_upload_bandwidth_cap_bytes"] == 0
+        assert "edge_uploader_data_budget_bytes" not in values  # no budget configured
         assert http_get(base + "/nope")[0] == 404
         assert "# TYPE edge_uploader_upload_latency_seconds histogram" in text
     finally:
