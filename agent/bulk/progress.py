@@ -199,6 +199,11 @@ def render_summary(s: Summary) -> str:
                      "the cause: edge-uploader dead retry --batch ... --all")  # fmt: skip
     if pending and s.outcome != "done":
         lines.append("  run the same command again to deliver the rest")
-    lines.append("result: " + ("OK, every file delivered" if s.exit_code == 0 else
-                               "NOT everything was delivered"))  # fmt: skip
+    if s.exit_code == 0:
+        result = "OK, every file delivered"
+    elif not (pending or t["dead"][0] or t["held"][0] or s.skipped):
+        result = f"every file delivered, but {OUTCOMES.get(s.outcome, s.outcome)}"
+    else:
+        result = "NOT everything was delivered"
+    lines.append("result: " + result)
     return "\n".join(lines)

@@ -6,16 +6,19 @@ the limit follows the link, the way TCP finds its window (the model is Vector's 
 request concurrency and Netflix's concurrency-limits):
 
 - the time is cut into windows of about one round trip;
-- a window that saw a back-pressure answer (429, 503, a timeout), or whose mean round-trip
-  time rose clearly above the link's floor (the least window mean of the last
-  ``FLOOR_WINDOWS`` windows, times ``1 + RISE_TOLERANCE``, plus ``RISE_SLACK_SECONDS``),
-  cuts the limit to ``DECREASE_RATIO`` of itself. Comparing with the floor, not with a
+- the first back-pressure answer of a window (429, 503, a timeout) cuts the limit at once
+  to ``DECREASE_RATIO`` of itself (and by one request at least); so does a window whose
+  mean round-trip time rose clearly above the link's floor (the least window mean of the
+  last ``FLOOR_WINDOWS`` windows, times ``1 + RISE_TOLERANCE``, plus
+  ``RISE_SLACK_SECONDS``). Comparing with the floor, not with a
   running mean, matters: a running mean follows a slow climb and never sees the queue
   it builds. The floor forgets old windows, so a link whose latency really grew is
   relearned within ``FLOOR_WINDOWS`` round trips;
 - a window in which the limit was used (requests in flight reached it) and latency stayed
   level raises it by one; until the first cut it doubles instead ("slow start", as TCP
   does), so a 200 ms link reaches 32 requests in flight within a second, not in six.
+  Just below the level refused last it rises only every ``CEILING_WINDOWS`` windows (as
+  CUBIC lingers near its last loss), so an overloaded service sees few refused probes.
 
 So on a link with latency but spare capacity the limit climbs until the round trip starts
 to grow (the service or the CPU is saturated), and on an overloaded service it settles just
@@ -40,6 +43,8 @@ millisecond on loopback jitter by more than themselves), before it counts as a r
 FLOOR_WINDOWS = 100
 INITIAL_LIMIT = 4
 """Where "auto" starts: the old fixed default, safe for any service."""
+CEILING_WINDOWS = 10
+"""Full windows without trouble before the limit probes the level refused last again."""
 MIN_WINDOW_SECONDS = 0.05
 MAX_WINDOW_SECONDS = 5.0
 
@@ -65,6 +70,10 @@ class Concurrency:
         self._window_full = False
         self._window_pushback = False
         self._slow_start = True
+        self._ceiling: int | None = None
+        """The level refused last (pushback or a rising round trip)."""
+        self._calm = 0
+        self._cut_at = -math.inf
 
     @property
     def limit(self) -> int:
@@ -73,6 +82,12 @@ class Concurrency:
     @property
     def adaptive(self) -> bool:
         return self.fixed is None
+
+    @property
+    def at_floor(self) -> bool:
+        """Nothing left to cut: a fixed limit, or one request at a time. Only then does a
+        "slower, please" (429, 503) say the service is down rather than busy."""
+        return self.fixed is not None or self._limit <= 1.0
 
     @property
     def rtt(self) -> float | None:
@@ -92,22 +107,25 @@ class Concurrency:
             if rtt is not None:
                 self._window_sum += rtt
                 self._window_count += 1
-            self._window_pushback = self._window_pushback or pushback
             now = self._clock()
+            if pushback and (rtt is None or now - rtt >= self._cut_at):
+                # At once (a fast 503 frees its slot for another 503 at once), and once per
+                # level: only a request sent after the last cut says the new level is too high.
+                self._cut()
+                self._cut_at = now
+            self._window_pushback = self._window_pushback or pushback
             window = min(MAX_WINDOW_SECONDS, max(MIN_WINDOW_SECONDS, self._mean or 0.0))
             if now - self._window_start >= window:
                 self._close_window(now)
 
     def _close_window(self, now: float) -> None:
         mean = self._window_sum / self._window_count if self._window_count else None
-        if self.fixed is not None:
-            pass  # a fixed limit: only the round-trip time is followed (for status)
-        elif self._window_pushback or (mean is not None and self._rising(mean)):
-            self._limit = max(1.0, self._limit * DECREASE_RATIO)
-            self._slow_start = False
+        if self.fixed is not None or self._window_pushback:
+            pass  # fixed: only the round trip is followed; pushback: already cut
+        elif mean is not None and self._rising(mean):
+            self._cut()
         elif self._window_full and self._limit < self.maximum:
-            grown = self._limit * 2 if self._slow_start else math.floor(self._limit) + 1.0
-            self._limit = min(float(self.maximum), grown)
+            self._grow()
         if mean is not None and not self._window_pushback:
             self._mean = mean if self._mean is None else self._mean + EWMA_ALPHA * (
                 mean - self._mean)  # fmt: skip
@@ -115,6 +133,30 @@ class Concurrency:
         self._window_start = now
         self._window_sum, self._window_count = 0.0, 0
         self._window_full = self._window_pushback = False
+
+    def _cut(self) -> None:
+        """Down by ``DECREASE_RATIO``, and by at least one request: 5.9 * 0.9 is still 5
+        requests in flight, the level that was just refused."""
+        if self.fixed is not None:
+            return
+        self._ceiling = math.floor(self._limit)
+        self._limit = max(1.0, min(self._limit * DECREASE_RATIO, self._ceiling - 1.0))
+        self._slow_start = False
+        self._calm = 0
+
+    def _grow(self) -> None:
+        """Double in slow start, else one more; just below the level that was refused
+        last, one more only every ``CEILING_WINDOWS`` windows (each probe of it costs a
+        few refused requests)."""
+        if self._slow_start:
+            self._limit = min(float(self.maximum), self._limit * 2)
+            return
+        nearing = self._ceiling is not None and math.floor(self._limit) + 1 >= self._ceiling
+        self._calm += 1
+        if nearing and self._calm < CEILING_WINDOWS:
+            return
+        self._calm = 0
+        self._limit = min(float(self.maximum), math.floor(self._limit) + 1.0)
 
     def _rising(self, mean: float) -> bool:
         if not self._floors:

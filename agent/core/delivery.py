@@ -39,7 +39,7 @@ from .batching import requests
 from .concurrency import Concurrency
 from .inflight import NOT_SENT, Done, Gate, Sent, row_sample
 from .metering import BUDGET_FULL_KEY, OVERRIDE_KEY, Hold, Meter
-from .verdicts import ServiceState, pushback
+from .verdicts import FailureRun, ServiceState, pushback
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,11 @@ class Delivery(Loop):
         self._caution = threading.Event()
         """Set when the service is in trouble (paused, breaker open) or a window closed:
         workers start no waiting request until the dispatcher has decided."""
+        self._failure_run = FailureRun()
+        self._alarms = self._alarms_read = 0
+        self._alarm_lock = threading.Lock()
+        """Cautions set by workers, and those whose answer the dispatcher has read: the
+        caution is lifted only when no alarm waits to be read."""
         self._work: stdqueue.PriorityQueue[tuple[float, int, list[Row] | None]] = (
             stdqueue.PriorityQueue())  # fmt: skip
         """Requests for the workers, the highest priority first, then in order."""
@@ -129,8 +134,8 @@ class Delivery(Loop):
     def stop(self, timeout: float = 5.0) -> None:
         """Stop leasing, let in-flight uploads finish within ``timeout``, requeue the rest."""
         self._stop_timeout = timeout
+        self._gate.close()  # no waiting request starts now; those out finish or time out
         super().stop(timeout + 1.0)  # its last settle may run just past the deadline
-        self._gate.close()
         for _ in self._workers:
             self._work.put((math.inf, next(self._seq), None))
         leftover = list(self._inflight)
@@ -190,9 +195,13 @@ class Delivery(Loop):
             refused_at_once = all(a.status is None and not a.timed_out for a in answers)
             self.concurrency.finished(None if refused_at_once else latency,
                                       pushback=any(pushback(a) for a in answers))  # fmt: skip
-            if self.prefetch and any(a.outcome is Outcome.PAUSE for a in answers):
+            outage = self._failure_run.add(answers, self.concurrency.at_floor)
+            alarm = outage or any(a.outcome is Outcome.PAUSE for a in answers)
+            if alarm:
+                with self._alarm_lock:
+                    self._alarms += 1
                 self._caution.set()  # before the answer is seen: no other worker starts more
-            self._done.put(Sent(rows, answers, latency))
+            self._done.put(Sent(rows, answers, latency, alarm))
             self.wake()
 
     # -- the dispatcher --------------------------------------------------------------------
@@ -272,7 +281,8 @@ class Delivery(Loop):
                 return None  # enough requests wait for the workers: lease in batches
             asked = min(MAX_LEASE, wanted * self._rows_per_request)
         rows = self.queue.lease(asked, now, batch=self.batch)
-        self._caution.clear()  # the hold is over: what is leased now may go out
+        if self._alarms_read == self._alarms:  # the hold is over: what is leased may go out
+            self._caution.clear()
         if rows:
             self._queue_requests(rows, full=len(rows) == asked)
         closes = self.meter.closes_at(now) if self.meter.active else None
@@ -349,6 +359,7 @@ class Delivery(Loop):
             except stdqueue.Empty:
                 return
             self._requests_out -= 1
+            self._alarms_read += sent.alarm
             if not self._unsettled:
                 self._gather_since = time.monotonic()
             went = sum(r.size for r, a in zip(sent.rows, sent.answers, strict=True)
@@ -398,7 +409,7 @@ class Delivery(Loop):
             self._unsettled = []
 
     def _verdict(self, d: Done, now: float) -> Result | None:
-        verdict = self.state.verdict(d.row, d.answer, now)
+        verdict = self.state.verdict(d.row, d.answer, now, self.concurrency.at_floor)
         if verdict.alone:
             self._alone.add(d.row.id)
         if self.state.newly_paused:

@@ -28,6 +28,8 @@ class Sent:
     rows: list[Row]
     answers: list[Answer]
     latency: float
+    alarm: bool = False
+    """The worker set the caution for this answer (a pause, or the breaker's run)."""
 
 
 @dataclass

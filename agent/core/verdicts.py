@@ -7,8 +7,9 @@ and a transient failure backs off *that file only* (exponential backoff with ful
 For the whole service, three states, decided here and nowhere else:
 
 - **outage** (a circuit breaker): ``OUTAGE_AFTER`` failures in a row with no answer that
-  shows the service working (network errors, timeouts, 5xx, 429) mean the link or the
-  service is down: delivery holds, then sends one probe at a time with growing waits, so
+  shows the service working (network errors, timeouts, 5xx; 429 and 503 only once the
+  concurrency limit is down to one request, before that they say "busy") mean the link or
+  the service is down: delivery holds, then sends one probe at a time with growing waits, so
   a day offline costs a handful of requests, not one per file. The first success closes it.
 - **paused**: a refused key (401/403), a redirect (a wrong URL), or the same 404/405 for
   every file (a wrong URL path). Until one file has been accepted, a 404/405 is a suspect:
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -53,10 +55,35 @@ def pushback(answer: Answer) -> bool:
     return answer.outcome is Outcome.RETRY and (answer.status in (429, 503) or answer.timed_out)
 
 
-def _failure(answer: Answer) -> bool:
-    """An answer that shows the service not working (as opposed to refusing one file)."""
-    return answer.outcome is Outcome.RETRY and (answer.status is None or answer.status >= 500
-                                                or answer.status == 429)  # fmt: skip
+def failure(answer: Answer, at_floor: bool = True) -> bool:
+    """An answer that shows the service not working (as opposed to refusing one file).
+    A 429 or 503 while the concurrency limit can still fall is a busy service asking for
+    less (the limit falls), not an outage: an overloaded server must not open the breaker."""
+    if answer.outcome is not Outcome.RETRY:
+        return False
+    if answer.status in (429, 503):
+        return at_floor
+    return answer.status is None or answer.status >= 500
+
+
+class FailureRun:
+    """The workers' early view of the breaker: failures in a row, counted as answers
+    arrive, so no worker starts another request while the dispatcher has yet to read the
+    answer that opens the breaker (under load it can lag by several requests)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count = 0
+
+    def add(self, answers: list[Answer], at_floor: bool) -> bool:
+        """Count one request's answers; True when the run reaches ``OUTAGE_AFTER``."""
+        with self._lock:
+            for a in answers:
+                if a.outcome in (Outcome.DELIVERED, Outcome.DUPLICATE, Outcome.DEAD):
+                    self._count = 0
+                elif failure(a, at_floor):
+                    self._count += 1
+            return self._count >= OUTAGE_AFTER
 
 
 class ServiceState:
@@ -81,7 +108,7 @@ class ServiceState:
         self.resumed = False
         """Set by ``verdict`` when the pause began or ended with this answer (for events)."""
 
-    def verdict(self, row: Row, answer: Answer, now: float) -> Verdict:
+    def verdict(self, row: Row, answer: Answer, now: float, at_floor: bool = True) -> Verdict:
         a = answer
         self.newly_paused, self.resumed = None, False
         if a.outcome in (Outcome.DELIVERED, Outcome.DUPLICATE):
@@ -98,7 +125,7 @@ class ServiceState:
             return self._refused(row, a, now)
         if a.alone:
             return Verdict(None, alone=True)
-        return Verdict(self._retry(row, a, now))
+        return Verdict(self._retry(row, a, now, at_floor))
 
     def _working(self) -> None:
         if self._failures >= OUTAGE_AFTER:
@@ -127,11 +154,11 @@ class ServiceState:
         self._failures = 0  # the service answered: it works, this file is refused
         return Verdict(Result(row.id, State.DEAD, a.reason, 0.0, a.sha256))
 
-    def _retry(self, row: Row, a: Answer, now: float) -> Result:
+    def _retry(self, row: Row, a: Answer, now: float, at_floor: bool) -> Result:
         cfg = self.config
         delay = retry_delay(row.attempts, cfg.retry_base_seconds, cfg.retry_max_seconds,
                             a.retry_after, self.rng)  # fmt: skip
-        if _failure(a):
+        if failure(a, at_floor):
             self._failures += 1
             if self._failures == OUTAGE_AFTER:
                 self.outages_seen += 1

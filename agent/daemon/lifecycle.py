@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -148,7 +149,10 @@ class Daemon:
                 log.error("%s did not start again: %s", component.name, exc)
 
     def _stop_stages(self, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
-        """Stop everything but the queue; uploads in flight go back to pending."""
+        """Stop everything but the queue within ``timeout`` in all (systemd and the
+        operator wait for the whole stop, not for each stage); uploads in flight that do
+        not finish go back to pending."""
+        deadline = time.monotonic() + timeout
         for component in reversed(self.components):
             try:
                 component.stop()
@@ -158,12 +162,12 @@ class Daemon:
             self.watcher.stop()
             self.watcher = None
         if self.scanner is not None:
-            self.scanner.stop(timeout)
+            self.scanner.stop(max(0.5, deadline - time.monotonic()))
             self.scanner = None
         if self.intake is not None:
             self.intake.stop()
         if self.delivery is not None:
-            self.delivery.stop(timeout)
+            self.delivery.stop(max(0.5, deadline - time.monotonic()))
             self.delivery.uploader.close()
         if self.disk is not None:
             self.stats.unsubscribe(self.disk.on_event)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import pty
@@ -106,6 +107,9 @@ def test_summary_text() -> None:
         dead_examples=[],
     )
     assert done.exit_code == 0 and "OK, every file delivered" in render_summary(done)
+    late = dataclasses.replace(done, outcome="interrupted")
+    assert late.exit_code != 0  # Ctrl-C keeps its status; the words stay true
+    assert "result: every file delivered, but interrupted" in render_summary(late)
 
 
 def test_a_terminal_gets_one_updating_line(tmp_path: Path) -> None:

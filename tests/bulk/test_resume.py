@@ -91,9 +91,9 @@ def test_service_gone_mid_run_exits_nonzero_and_a_rerun_delivers_the_rest(
 def test_ctrl_c_stops_cleanly_and_a_rerun_finishes(
     tmp_path: Path, servers: list[ServerProcess]
 ) -> None:
-    n = 150
+    n = 400  # several files go in one request: enough rounds that Ctrl-C lands mid-batch
     make_files(tmp_path / "data", n)
-    srv = ServerProcess(tmp_path / "server", extra=["--latency-ms", "30"]).start()
+    srv = ServerProcess(tmp_path / "server", extra=["--latency-ms", "100"]).start()
     servers.append(srv)
     env = _env(tmp_path, srv.url)
     args = ["upload", str(tmp_path / "data"), "--concurrency", "2"]

@@ -146,7 +146,7 @@ def test_the_limit_falls_on_503_and_every_file_arrives(make_rig: Any) -> None:
     once_each(rig, 300)
     answers = rig.transport.answers
     assert rig.delivery.concurrency.limit <= 8
-    assert answers.count(503) < 0.3 * len(answers)  # the bench measures it closer
+    assert answers.count(503) < 0.15 * len(answers)  # the target for the bench
     assert rig.delivery.state.outages_seen == 0
 
 

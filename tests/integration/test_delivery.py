@@ -159,6 +159,10 @@ def test_sigkill_five_times_with_failing_server_loses_nothing(tmp_path, key_file
         # the killed agents may have delivered everything: let this one finish starting
         # (a SIGTERM during interpreter start-up kills it before its handler exists)
         wait_for(lambda: agent.output().count("edge-uploader running") > started, timeout=20)
+        # a file the server stored just before a kill is sent again (and refused as a
+        # duplicate): the server's count is reached before the queue has recorded it all
+        wait_for(lambda: {r[1] for r in queue_rows(tmp_path / "queue.db")} == {2}, timeout=60,
+                 interval=0.2)  # fmt: skip
         assert agent.terminate() == 0
         recs = by_name(srv.index())
         assert sorted(recs) == sorted(Path(n).name for n in names)

@@ -168,10 +168,13 @@ class Agent:
             self.proc.send_signal(signal.SIGTERM)
         try:
             return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired as exc:
             self.proc.kill()
             self.proc.wait()
-            raise
+            tail = "\n".join(self.log.splitlines()[-40:])
+            raise AssertionError(
+                f"the agent did not stop in {timeout} s; its log ends:\n{tail}"
+            ) from exc
         finally:
             self._log.close()
 
