@@ -94,7 +94,8 @@ define need_root
 		exit 1; fi
 endef
 
-## install: venv in $(PREFIX), the unit, a config skeleton and an empty root-only key file
+## install: venv in $(PREFIX), the unit, a config skeleton (and the annotated example beside
+## it) and an empty root-only key file
 install: install-venv install-files
 	@echo "installed. Next: put the API key in $(CONFDIR)/api_key, edit $(CONFDIR)/agent.toml,"
 	@echo "then: systemctl enable --now $(SERVICE)   (docs: $(PREFIX)/docs/deploy.md)"
@@ -126,6 +127,8 @@ install-files:
 	@# never overwrite a config or a key that is already there
 	if [ ! -e $(DESTDIR)$(CONFDIR)/agent.toml ]; then \
 		install -m 0640 systemd/agent.toml $(DESTDIR)$(CONFDIR)/agent.toml; fi
+	@# the annotated example documents every key; it is reference, refreshed on every install
+	install -m 0644 config/agent.example.toml $(DESTDIR)$(CONFDIR)/agent.example.toml
 	if [ ! -e $(DESTDIR)$(CONFDIR)/api_key ]; then \
 		install -m 0600 /dev/null $(DESTDIR)$(CONFDIR)/api_key; fi
 	if [ ! -e $(DESTDIR)/etc/default/$(SERVICE) ]; then \
