@@ -10,13 +10,25 @@ RUNDIR := .run
 .PHONY: run test check lint unit integration bench venv system-deps clean install install-venv \
 	install-files uninstall
 
-$(BIN)/edge-uploader: pyproject.toml
+# Two installs, one stamp each: the demo (`make run`, `make bench`) needs only the runtime;
+# `make check` and `make test` add the dev extra (pytest, ruff, mypy, import-linter).
+RUNTIME := $(VENV)/.installed-runtime
+DEVTOOLS := $(VENV)/.installed-dev
+
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+
+$(RUNTIME): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
 	@touch $@
 
-venv: $(BIN)/edge-uploader
+$(DEVTOOLS): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@ $(RUNTIME)
+
+## venv: .venv with the project and the dev tools
+venv: $(DEVTOOLS)
 
 # Test-only system packages (a Mosquitto broker for the MQTT tests, systemd-analyze for
 # the unit checks, openssl for the TLS broker's certificates). Installed only when missing; needs root or sudo.
@@ -32,7 +44,7 @@ system-deps:
 	fi
 
 ## run: a local ingestion server plus the agent watching ./captures (Ctrl-C stops both)
-run: venv
+run: $(RUNTIME)
 	@mkdir -p captures $(RUNDIR)
 	@$(BIN)/edge-uploader local-ingestion --host 127.0.0.1 --port $(PORT) --data-dir $(RUNDIR)/ingestion \
 		--api-key-file config/dev-api-key --quiet & server=$$!; \
@@ -47,17 +59,17 @@ run: venv
 	$(BIN)/edge-uploader run --config config/dev.toml
 
 ## check: lint, formatting, types and the layer rule (ARCHITECTURE.md)
-check: venv
+check: $(DEVTOOLS)
 	$(BIN)/ruff check agent tests bench
 	$(BIN)/ruff format --check agent tests bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
 ## test: everything CI runs: lint, types, then the whole test suite
-test: venv system-deps check
+test: $(DEVTOOLS) system-deps check
 	$(BIN)/pytest -q
 
-bench: venv
+bench: $(RUNTIME)
 	$(BIN)/python bench/drain.py
 
 clean:
@@ -82,7 +94,8 @@ define need_root
 		exit 1; fi
 endef
 
-## install: venv in $(PREFIX), the unit, a config skeleton and an empty root-only key file
+## install: venv in $(PREFIX), the unit, a config skeleton (and the annotated example beside
+## it) and an empty root-only key file
 install: install-venv install-files
 	@echo "installed. Next: put the API key in $(CONFDIR)/api_key, edit $(CONFDIR)/agent.toml,"
 	@echo "then: systemctl enable --now $(SERVICE)   (docs: $(PREFIX)/docs/deploy.md)"
@@ -114,6 +127,8 @@ install-files:
 	@# never overwrite a config or a key that is already there
 	if [ ! -e $(DESTDIR)$(CONFDIR)/agent.toml ]; then \
 		install -m 0640 systemd/agent.toml $(DESTDIR)$(CONFDIR)/agent.toml; fi
+	@# the annotated example documents every key; it is reference, refreshed on every install
+	install -m 0644 config/agent.example.toml $(DESTDIR)$(CONFDIR)/agent.example.toml
 	if [ ! -e $(DESTDIR)$(CONFDIR)/api_key ]; then \
 		install -m 0600 /dev/null $(DESTDIR)$(CONFDIR)/api_key; fi
 	if [ ! -e $(DESTDIR)/etc/default/$(SERVICE) ]; then \

@@ -17,6 +17,11 @@ from .errors import SecretError
 
 MAX_SECRET_BYTES = 4096
 
+DEMO_API_KEY = "ei_local_dev_key_0000"
+"""The key of the shipped demo (``config/dev-api-key``, ``make run``). It is published in
+the repository and only the local ingestion server accepts it (a real key is ``ei_`` and
+64 hex digits): a file holding it keeps nothing secret, so it is not warned about."""
+
 
 class Secret:
     """A string that will not print itself."""
@@ -39,6 +44,10 @@ class Secret:
 
     def __hash__(self) -> int:
         return hash(self._value)
+
+    def is_demo(self) -> bool:
+        """True for the public demo key (``DEMO_API_KEY``), which protects nothing."""
+        return self._value == DEMO_API_KEY
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from ..core.sidecar import read_sidecar, sidecar_path
 from ..core.tagger import tag
 from ..errors import ConfigError, InputError
 from ..metadata import encode_metadata
-from ..remote.http import proxy_for
+from ..remote.proxy import proxy_for
 from ..secrets import SecretSource
 
 _SERVICE_LABEL = re.compile(r"[a-zA-Z0-9\s_-]+")

@@ -18,15 +18,17 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from ..config import Config, load_config
 from ..errors import ConfigError, InputError
 from ..metadata import check_key, check_metadata, check_value
-from ..project.backfill import Backfill
-from ..project.backfill import Summary as BackfillSummary
 from ..store.queue import Queue
 from .options import add_config_option, open_queue
+
+if TYPE_CHECKING:  # the backfill brings the Studio client and httpx: loaded when it runs
+    from ..project.backfill import Backfill
+    from ..project.backfill import Summary as BackfillSummary
 
 SOURCE = "command line"
 MAX_SET_FILE_BYTES = 64 * 1024
@@ -135,7 +137,7 @@ class Progress:
 
 # -- commands ------------------------------------------------------------------------------
 def cmd_backfill(args: argparse.Namespace) -> int:
-    from ..project.backfill import Plan, Selection
+    from ..project.backfill import Backfill, Plan, Selection
     from ..remote.studio import StudioClient
     from ..store.ledger import Ledger
 
@@ -330,7 +332,7 @@ def _q(value: str | None) -> str:
 # -- registration ------------------------------------------------------------------------
 def register(sub: Any) -> None:
     """Add ``metadata backfill`` and ``sync``."""
-    from ..remote.studio import LIST_CATEGORIES
+    from ..remote.categories import LIST_CATEGORIES
 
     p = sub.add_parser("metadata", help="change the metadata of samples already in the project")
     actions = p.add_subparsers(dest="metadata_action", required=True, metavar="ACTION")

@@ -1,4 +1,5 @@
-"""``run``, ``status`` and ``local-ingestion``: the daemon, its queue, the local service."""
+"""``run``, ``status`` and ``local-ingestion``: the daemon, its queue, the local service
+(``local_ingestion``, whose code loads only when it runs)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,8 @@ import time
 from typing import Any
 
 from ..config import load_config
-from ..localserver.cli import add_arguments as add_local_ingestion_arguments
-from ..localserver.cli import run as run_local_ingestion
 from ..store.status import gather
+from . import local_ingestion
 from .options import add_config_option, open_queue, positive_int
 
 
@@ -26,9 +26,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="dead letters and held files to list")  # fmt: skip
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("local-ingestion", help="run a local ingestion service (no account needed)")
-    add_local_ingestion_arguments(p)
-    p.set_defaults(func=lambda args: int(run_local_ingestion(args)))
+    local_ingestion.register(sub)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

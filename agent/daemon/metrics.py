@@ -4,20 +4,28 @@ Counters come from ``events.Stats`` (since the process started; a reload keeps
 them), gauges from the queue and the disk guard at scrape time. Names are part of the
 contract for dashboards: only ever add, never rename.
 
+A file the service already had ("already exists") is done, and its queue row is
+``delivered``, but it is counted in ``files_duplicate_total``, not in
+``files_delivered_total``: delivered + duplicate is every file done. ``queue_depth`` counts
+every row the queue keeps, delivered ones included (nothing is deleted on dequeue), so it
+only grows; the backlog is ``queue_backlog``. The ``process_*`` metrics carry no
+``edge_uploader_`` prefix: they are the standard ones of the Prometheus client libraries.
+
 =============================================  =========  ======================================
 metric                                         type       meaning
 =============================================  =========  ======================================
 edge_uploader_files_seen_total                 counter    files a source noticed
 edge_uploader_files_enqueued_total             counter    recorded in the queue for upload
-edge_uploader_files_delivered_total            counter    stored by the service
-edge_uploader_files_duplicate_total            counter    the service had them already
+edge_uploader_files_delivered_total            counter    stored by the service as new samples
+edge_uploader_files_duplicate_total            counter    the service had them already (done)
 edge_uploader_upload_retries_total             counter    transient failures, tried again later
 edge_uploader_files_dead_total                 counter    permanently refused (dead letters)
 edge_uploader_files_held_total                 counter    held back: unusable sidecar/metadata
 edge_uploader_files_skipped_total              counter    not samples (empty, vanished, ...)
 edge_uploader_files_gone_total                 counter    vanished or changed before sending
-edge_uploader_bytes_sent_total                 counter    bytes of delivered files
-edge_uploader_queue_depth{state}               gauge      rows per queue state
+edge_uploader_bytes_sent_total                 counter    bytes of delivered and duplicate files
+edge_uploader_queue_depth{state}               gauge      rows per queue state, all kept rows
+edge_uploader_queue_backlog                    gauge      files pending or being sent
 edge_uploader_oldest_pending_age_seconds       gauge      age of the oldest undelivered file
 edge_uploader_last_delivery_timestamp_seconds  gauge      Unix time of the last delivery
 edge_uploader_upload_latency_seconds           histogram  time per upload request
@@ -36,6 +44,12 @@ edge_uploader_disk_free_bytes{path}            gauge      free space per watched
 edge_uploader_disk_floor_bytes{path}           gauge      the configured floor there
 edge_uploader_healthy                          gauge      1 when /healthz answers 200
 edge_uploader_info{version}                    gauge      always 1
+process_cpu_seconds_total                      counter    user + system CPU time
+process_resident_memory_bytes                  gauge      resident memory
+process_virtual_memory_bytes                   gauge      virtual memory
+process_open_fds                               gauge      open file descriptors
+process_max_fds                                gauge      their limit (RLIMIT_NOFILE)
+process_start_time_seconds                     gauge      Unix time the process started
 =============================================  =========  ======================================
 """
 
@@ -47,6 +61,7 @@ from collections.abc import Iterable
 from .. import __version__
 from ..config.link import local_day, window_state
 from ..core.delivery import Delivery
+from . import process
 from .health import Vitals, assess
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -54,8 +69,16 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _COUNTERS = (
     ("files_seen_total", "seen", "Files a source noticed."),
     ("files_enqueued_total", "queued", "Files recorded in the queue for upload."),
-    ("files_delivered_total", "delivered", "Files the ingestion service stored."),
-    ("files_duplicate_total", "duplicate", "Files the service already had (count as delivered)."),
+    (
+        "files_delivered_total",
+        "delivered",
+        "Files the ingestion service stored as new samples (duplicates are not counted here).",
+    ),
+    (
+        "files_duplicate_total",
+        "duplicate",
+        "Files the service already had: done, not in files_delivered_total.",
+    ),
     ("upload_retries_total", "retry", "Transient upload failures, tried again later."),
     ("files_dead_total", "dead", "Files permanently refused (dead letters)."),
     ("files_held_total", "held", "Files held back: their sidecar or metadata is unusable."),
@@ -77,8 +100,9 @@ class _Writer:
         self.lines: list[str] = []
 
     def metric(self, name: str, kind: str, help_text: str,
-               samples: Iterable[tuple[str, float]]) -> None:  # fmt: skip
-        full = f"edge_uploader_{name}"
+               samples: Iterable[tuple[str, float]], *, prefix: str = "edge_uploader_",
+               ) -> None:  # fmt: skip
+        full = f"{prefix}{name}"
         self.lines.append(f"# HELP {full} {help_text}")
         self.lines.append(f"# TYPE {full} {kind}")
         for suffix, value in samples:
@@ -97,14 +121,17 @@ def render(service: Vitals, *, now: float | None = None) -> str:
     counts = snap["counts"]
     for name, event, help_text in _COUNTERS:
         w.metric(name, "counter", help_text, [("", counts.get(event, 0))])
-    w.metric("bytes_sent_total", "counter", "Bytes of delivered files.",
+    w.metric("bytes_sent_total", "counter", "Bytes of files done (delivered and duplicate).",
              [("", snap["bytes_sent"])])  # fmt: skip
 
     queue = service.queue
     if queue is not None:
         depth = queue.counts()
-        w.metric("queue_depth", "gauge", "Queue rows per state.",
+        w.metric("queue_depth", "gauge",
+                 "Queue rows per state, every row kept (delivered ones too): see queue_backlog.",
                  [(f'{{state="{s}"}}', n) for s, n in depth.items()])  # fmt: skip
+        w.metric("queue_backlog", "gauge", "Files waiting to be sent or being sent.",
+                 [("", depth.get("pending", 0) + depth.get("uploading", 0))])  # fmt: skip
         oldest = queue.oldest_pending()
         w.metric("oldest_pending_age_seconds", "gauge",
                  "Age of the oldest file not yet delivered (0 when none).",
@@ -141,7 +168,26 @@ def render(service: Vitals, *, now: float | None = None) -> str:
              [("", 1 if assess(service).healthy else 0)])  # fmt: skip
     w.metric("info", "gauge", "The running version.",
              [(f'{{version="{_label(__version__)}"}}', 1)])  # fmt: skip
+    _process(w)
     return w.text()
+
+
+def _process(w: _Writer) -> None:
+    """The standard ``process_*`` metrics, where ``/proc`` is readable."""
+    p = process.read()
+    if p is None:
+        return
+    for name, kind, help_text, value in (
+        ("cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.",
+         round(p.cpu_seconds, 3)),
+        ("resident_memory_bytes", "gauge", "Resident memory size in bytes.", p.resident_bytes),
+        ("virtual_memory_bytes", "gauge", "Virtual memory size in bytes.", p.virtual_bytes),
+        ("open_fds", "gauge", "Number of open file descriptors.", p.open_fds),
+        ("max_fds", "gauge", "Maximum number of open file descriptors.", p.max_fds),
+        ("start_time_seconds", "gauge", "Start time of the process since unix epoch in seconds.",
+         round(p.start_time, 2)),
+    ):  # fmt: skip
+        w.metric(name, kind, help_text, [("", value)], prefix="process_")
 
 
 def _delivery(w: _Writer, delivery: Delivery) -> None:

@@ -26,8 +26,6 @@ import email.utils
 import json
 import threading
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC
 from pathlib import Path
@@ -38,6 +36,7 @@ import httpx
 from .. import __version__
 from ..errors import AuthError, PermanentError, RemoteError, TransientError, UrlError
 from ..text import one_line
+from .proxy import proxy_for as proxy_for  # its home before; kept for importers
 
 USER_AGENT = f"edge-uploader/{__version__}"
 MAX_ERROR_CHARS = 300
@@ -138,32 +137,6 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
 
 def retry_after(headers: Mapping[str, str], now: float) -> float | None:
     return parse_retry_after(headers.get("retry-after"), now)
-
-
-def proxy_for(url: str) -> str | None:
-    """The proxy the environment names for ``url`` (``HTTPS_PROXY``, ``HTTP_PROXY``,
-    ``ALL_PROXY``, minus ``NO_PROXY``), as httpx uses it; its password hidden. None: direct."""
-    parts = urllib.parse.urlsplit(url)
-    proxies = urllib.request.getproxies_environment()
-    proxy = proxies.get(parts.scheme) or proxies.get("all")
-    if not proxy or _bypassed(parts.hostname or "", proxies.get("no", "")):
-        return None
-    p = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
-    if p.password is not None:
-        netloc = f"{p.username}:***@{p.hostname}" + (f":{p.port}" if p.port else "")
-        p = p._replace(netloc=netloc)
-    return clean(urllib.parse.urlunsplit(p))
-
-
-def _bypassed(host: str, no_proxy: str) -> bool:
-    """``NO_PROXY`` as httpx reads it: ``*``, host names (and their subdomains), a leading
-    dot for a domain, IP addresses."""
-    host = host.lower().rstrip(".")
-    for entry in (e.strip().lower() for e in no_proxy.split(",")):
-        name = (entry.partition(":")[0] if entry.count(":") == 1 else entry).lstrip(".")
-        if entry == "*" or (name and (host == name or host.endswith("." + name))):
-            return True
-    return False
 
 
 def transport_reason(exc: httpx.TransportError) -> str:

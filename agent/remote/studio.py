@@ -48,6 +48,7 @@ from ..config import Config
 from ..errors import AuthError, ConfigError, PermanentError, TransientError, UrlError
 from ..metadata import check_metadata
 from ..secrets import Secret
+from .categories import LIST_CATEGORIES as LIST_CATEGORIES
 from .http import (
     clean,
     error_text,
@@ -62,7 +63,6 @@ from .http import (
 MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 PAGE_SIZE = 100
 MAX_REMOTE_KEYS = 1000
-LIST_CATEGORIES = ("training", "testing", "validation", "post-processing", "anomaly", "all")
 
 
 class SampleNotFound(PermanentError):

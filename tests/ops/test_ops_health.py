@@ -78,7 +78,7 @@ def test_waiting_for_a_retry_or_a_refused_key_is_idle_by_design(
         service.stop()
 
 
-_SAMPLE = re.compile(r'^edge_uploader_[a-z_]+(\{[a-z]+="[^"]*"\})? -?[0-9.e+]+$')
+_SAMPLE = re.compile(r'^(edge_uploader|process)_[a-z_]+(\{[a-z]+="[^"]*"\})? -?[0-9.e+]+$')
 
 
 def test_healthz_and_metrics(tmp_path: Path, server: LocalIngestionServer) -> None:
@@ -98,7 +98,7 @@ def test_healthz_and_metrics(tmp_path: Path, server: LocalIngestionServer) -> No
         values = {}
         for line in text.splitlines():
             if line.startswith("#"):
-                assert re.match(r"^# (HELP|TYPE) edge_uploader_[a-z_]+ .+", line), line
+                assert re.match(r"^# (HELP|TYPE) (edge_uploader|process)_[a-z_]+ .+", line), line
                 continue
             assert _SAMPLE.match(line), line
             name, value = line.rsplit(" ", 1)
@@ -112,6 +112,8 @@ def test_healthz_and_metrics(tmp_path: Path, server: LocalIngestionServer) -> No
         assert values["edge_uploader_bytes_sent_total"] == 16
         assert values['edge_uploader_queue_depth{state="delivered"}'] == 2
         assert values['edge_uploader_queue_depth{state="pending"}'] == 0
+        assert values["edge_uploader_queue_backlog"] == 0
+        assert values["process_open_fds"] > 0
         assert values["edge_uploader_oldest_pending_age_seconds"] == 0
         assert values['edge_uploader_upload_latency_seconds_bucket{le="+Inf"}'] == 2
         assert values["edge_uploader_upload_latency_seconds_count"] == 2

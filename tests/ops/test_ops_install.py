@@ -57,6 +57,11 @@ def test_install_and_uninstall_into_destdir(tmp_path: Path) -> None:
                              capture_output=True, text=True, timeout=60, cwd=tmp_path)  # fmt: skip
     assert version.stdout.startswith("edge-uploader "), version.stderr
 
+    # the annotated example sits beside the skeleton, world-readable (it holds no secret)
+    example = conf / "agent.example.toml"
+    assert example.read_bytes() == (REPO / "config/agent.example.toml").read_bytes()
+    assert _mode(example) == 0o644
+
     # the skeleton config is valid once its folders exist (here: under DESTDIR)
     skeleton = (conf / "agent.toml").read_text()
     for key in ("[disk]", "[http]", 'listen = "127.0.0.1:9108"', "/var/lib/edge-uploader"):
@@ -66,8 +71,10 @@ def test_install_and_uninstall_into_destdir(tmp_path: Path) -> None:
     # half; the first half only rebuilds the venv)
     (conf / "agent.toml").write_text("# mine\n")
     (conf / "api_key").write_text("ei_mine\n")
+    example.write_text("# stale\n")
     _make("install-files", dest, f"PREFIX={prefix}")
     assert (conf / "agent.toml").read_text() == "# mine\n"
+    assert example.read_bytes() == (REPO / "config/agent.example.toml").read_bytes()
     assert (conf / "api_key").read_text() == "ei_mine\n"
     assert _mode(conf / "api_key") == 0o600
 
@@ -91,3 +98,12 @@ def test_skeleton_config_parses(tmp_path: Path) -> None:
     assert cfg.http.listen == ("127.0.0.1", 9108)
     assert cfg.disk.min_free_bytes == 256 * 1024 * 1024
     assert cfg.ingestion.url.startswith("https://")
+
+
+def test_no_config_points_into_home() -> None:
+    """The unit has ProtectHome=: a key file or folder under /home is invisible to the
+    service, so neither shipped config names one outside a comment."""
+    for name in ("config/agent.example.toml", "systemd/agent.toml"):
+        for n, line in enumerate((REPO / name).read_text().splitlines(), 1):
+            value = line.split("#", 1)[0]
+            assert "/home" not in value and "~/" not in value, f"{name}:{n}: {line}"
