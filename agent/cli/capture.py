@@ -20,12 +20,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..config import CONFIG_CATEGORIES, Config, load_config
+from ..config import CONFIG_CATEGORIES, Config
 from ..daemon.disk import DiskGuard
 from ..errors import CaptureError, ConfigError, InputError
 from ..sources.capture import Capturer
 from ..sources.command import validate_object
-from .options import add_config_option, open_queue
+from .options import add_config_option, load, open_queue
 
 WAIT_FOR_DAEMON_SECONDS = 3.0
 
@@ -53,7 +53,7 @@ def register(sub: Any) -> None:
 
 
 def cmd_capture(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = load(args)
     if config.capture is None:
         raise ConfigError(config.source, "capture", "no [capture] section: nothing to capture with")
     fields: dict[str, Any] = {

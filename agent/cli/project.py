@@ -20,13 +20,13 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from ..config import Config, load_config
+from ..config import Config
 from ..errors import ConfigError, InputError
 from ..metadata import check_key, check_metadata, check_value
 from ..project.backfill import Backfill
 from ..project.backfill import Summary as BackfillSummary
 from ..store.queue import Queue
-from .options import add_config_option, open_queue
+from .options import add_config_option, load, open_queue
 
 SOURCE = "command line"
 MAX_SET_FILE_BYTES = 64 * 1024
@@ -139,7 +139,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     from ..remote.studio import StudioClient
     from ..store.ledger import Ledger
 
-    config = load_config(args.config, check_dirs=False)
+    config = load(args, check_dirs=False)
     changes = parse_changes(args.set, args.set_file)
     selection = Selection(
         mode=args.select, category=args.category, labels=tuple(args.label),
@@ -214,7 +214,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     from ..project.deletesync import DeletionSync
     from ..remote.studio import StudioClient
 
-    config = load_config(args.config, check_dirs=False)
+    config = load(args, check_dirs=False)
     if args.confirm_deletes and args.cancel_deletes:
         raise ConfigError(SOURCE, "--confirm-deletes", "give one of --confirm-deletes and"
                           " --cancel-deletes")  # fmt: skip

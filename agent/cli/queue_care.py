@@ -13,11 +13,10 @@ import sys
 from collections.abc import Iterator
 from typing import Any, TextIO
 
-from ..config import load_config
 from ..daemon.wake import wake_daemon
 from ..store.queue import Queue, Row, State
 from ..store.status import OVERRIDE_KEY
-from .options import add_config_option, open_queue, positive_int
+from .options import add_config_option, load, open_queue, positive_int
 
 DEAD_FORMAT_VERSION = 1
 
@@ -44,12 +43,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("retry-now", help="skip backoff waits: every pending file is due now"
                        " (and the running daemon sends outside its upload windows until it"
                        " stops)")  # fmt: skip
-    add_config_option(p, required=False, note="default: the per-user queue")
+    add_config_option(p, required=False, note="the per-user queue")
     p.set_defaults(func=cmd_retry_now)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    add_config_option(p, required=False, note="default: the per-user queue")
+    add_config_option(p, required=False, note="the per-user queue")
     p.add_argument(
         "--id", type=int, action="append", dest="ids", metavar="N", help="this row id (repeatable)"
     )
@@ -58,7 +57,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _queue(args: argparse.Namespace) -> Queue:
-    return open_queue(load_config(args.config, check_dirs=False), why="nothing was queued yet")
+    return open_queue(load(args, check_dirs=False), why="nothing was queued yet")
 
 
 def _selected(args: argparse.Namespace) -> dict[str, Any]:

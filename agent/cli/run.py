@@ -7,11 +7,10 @@ import json
 import time
 from typing import Any
 
-from ..config import load_config
 from ..localserver.cli import add_arguments as add_local_ingestion_arguments
 from ..localserver.cli import run as run_local_ingestion
 from ..store.status import gather
-from .options import add_config_option, open_queue, positive_int
+from .options import add_config_option, config_path, load, open_queue, positive_int
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -20,7 +19,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("status", help="what the queue holds: counts, backlog, dead letters")
-    add_config_option(p, required=False, note="default: the per-user queue of `upload`")
+    add_config_option(p, required=False, note="the per-user queue of `upload`")
     p.add_argument("--json", action="store_true", help="stable machine-readable output")
     p.add_argument("--limit", type=positive_int, default=20,
                    help="dead letters and held files to list")  # fmt: skip
@@ -35,12 +34,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ..config.preflight import prepare
     from ..daemon.lifecycle import Daemon  # the whole agent: imported only to run it
 
-    config = prepare(args.config)  # a missing key is a config error before anything starts
-    return Daemon(config, config_path=args.config).run_forever()
+    path = config_path(args)
+    config = prepare(path)  # a missing key is a config error before anything starts
+    return Daemon(config, config_path=path).run_forever()
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    config = load_config(args.config, check_dirs=False)
+    config = load(args, check_dirs=False)
     queue = open_queue(config)
     try:
         info = gather(queue, dead_limit=args.limit, link=config.ingestion.link)
