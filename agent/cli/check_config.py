@@ -26,13 +26,21 @@ from ..metadata import encode_metadata
 from ..remote.http import proxy_for
 from ..secrets import SecretSource
 from .options import add_config_option, load
+from .parser import USAGE, exit_statuses
 
 _SERVICE_LABEL = re.compile(r"[a-zA-Z0-9\s_-]+")
 """How the service infers a label from a file name when no x-label is sent."""
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("check-config", help="validate a config; show how a sample would be tagged")
+    p = sub.add_parser(
+        "check-config", help="validate a config; show how a sample would be tagged",
+        description="Validate a config as the daemon would (every problem at once) and print"
+        " what it resolves to, secrets only by where they come from; with --sample, the"
+        " label, category and metadata that file would get.",
+        epilog=exit_statuses("0    the config is valid", USAGE, "78   the config is invalid, a"
+                             " secret cannot be read, or the sample would be held"),
+    )  # fmt: skip
     p.add_argument("config_file", type=Path, nargs="?", metavar="FILE",
                    help="the TOML config to check (or give it with --config)")  # fmt: skip
     add_config_option(p)

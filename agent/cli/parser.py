@@ -67,3 +67,9 @@ def walk(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
 def exit_statuses(*lines: str) -> str:
     """The ``exit status:`` paragraph of a command's help (an epilog)."""
     return EXIT_STATUS_TITLE + "\n" + "\n".join(f"  {line}" for line in lines)
+
+
+USAGE = "2    usage: an unknown, malformed or secret-carrying option"
+CONFIG = "78   configuration error: the config file, an option's value or a secret (EX_CONFIG)"
+QUEUE_CONFIG = "78   configuration error, or no queue file where the config says (EX_CONFIG)"
+INTERRUPTED = "130  interrupted (Ctrl-C)"

@@ -27,6 +27,7 @@ from ..project.backfill import Backfill
 from ..project.backfill import Summary as BackfillSummary
 from ..store.queue import Queue
 from .options import add_config_option, load, open_queue
+from .parser import INTERRUPTED, USAGE, exit_statuses
 
 SOURCE = "command line"
 MAX_SET_FILE_BYTES = 64 * 1024
@@ -332,14 +333,21 @@ def register(sub: Any) -> None:
     """Add ``metadata backfill`` and ``sync``."""
     from ..remote.studio import LIST_CATEGORIES
 
-    p = sub.add_parser("metadata", help="change the metadata of samples already in the project")
+    undone = "1    something left undone: a failed sample, a refused key, the service unreachable"
+    bad = "78   bad input (a key or value, an unknown project, a missing queue): nothing changed"
+    p = sub.add_parser(
+        "metadata", help="change the metadata of samples already in the project",
+        description="Change the metadata of samples already in the project (Studio API).",
+        epilog=exit_statuses("0    done", undone, USAGE, bad, INTERRUPTED),
+    )  # fmt: skip
     actions = p.add_subparsers(dest="metadata_action", required=True, metavar="ACTION")
     b = actions.add_parser(
         "backfill",
         help="set metadata values on samples this device (or anyone) already uploaded",
         description="Set metadata on existing samples: read each, merge, write the full map."
         " Resumable: run the same command again after an interruption.",
-    )
+        epilog=exit_statuses("0    done", undone, USAGE, bad, INTERRUPTED),
+    )  # fmt: skip
     add_config_option(b)
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a value to set (repeat for several keys)")  # fmt: skip
@@ -364,6 +372,8 @@ def register(sub: Any) -> None:
         "sync", help="the drift between this device and the project; deletion sync",
         description="Without options: one deletion-sync pass (needs [sync] delete_remote ="
         " true). --dry-run lists the drift and changes nothing.",
+        epilog=exit_statuses("0    done", undone + ", deletions blocked by the cap", USAGE, bad,
+                             INTERRUPTED),
     )  # fmt: skip
     add_config_option(s)
     s.add_argument("--dry-run", action="store_true", help="list the drift; change nothing")

@@ -11,21 +11,43 @@ from ..localserver.cli import add_arguments as add_local_ingestion_arguments
 from ..localserver.cli import run as run_local_ingestion
 from ..store.status import gather
 from .options import add_config_option, config_path, load, open_queue, positive_int
+from .parser import CONFIG, QUEUE_CONFIG, USAGE, exit_statuses
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("run", help="run the daemon: watch, queue, upload")
+    p = sub.add_parser(
+        "run", help="run the daemon: watch, queue, upload",
+        description="The daemon: watch the folders, take MQTT-triggered captures, queue every"
+        " file and upload it. SIGTERM or SIGINT stop it within seconds; SIGHUP reloads the"
+        " config (an invalid one is refused and the old one keeps running).",
+        epilog=exit_statuses("0    stopped by SIGTERM or SIGINT", "1    stopped by an error it"
+                             " cannot recover from (the log says which)", USAGE,
+                             CONFIG + "; systemd does not restart on it"),
+    )  # fmt: skip
     add_config_option(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("status", help="what the queue holds: counts, backlog, dead letters")
+    p = sub.add_parser(
+        "status", help="what the queue holds: counts, backlog, dead letters",
+        description="What the queue holds: files by state, the backlog and its oldest file,"
+        " throughput, pauses and the last error, dead letters and held files with their"
+        " reasons. --json is a stable format (docs/bulk.md). Works beside a running daemon.",
+        epilog=exit_statuses("0    shown", USAGE, QUEUE_CONFIG),
+    )  # fmt: skip
     add_config_option(p, required=False, note="the per-user queue of `upload`")
     p.add_argument("--json", action="store_true", help="stable machine-readable output")
     p.add_argument("--limit", type=positive_int, default=20,
                    help="dead letters and held files to list")  # fmt: skip
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("local-ingestion", help="run a local ingestion service (no account needed)")
+    p = sub.add_parser(
+        "local-ingestion", help="run a local ingestion service (no account needed)",
+        description="A local implementation of the Edge Impulse ingestion service, for trying"
+        " the agent without an account: it stores what it receives under --data-dir. Stdout"
+        " carries one line, `local-ingestion listening on http://HOST:PORT data=DIR`.",
+        epilog=exit_statuses("0    stopped by SIGTERM or SIGINT", USAGE,
+                             "78   configuration error: an unreadable key file, a port in use"),
+    )  # fmt: skip
     add_local_ingestion_arguments(p)
     p.set_defaults(func=lambda args: int(run_local_ingestion(args)))
 

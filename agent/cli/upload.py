@@ -26,6 +26,7 @@ from ..metadata import check_key, check_metadata, check_value, encode_metadata
 from ..secrets import SecretSource
 from ..store.queue import State
 from .options import add_config_option, load
+from .parser import CONFIG, INTERRUPTED, USAGE, exit_statuses
 
 SOURCE = "command line"
 
@@ -36,9 +37,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="upload files, folders or an info.labels file once (resumable)",
         description="Upload files through the agent's queue: a progress display, a summary, "
         "and re-running the same command continues where it stopped without sending "
-        "anything twice. Exit status: 0 every file delivered; 1 something was refused, "
-        "skipped or is still undelivered; 78 bad config or options; 130 interrupted.",
-    )
+        "anything twice.",
+        epilog=exit_statuses("0    every file delivered (or, with --dry-run, would be sent)",
+                             "1    something was refused, skipped or is still undelivered",
+                             USAGE, CONFIG, INTERRUPTED),
+    )  # fmt: skip
     p.add_argument("paths", nargs="*", metavar="PATH", help="files, folders or glob patterns")
     add_config_option(p, required=False, note="the built-in defaults and the environment")
     p.add_argument(
