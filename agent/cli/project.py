@@ -329,24 +329,30 @@ def _q(value: str | None) -> str:
 
 
 # -- registration ------------------------------------------------------------------------
+_UNDONE = "1    something left undone: a failed sample, a refused key, the service unreachable"
+_BAD = "78   bad input (a key or value, an unknown project, a missing queue): nothing changed"
+
+
 def register(sub: Any) -> None:
     """Add ``metadata backfill`` and ``sync``."""
-    from ..remote.studio import LIST_CATEGORIES
-
-    undone = "1    something left undone: a failed sample, a refused key, the service unreachable"
-    bad = "78   bad input (a key or value, an unknown project, a missing queue): nothing changed"
     p = sub.add_parser(
         "metadata", help="change the metadata of samples already in the project",
         description="Change the metadata of samples already in the project (Studio API).",
-        epilog=exit_statuses("0    done", undone, USAGE, bad, INTERRUPTED),
+        epilog=exit_statuses("0    done", _UNDONE, USAGE, _BAD, INTERRUPTED),
     )  # fmt: skip
-    actions = p.add_subparsers(dest="metadata_action", required=True, metavar="ACTION")
+    _register_backfill(p.add_subparsers(dest="metadata_action", required=True, metavar="ACTION"))
+    _register_sync(sub)
+
+
+def _register_backfill(actions: Any) -> None:
+    from ..remote.studio import LIST_CATEGORIES
+
     b = actions.add_parser(
         "backfill",
         help="set metadata values on samples this device (or anyone) already uploaded",
         description="Set metadata on existing samples: read each, merge, write the full map."
         " Resumable: run the same command again after an interruption.",
-        epilog=exit_statuses("0    done", undone, USAGE, bad, INTERRUPTED),
+        epilog=exit_statuses("0    done", _UNDONE, USAGE, _BAD, INTERRUPTED),
     )  # fmt: skip
     add_config_option(b)
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -368,12 +374,14 @@ def register(sub: Any) -> None:
                    help="parallel requests (default [studio] concurrency)")  # fmt: skip
     b.set_defaults(func=cmd_backfill)
 
+
+def _register_sync(sub: Any) -> None:
     s = sub.add_parser(
         "sync", help="the drift between this device and the project; deletion sync",
         description="Without options: one deletion-sync pass (needs [sync] delete_remote ="
         " true). --dry-run lists the drift and changes nothing.",
-        epilog=exit_statuses("0    done", undone + ", deletions blocked by the cap", USAGE, bad,
-                             INTERRUPTED),
+        epilog=exit_statuses("0    done", _UNDONE + ", deletions blocked by the cap", USAGE,
+                             _BAD, INTERRUPTED),
     )  # fmt: skip
     add_config_option(s)
     s.add_argument("--dry-run", action="store_true", help="list the drift; change nothing")
