@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from .. import __version__
 from ..daemon.logs import setup_logging
 from ..errors import EX_CONFIG, AgentError, ConfigError, QueueError
+from ..secrets import redact
 from . import capture, check_config, project, queue_care, run, upload
 from .parser import CommandParser, exit_statuses, walk
 
@@ -78,7 +79,9 @@ def _run(argv: Sequence[str] | None) -> int:
         return func(args)
     except ConfigError as exc:
         for problem in getattr(exc, "problems", (exc,)):
-            print(f"edge-uploader: config error: {problem}", file=sys.stderr)
+            text = str(problem)  # an option's value may be a key pasted in the wrong place
+            text = redact(text) if problem.source == "command line" else text
+            print(f"edge-uploader: config error: {text}", file=sys.stderr)
         return EX_CONFIG
     except QueueError as exc:
         print(f"edge-uploader: queue error: {exc}", file=sys.stderr)

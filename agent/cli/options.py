@@ -34,11 +34,17 @@ def add_config_option(
     parser.set_defaults(config_required=required)
 
 
-def config_path(args: argparse.Namespace) -> Path | None:
+log = logging.getLogger(__name__)
+
+
+def config_path(args: argparse.Namespace, *, daemon: bool = False) -> Path | None:
     """The config file this command uses (``None``: the built-in defaults). When it was not
-    given with ``--config``, one stderr line says which one was found and why."""
+    given with ``--config``, one stderr line says which one was found and why; the
+    ``daemon`` says it in its log, always."""
     found = find_config(args.config, required=getattr(args, "config_required", True))
-    if args.config is None and logging.getLogger().isEnabledFor(logging.INFO):
+    if daemon:
+        log.info("using the %s", found.describe())
+    elif args.config is None and log.isEnabledFor(logging.INFO):
         print(f"edge-uploader: {found.describe()}", file=sys.stderr, flush=True)
     return found.path
 

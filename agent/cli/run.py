@@ -56,7 +56,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ..config.preflight import prepare
     from ..daemon.lifecycle import Daemon  # the whole agent: imported only to run it
 
-    path = config_path(args)
+    path = config_path(args, daemon=True)
     config = prepare(path)  # a missing key is a config error before anything starts
     return Daemon(config, config_path=path).run_forever()
 

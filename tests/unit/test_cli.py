@@ -102,6 +102,13 @@ def test_key_given_where_its_file_goes_is_not_echoed(tmp_path: Path) -> None:
     assert SECRET not in p.stdout + p.stderr
 
 
+def test_option_value_that_looks_like_a_key_is_not_echoed(tmp_path: Path) -> None:
+    p = run(["upload", "--concurrency", SECRET, str(tmp_path)], tmp_path)
+    assert p.returncode == 78
+    assert "--concurrency" in p.stderr
+    assert SECRET not in p.stdout + p.stderr
+
+
 # -- item 4: a reader that goes away ---------------------------------------------------------
 @pytest.mark.parametrize("command", [["status"], ["status", "--json"], ["dead", "list"]])
 def test_closed_pipe_ends_quietly(command: list[str], tmp_path: Path) -> None:
@@ -212,6 +219,15 @@ def test_run_without_any_config_lists_the_places_looked(tmp_path: Path) -> None:
     for place in ("--config (not given)", "$EDGE_UPLOADER_CONFIG (not set)",
                   str(SYSTEM_CONFIG), str(tmp_path / "xdg" / "edge-uploader")):  # fmt: skip
         assert place in p.stderr
+
+
+def test_run_logs_the_config_it_found(tmp_path: Path) -> None:
+    """The daemon names its config in the log (then stops here: no API key anywhere)."""
+    config = write_config(tmp_path / "named.toml", tmp_path / "q.db")
+    p = run(["run"], tmp_path, EDGE_UPLOADER_CONFIG=str(config), CREDENTIALS_DIRECTORY="")
+    assert p.returncode == 78
+    assert f"using the config {config} (from $EDGE_UPLOADER_CONFIG)" in p.stderr
+    assert "API key" in p.stderr
 
 
 def test_quiet_log_level_hides_the_discovery_line(
