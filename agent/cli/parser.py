@@ -3,9 +3,9 @@
 ``CommandParser`` is an ``argparse.ArgumentParser`` that never expands abbreviations
 (``--api-key`` would otherwise be taken for ``--api-key-file``), refuses any option that
 looks like a secret (``--api-key``, ``--hmac-key``, ``--mqtt-password``, ``--password``,
-``--token``...) before reading it, and never echoes a word that looks like an API key in a
-usage error. Subparsers are of the same class (argparse uses ``type(self)``), so every
-parser of the command gets this behaviour.
+``--token``...: ``secrets.secret_refusal``) before reading it, and never echoes a word that
+looks like an API key in a usage error. Subparsers are of the same class (argparse uses
+``type(self)``), so every parser of the command gets this behaviour.
 """
 
 from __future__ import annotations
@@ -20,12 +20,21 @@ from ..secrets import redact, secret_refusal
 EXIT_STATUS_TITLE = "exit status:"
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Descriptions are wrapped to the terminal; the exit-status list keeps its lines."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith(EXIT_STATUS_TITLE):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
 class CommandParser(argparse.ArgumentParser):
     """An ``ArgumentParser`` without abbreviations that refuses secrets as options."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["allow_abbrev"] = False
-        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
 
     def parse_known_args(  # type: ignore[override]
