@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ..config import Config, find_config, load_config
+from ..config import Config, FoundConfig, find_config, load_config
 from ..config.discover import CONFIG_ENV, SYSTEM_CONFIG
 from ..errors import ConfigError
 from ..store.queue import Queue
@@ -37,21 +37,34 @@ def add_config_option(
 log = logging.getLogger(__name__)
 
 
-def config_path(args: argparse.Namespace, *, daemon: bool = False) -> Path | None:
-    """The config file this command uses (``None``: the built-in defaults). When it was not
-    given with ``--config``, one stderr line says which one was found and why; the
+def find(args: argparse.Namespace, *, daemon: bool = False) -> FoundConfig:
+    """The config file this command uses (``path`` None: the built-in defaults). When it
+    was not given with ``--config``, one stderr line says which one was found and why; the
     ``daemon`` says it in its log, always."""
     found = find_config(args.config, required=getattr(args, "config_required", True))
     if daemon:
         log.info("using the %s", found.describe())
     elif args.config is None and log.isEnabledFor(logging.INFO):
         print(f"edge-uploader: {found.describe()}", file=sys.stderr, flush=True)
-    return found.path
+    return found
+
+
+def config_path(args: argparse.Namespace, *, daemon: bool = False) -> Path | None:
+    """``find(args).path``."""
+    return find(args, daemon=daemon).path
 
 
 def load(args: argparse.Namespace, *, check_dirs: bool = True) -> Config:
-    """The config this command uses, loaded and validated."""
-    return load_config(config_path(args), check_dirs=check_dirs)
+    """The config this command uses, loaded and validated. A found file that cannot be
+    read says how it was found, and how to use another."""
+    found = find(args)
+    try:
+        return load_config(found.path, check_dirs=check_dirs)
+    except ConfigError as exc:
+        if args.config is not None or exc.key or getattr(exc, "problems", None):
+            raise
+        raise ConfigError(exc.source, exc.key, f"{exc.message} (found as {found.how}; give"
+                          " --config FILE to use another)") from None  # fmt: skip
 
 
 def positive_int(text: str) -> int:

@@ -70,7 +70,7 @@ def find_config(
     looked.append(f"${CONFIG_ENV} (not set)")
     for path, how in ((SYSTEM_CONFIG, "the system config"), (user_config(env), "the user config")):
         if path.exists():
-            return FoundConfig(path, f"{how}; not given with --config", tuple(looked))
+            return FoundConfig(path, how, tuple(looked))
         looked.append(str(path))
     if required:
         raise ConfigError(

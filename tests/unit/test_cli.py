@@ -230,6 +230,19 @@ def test_run_logs_the_config_it_found(tmp_path: Path) -> None:
     assert "API key" in p.stderr
 
 
+def test_found_config_that_cannot_be_read_says_how_it_was_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    system = tmp_path / "etc" / "agent.toml"
+    system.parent.mkdir()
+    system.write_text("[queue\n")
+    monkeypatch.setattr(discover, "SYSTEM_CONFIG", system)
+    assert cli.main(["status"]) == 78
+    err = capsys.readouterr().err
+    assert f"{system}: not valid TOML" in err
+    assert "(found as the system config; give --config FILE to use another)" in err
+
+
 def test_quiet_log_level_hides_the_discovery_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
