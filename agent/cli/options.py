@@ -39,12 +39,14 @@ log = logging.getLogger(__name__)
 
 def find(args: argparse.Namespace, *, daemon: bool = False) -> FoundConfig:
     """The config file this command uses (``path`` None: the built-in defaults). When it
-    was not given with ``--config``, one stderr line says which one was found and why; the
-    ``daemon`` says it in its log, always."""
+    was not given with ``--config``, one stderr line says which one was found and why (the
+    ``daemon``: one log line)."""
     found = find_config(args.config, required=getattr(args, "config_required", True))
+    if args.config is not None:
+        return found
     if daemon:
         log.info("using the %s", found.describe())
-    elif args.config is None and log.isEnabledFor(logging.INFO):
+    elif log.isEnabledFor(logging.INFO):
         print(f"edge-uploader: {found.describe()}", file=sys.stderr, flush=True)
     return found
 
