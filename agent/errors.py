@@ -67,17 +67,17 @@ class ConfigError(AgentError):
 
 class ConfigErrors(ConfigError):
     """Every problem found in one config file at once; ``problems`` in the order met. The
-    ``source``, ``key`` and ``message`` are the first problem's; ``str`` is one line per
-    problem."""
+    ``source``, ``key`` and ``message`` are the first problem's; ``str`` is all of them on
+    one line, in the order met (a log entry, systemd's status); the CLI prints one line each."""
 
     def __init__(self, problems: Sequence[ConfigError]) -> None:
         self.problems = tuple(problems)
         first = self.problems[0]
         super().__init__(first.source, first.key, first.message)
-        self.args = ("\n".join(str(p) for p in self.problems),)
+        self.args = (str(self),)
 
     def __str__(self) -> str:
-        return "\n".join(str(p) for p in self.problems)
+        return "; ".join(str(p) for p in self.problems)
 
 
 class SecretError(ConfigError):

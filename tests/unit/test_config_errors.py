@@ -67,7 +67,8 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     assert (info.value.source, info.value.key, info.value.message) == (
         first.source, first.key, first.message,
     )  # fmt: skip
-    assert str(info.value).splitlines() == [str(p) for p in problems]
+    assert str(info.value) == "; ".join(map(str, problems))
+    assert "\n" not in str(info.value)  # one log entry, one systemd status line
 
 
 def test_one_problem_is_a_plain_config_error(tmp_path: Path) -> None:
