@@ -5,6 +5,7 @@ happens next, so callers catch by branch, not by message::
 
     AgentError
     ├── ConfigError          bad config or arguments: exit status 78 (EX_CONFIG), nothing runs
+    │   └── ConfigErrors     several problems in one config file, reported together
     ├── SecretError          a secret file or variable is missing or unreadable (a ConfigError)
     ├── InputError           untrusted input refused: a sidecar, an MQTT payload, an info file
     │   └── SidecarError     a ``<file>.meta.json`` that cannot be used: the file is held back
@@ -27,6 +28,7 @@ are only ever held in ``secrets.Secret`` objects, whose ``repr`` is redacted.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import Enum
 from typing import ClassVar
 
@@ -61,6 +63,21 @@ class ConfigError(AgentError):
         self.message = message
         where = f"{source}: {key}" if key else source
         super().__init__(f"{where}: {message}")
+
+
+class ConfigErrors(ConfigError):
+    """Every problem found in one config file at once; ``problems`` in the order met. The
+    ``source``, ``key`` and ``message`` are the first problem's; ``str`` is all of them on
+    one line, in the order met (a log entry, systemd's status); the CLI prints one line each."""
+
+    def __init__(self, problems: Sequence[ConfigError]) -> None:
+        self.problems = tuple(problems)
+        first = self.problems[0]
+        super().__init__(first.source, first.key, first.message)
+        self.args = (str(self),)
+
+    def __str__(self) -> str:
+        return "; ".join(str(p) for p in self.problems)
 
 
 class SecretError(ConfigError):

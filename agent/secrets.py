@@ -9,6 +9,7 @@ Under systemd, ``LoadCredential=NAME:...`` puts the file in ``$CREDENTIALS_DIREC
 from __future__ import annotations
 
 import os
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,46 @@ DEMO_API_KEY = "ei_local_dev_key_0000"
 """The key of the shipped demo (``config/dev-api-key``, ``make run``). It is published in
 the repository and only the local ingestion server accepts it (a real key is ``ei_`` and
 64 hex digits): a file holding it keeps nothing secret, so it is not warned about."""
+
+SECRET_OPTIONS = {
+    "api-key": ("EI_API_KEY", "--api-key-file"),
+    "apikey": ("EI_API_KEY", "--api-key-file"),
+    "key": ("EI_API_KEY", "--api-key-file"),
+    "hmac-key": ("EI_HMAC_KEY", "--hmac-key-file"),
+    "hmac": ("EI_HMAC_KEY", "--hmac-key-file"),
+    "mqtt-password": ("EI_MQTT_PASSWORD", "[mqtt] password_file"),
+    "password": ("EI_MQTT_PASSWORD", "[mqtt] password_file"),
+    "passwd": ("EI_MQTT_PASSWORD", "[mqtt] password_file"),
+}
+"""Option names (normalised: lower case, ``_`` as ``-``) that would carry a secret, and
+where that secret comes from instead: its environment variable and its file."""
+
+_SECRETISH = re.compile(r"(token|secret|password|passwd)$")
+"""Any other option ending so is refused too, with the API key's advice."""
+
+_KEY_LIKE = re.compile(r"\bei_[A-Za-z0-9_]+")
+"""An Edge Impulse API key as it appears in text; blanked out of usage errors."""
+
+
+def secret_refusal(arg: str) -> str | None:
+    """The refusal for ``arg`` when it is a secret-carrying option, else None. The value
+    (``--api-key=ei_...`` or the next word) is never part of the message."""
+    if not arg.startswith("-") or arg in ("-", "--"):
+        return None
+    name = arg.lstrip("-").partition("=")[0].lower().replace("_", "-")
+    if name.endswith("-file"):
+        return None
+    env, file = SECRET_OPTIONS.get(name, (None, None))
+    if env is None and _SECRETISH.search(name):
+        env, file = SECRET_OPTIONS["api-key"]
+    if env is None:
+        return None
+    return f"secrets are not options: use {env} or {file}"
+
+
+def redact(text: str) -> str:
+    """``text`` with every word that looks like an API key replaced."""
+    return _KEY_LIKE.sub("ei_(redacted)", text)
 
 
 class Secret:
@@ -115,6 +156,10 @@ def read_secret_file(path: Path, source: str, key: str) -> str:
         with open(path, "rb") as handle:
             raw = handle.read(MAX_SECRET_BYTES + 1)
     except OSError as exc:
+        if _KEY_LIKE.match(path.name):  # a key given where its file was expected
+            shown = "the file named (its name looks like an API key and is not shown)"
+            raise SecretError(source, key, f"cannot read {shown}: {exc.strerror or exc}"
+                              ) from None  # fmt: skip
         raise SecretError(source, key, f"cannot read {path}: {exc.strerror or exc}") from None
     if len(raw) > MAX_SECRET_BYTES:
         raise SecretError(source, key, f"{path} is larger than {MAX_SECRET_BYTES} bytes")

@@ -7,7 +7,18 @@ from pathlib import Path
 
 import pytest
 
+from edge_uploader.config import discover
 from tests.support import API_KEY, Agent, LocalServer
+
+
+@pytest.fixture(autouse=True)
+def _no_config_discovery(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A command given no ``--config`` looks for one (``config.discover``): neither this
+    machine's system config nor the developer's own may be found by a test, in process or
+    in a child (children inherit the variables; the system path is patched in process)."""
+    monkeypatch.delenv(discover.CONFIG_ENV, raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
+    monkeypatch.setattr(discover, "SYSTEM_CONFIG", tmp_path / "etc" / "agent.toml")
 
 
 @pytest.fixture

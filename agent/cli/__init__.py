@@ -3,41 +3,76 @@
 Each module of this package adds its subcommands with ``register(subparsers)``; ``main``
 parses, sets up logging and maps the error tree to exit statuses: 0 success; 1 work left
 undone (dead letters, undelivered files); 2 usage; 78 configuration error (EX_CONFIG:
-systemd does not restart-loop on it). Secrets are never accepted as arguments: they come
-from files or the environment.
+systemd does not restart-loop on it); 130 interrupted; 141 the output pipe was closed
+early (``status | head -3``: quietly, as other command-line tools do). Every parser is a
+``parser.CommandParser``: no abbreviated options, and secrets are never accepted as
+arguments: they come from files or the environment.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
 from .. import __version__
 from ..daemon.logs import setup_logging
 from ..errors import EX_CONFIG, AgentError, ConfigError, QueueError
+from ..secrets import redact
 from . import capture, check_config, project, queue_care, run, upload
+from .parser import CommandParser, exit_statuses, walk
 
 Handler = Callable[[argparse.Namespace], int]
 COMMANDS = (run, upload, queue_care, check_config, capture, project)
 """The modules that add subcommands, in the order ``--help`` lists them."""
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+EX_PIPE = 141
+"""128 + SIGPIPE: what a shell reports for a command whose reader went away."""
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="edge-uploader",
-        description="Turn every captured file into a tagged Edge Impulse sample; lose none.",
-    )
+        description="Turn every captured file into a tagged Edge Impulse sample; lose none."
+        " `edge-uploader COMMAND --help` describes each command.",
+        epilog=exit_statuses(
+            "0    success", "1    work left undone (the command's help says which)",
+            "2    usage: an unknown or malformed option", "78   configuration error",
+            "130  interrupted (Ctrl-C)", "141  the output was closed early (| head)",
+        ),
+    )  # fmt: skip
     parser.add_argument("--version", action="version", version=f"edge-uploader {__version__}")
-    parser.add_argument("--log-level", default="info",
-                        choices=("debug", "info", "warning", "error"))  # fmt: skip
+    parser.add_argument("--log-level", default="info", choices=LOG_LEVELS,
+                        help="how much to log (default info); also after COMMAND")  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMANDS:
         module.register(sub)
+    for child in walk(parser):
+        # after the subcommand too (absent, the first one stands); local-ingestion hands
+        # every word to the server's own parser
+        if child is not parser and "-" in child.prefix_chars:
+            child.add_argument("--log-level", default=argparse.SUPPRESS, choices=LOG_LEVELS,
+                               help="how much to log (default info)")  # fmt: skip
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; a reader that goes away (``| head``) ends it quietly."""
+    try:
+        status = _run(argv)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # the Python docs' advice: point stdout at devnull so the interpreter's last flush
+        # at exit cannot fail again and print a traceback
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EX_PIPE
+    return status
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
@@ -45,7 +80,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return func(args)
     except ConfigError as exc:
-        print(f"edge-uploader: config error: {exc}", file=sys.stderr)
+        for problem in getattr(exc, "problems", (exc,)):
+            text = str(problem)  # an option's value may be a key pasted in the wrong place
+            text = redact(text) if problem.source == "command line" else text
+            print(f"edge-uploader: config error: {text}", file=sys.stderr)
         return EX_CONFIG
     except QueueError as exc:
         print(f"edge-uploader: queue error: {exc}", file=sys.stderr)

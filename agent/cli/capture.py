@@ -20,20 +20,26 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..config import CONFIG_CATEGORIES, Config, load_config
+from ..config import CONFIG_CATEGORIES, Config
 from ..daemon.disk import DiskGuard
 from ..errors import CaptureError, ConfigError, InputError
 from ..sources.capture import Capturer
 from ..sources.command import validate_object
-from .options import add_config_option, open_queue
+from .options import add_config_option, load, open_queue
+from .parser import CONFIG, USAGE, exit_statuses
 
 WAIT_FOR_DAEMON_SECONDS = 3.0
 
 
 def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
-        "capture", help="run one capture by hand (a check that a sensor works)"
-    )
+        "capture", help="run one capture by hand (a check that a sensor works)",
+        description="One capture by hand, through the same code as MQTT capture commands:"
+        " the file and its sidecar are written into [capture] dir, where the daemon queues"
+        " them.",
+        epilog=exit_statuses("0    captured", "1    the capture failed (the message says why)",
+                             USAGE, CONFIG),
+    )  # fmt: skip
     add_config_option(p)
     p.add_argument(
         "--source", required=True, help="a [[capture.serial]] or [[capture.command]] name"
@@ -53,7 +59,7 @@ def register(sub: Any) -> None:
 
 
 def cmd_capture(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = load(args)
     if config.capture is None:
         raise ConfigError(config.source, "capture", "no [capture] section: nothing to capture with")
     fields: dict[str, Any] = {

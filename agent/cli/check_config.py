@@ -1,9 +1,12 @@
-"""``edge-uploader check-config FILE [--sample PATH]``: validate, and show what would happen.
+"""``edge-uploader check-config [FILE | --config FILE] [--sample PATH]``: validate, and show
+what would happen.
 
 Prints the resolved config (secrets only by where they come from, never their value) and,
 for ``--sample``, the label, category and metadata the tagger would give that file: the
 field engineer's check before deploying a config to a device. Any problem is a config
-error: exit status 78, the same the daemon would stop with.
+error: exit status 78, the same the daemon would stop with. FILE may be given either way
+(positionally, or with ``--config`` like every other command); without it the config is
+found as every command finds it (``config.discover``).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import re
 import time
 from pathlib import Path
 
-from ..config import Config, IngestionConfig, WatchConfig, load_config
+from ..config import Config, IngestionConfig, WatchConfig
 from ..core.files import ignored_name, matches
 from ..core.sidecar import read_sidecar, sidecar_path
 from ..core.tagger import tag
@@ -22,21 +25,36 @@ from ..errors import ConfigError, InputError
 from ..metadata import encode_metadata
 from ..remote.proxy import proxy_for
 from ..secrets import SecretSource
+from .options import add_config_option, load
+from .parser import USAGE, exit_statuses
 
 _SERVICE_LABEL = re.compile(r"[a-zA-Z0-9\s_-]+")
 """How the service infers a label from a file name when no x-label is sent."""
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("check-config", help="validate a config; show how a sample would be tagged")
-    p.add_argument("config_file", type=Path, metavar="FILE", help="the TOML config to check")
+    p = sub.add_parser(
+        "check-config", help="validate a config; show how a sample would be tagged",
+        description="Validate a config as the daemon would (every problem at once) and print"
+        " what it resolves to, secrets only by where they come from; with --sample, the"
+        " label, category and metadata that file would get.",
+        epilog=exit_statuses("0    the config is valid", USAGE, "78   the config is invalid, a"
+                             " secret cannot be read, or the sample would be held"),
+    )  # fmt: skip
+    p.add_argument("config_file", type=Path, nargs="?", metavar="FILE",
+                   help="the TOML config to check (or give it with --config)")  # fmt: skip
+    add_config_option(p)
     p.add_argument("--sample", type=Path, metavar="PATH",
                    help="show the label, category and metadata this file would get")  # fmt: skip
-    p.set_defaults(func=cmd_check_config)
+    p.set_defaults(func=cmd_check_config, parser=p)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    config = load_config(args.config_file)
+    if args.config_file is not None:
+        if args.config is not None and args.config != args.config_file:
+            args.parser.error("give the config file once: FILE or --config FILE")
+        args.config = args.config_file
+    config = load(args)
     secret_line = describe_secret(config.ingestion.api_key)
     print(render_config(config, secret_line))
     if args.sample is not None:

@@ -20,11 +20,12 @@ import time
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from ..config import Config, load_config
+from ..config import Config
 from ..errors import ConfigError, InputError
 from ..metadata import check_key, check_metadata, check_value
 from ..store.queue import Queue
-from .options import add_config_option, open_queue
+from .options import add_config_option, load, open_queue
+from .parser import INTERRUPTED, USAGE, exit_statuses
 
 if TYPE_CHECKING:  # the backfill brings the Studio client and httpx: loaded when it runs
     from ..project.backfill import Backfill
@@ -141,7 +142,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     from ..remote.studio import StudioClient
     from ..store.ledger import Ledger
 
-    config = load_config(args.config, check_dirs=False)
+    config = load(args, check_dirs=False)
     changes = parse_changes(args.set, args.set_file)
     selection = Selection(
         mode=args.select, category=args.category, labels=tuple(args.label),
@@ -216,7 +217,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     from ..project.deletesync import DeletionSync
     from ..remote.studio import StudioClient
 
-    config = load_config(args.config, check_dirs=False)
+    config = load(args, check_dirs=False)
     if args.confirm_deletes and args.cancel_deletes:
         raise ConfigError(SOURCE, "--confirm-deletes", "give one of --confirm-deletes and"
                           " --cancel-deletes")  # fmt: skip
@@ -330,18 +331,31 @@ def _q(value: str | None) -> str:
 
 
 # -- registration ------------------------------------------------------------------------
+_UNDONE = "1    something left undone: a failed sample, a refused key, the service unreachable"
+_BAD = "78   bad input (a key or value, an unknown project, a missing queue): nothing changed"
+
+
 def register(sub: Any) -> None:
     """Add ``metadata backfill`` and ``sync``."""
+    p = sub.add_parser(
+        "metadata", help="change the metadata of samples already in the project",
+        description="Change the metadata of samples already in the project (Studio API).",
+        epilog=exit_statuses("0    done", _UNDONE, USAGE, _BAD, INTERRUPTED),
+    )  # fmt: skip
+    _register_backfill(p.add_subparsers(dest="metadata_action", required=True, metavar="ACTION"))
+    _register_sync(sub)
+
+
+def _register_backfill(actions: Any) -> None:
     from ..remote.categories import LIST_CATEGORIES
 
-    p = sub.add_parser("metadata", help="change the metadata of samples already in the project")
-    actions = p.add_subparsers(dest="metadata_action", required=True, metavar="ACTION")
     b = actions.add_parser(
         "backfill",
         help="set metadata values on samples this device (or anyone) already uploaded",
         description="Set metadata on existing samples: read each, merge, write the full map."
         " Resumable: run the same command again after an interruption.",
-    )
+        epilog=exit_statuses("0    done", _UNDONE, USAGE, _BAD, INTERRUPTED),
+    )  # fmt: skip
     add_config_option(b)
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a value to set (repeat for several keys)")  # fmt: skip
@@ -362,10 +376,14 @@ def register(sub: Any) -> None:
                    help="parallel requests (default [studio] concurrency)")  # fmt: skip
     b.set_defaults(func=cmd_backfill)
 
+
+def _register_sync(sub: Any) -> None:
     s = sub.add_parser(
         "sync", help="the drift between this device and the project; deletion sync",
         description="Without options: one deletion-sync pass (needs [sync] delete_remote ="
         " true). --dry-run lists the drift and changes nothing.",
+        epilog=exit_statuses("0    done", _UNDONE + ", deletions blocked by the cap", USAGE,
+                             _BAD, INTERRUPTED),
     )  # fmt: skip
     add_config_option(s)
     s.add_argument("--dry-run", action="store_true", help="list the drift; change nothing")

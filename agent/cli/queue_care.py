@@ -13,20 +13,30 @@ import sys
 from collections.abc import Iterator
 from typing import Any, TextIO
 
-from ..config import load_config
 from ..daemon.wake import wake_daemon
 from ..store.queue import Queue, Row, State
 from ..store.status import OVERRIDE_KEY
-from .options import add_config_option, open_queue, positive_int
+from .options import add_config_option, load, open_queue, positive_int
+from .parser import QUEUE_CONFIG, USAGE, exit_statuses
 
 DEAD_FORMAT_VERSION = 1
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    dead = sub.add_parser("dead", help="files the service refused: list, retry or drop them")
+    dead = sub.add_parser(
+        "dead", help="files the service refused: list, retry or drop them",
+        description="Dead letters: files the service refused for good, kept with its reason."
+        " List them, queue them again after fixing the cause, or forget them.",
+        epilog=exit_statuses("0    done", USAGE, QUEUE_CONFIG),
+    )  # fmt: skip
     dead_sub = dead.add_subparsers(dest="dead_command", required=True, metavar="ACTION")
 
-    p = dead_sub.add_parser("list", help="list dead letters with the service's reason")
+    p = dead_sub.add_parser(
+        "list", help="list dead letters with the service's reason",
+        description="List dead letters with the service's reason, streamed; --json is a"
+        " stable format (docs/bulk.md).",
+        epilog=exit_statuses("0    listed (also when there are none)", USAGE, QUEUE_CONFIG),
+    )  # fmt: skip
     _common(p)
     p.add_argument("--json", action="store_true", help="stable machine-readable output")
     p.add_argument("--limit", type=positive_int, metavar="N", help="at most N rows")
@@ -36,20 +46,26 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         ("retry", cmd_dead_retry, "queue dead letters again (after fixing the cause)"),
         ("drop", cmd_dead_drop, "forget dead letters (the files themselves are not touched)"),
     ):
-        p = dead_sub.add_parser(name, help=text)
+        p = dead_sub.add_parser(
+            name, help=text, description=text[0].upper() + text[1:] + ": the rows chosen by"
+            " --id, --reason, --batch, or --all. A running daemon is woken to send at once.",
+            epilog=exit_statuses("0    done (the count says how many rows)",
+                                 USAGE + ", or no rows chosen", QUEUE_CONFIG),
+        )  # fmt: skip
         _common(p)
         p.add_argument("--all", action="store_true", help="every dead letter")
         p.set_defaults(func=func, parser=p)
 
-    p = sub.add_parser("retry-now", help="skip backoff waits: every pending file is due now"
-                       " (and the running daemon sends outside its upload windows until it"
-                       " stops)")  # fmt: skip
-    add_config_option(p, required=False, note="default: the per-user queue")
+    text = ("skip backoff waits: every pending file is due now (and the running daemon sends"
+            " outside its upload windows until it stops)")  # fmt: skip
+    p = sub.add_parser("retry-now", help=text, description=text[0].upper() + text[1:] + ".",
+                       epilog=exit_statuses("0    done", USAGE, QUEUE_CONFIG))  # fmt: skip
+    add_config_option(p, required=False, note="the per-user queue")
     p.set_defaults(func=cmd_retry_now)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    add_config_option(p, required=False, note="default: the per-user queue")
+    add_config_option(p, required=False, note="the per-user queue")
     p.add_argument(
         "--id", type=int, action="append", dest="ids", metavar="N", help="this row id (repeatable)"
     )
@@ -58,7 +74,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _queue(args: argparse.Namespace) -> Queue:
-    return open_queue(load_config(args.config, check_dirs=False), why="nothing was queued yet")
+    return open_queue(load(args, check_dirs=False), why="nothing was queued yet")
 
 
 def _selected(args: argparse.Namespace) -> dict[str, Any]:

@@ -8,19 +8,33 @@ import json
 import time
 from typing import Any
 
-from ..config import load_config
 from ..store.status import gather
 from . import local_ingestion
-from .options import add_config_option, open_queue, positive_int
+from .options import add_config_option, config_path, load, open_queue, positive_int
+from .parser import CONFIG, QUEUE_CONFIG, USAGE, exit_statuses
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("run", help="run the daemon: watch, queue, upload")
+    p = sub.add_parser(
+        "run", help="run the daemon: watch, queue, upload",
+        description="The daemon: watch the folders, take MQTT-triggered captures, queue every"
+        " file and upload it. SIGTERM or SIGINT stop it within seconds; SIGHUP reloads the"
+        " config (an invalid one is refused and the old one keeps running).",
+        epilog=exit_statuses("0    stopped by SIGTERM or SIGINT", "1    stopped by an error it"
+                             " cannot recover from (the log says which)", USAGE,
+                             CONFIG + "; systemd does not restart on it"),
+    )  # fmt: skip
     add_config_option(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("status", help="what the queue holds: counts, backlog, dead letters")
-    add_config_option(p, required=False, note="default: the per-user queue of `upload`")
+    p = sub.add_parser(
+        "status", help="what the queue holds: counts, backlog, dead letters",
+        description="What the queue holds: files by state, the backlog and its oldest file,"
+        " throughput, pauses and the last error, dead letters and held files with their"
+        " reasons. --json is a stable format (docs/bulk.md). Works beside a running daemon.",
+        epilog=exit_statuses("0    shown", USAGE, QUEUE_CONFIG),
+    )  # fmt: skip
+    add_config_option(p, required=False, note="the per-user queue of `upload`")
     p.add_argument("--json", action="store_true", help="stable machine-readable output")
     p.add_argument("--limit", type=positive_int, default=20,
                    help="dead letters and held files to list")  # fmt: skip
@@ -33,12 +47,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ..config.preflight import prepare
     from ..daemon.lifecycle import Daemon  # the whole agent: imported only to run it
 
-    config = prepare(args.config)  # a missing key is a config error before anything starts
-    return Daemon(config, config_path=args.config).run_forever()
+    path = config_path(args, daemon=True)
+    config = prepare(path)  # a missing key is a config error before anything starts
+    return Daemon(config, config_path=path).run_forever()
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    config = load_config(args.config, check_dirs=False)
+    config = load(args, check_dirs=False)
     queue = open_queue(config)
     try:
         info = gather(queue, dead_limit=args.limit, link=config.ingestion.link)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ..bulk.inputs import UploadRequest, candidates, run_config
-from ..config import CONFIG_CATEGORIES, Concurrency, Config, load_config
+from ..config import CONFIG_CATEGORIES, Concurrency, Config
 from ..core.files import stat_sample
 from ..core.intake import new_file
 from ..core.tagger import check_label
@@ -25,7 +25,8 @@ from ..errors import ConfigError, InputError
 from ..metadata import check_key, check_metadata, check_value, encode_metadata
 from ..secrets import SecretSource
 from ..store.queue import State
-from .options import add_config_option
+from .options import add_config_option, load
+from .parser import CONFIG, INTERRUPTED, USAGE, exit_statuses
 
 SOURCE = "command line"
 
@@ -36,11 +37,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="upload files, folders or an info.labels file once (resumable)",
         description="Upload files through the agent's queue: a progress display, a summary, "
         "and re-running the same command continues where it stopped without sending "
-        "anything twice. Exit status: 0 every file delivered; 1 something was refused, "
-        "skipped or is still undelivered; 78 bad config or options; 130 interrupted.",
-    )
+        "anything twice.",
+        epilog=exit_statuses("0    every file delivered (or, with --dry-run, would be sent)",
+                             "1    something was refused, skipped or is still undelivered",
+                             USAGE, CONFIG, INTERRUPTED),
+    )  # fmt: skip
     p.add_argument("paths", nargs="*", metavar="PATH", help="files, folders or glob patterns")
-    add_config_option(p, required=False, note="optional: defaults and environment otherwise")
+    add_config_option(p, required=False, note="the built-in defaults and the environment")
     p.add_argument(
         "--api-key-file",
         type=Path,
@@ -139,7 +142,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
         parser.error("give either PATH... or --info-file (which lists the files), not both")
     if args.info_file is None and not args.paths:
         parser.error("name at least one PATH (file, folder or glob), or --info-file")
-    config = load_config(args.config, check_dirs=False)
+    config = load(args, check_dirs=False)
     if args.api_key_file is not None:
         key = SecretSource("API key", "--api-key-file", file=args.api_key_file.resolve(),
                            config_source=SOURCE)  # fmt: skip

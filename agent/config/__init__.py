@@ -6,6 +6,7 @@ default live in ``model``; each table's parser in its own module (``load`` for t
 tables, ``mqtt``, ``capture``, ``ops``, ``project``), all reading through ``table.Table``.
 """
 
+from .discover import CONFIG_ENV, FoundConfig, find_config
 from .load import default_state_dir, load_config, parse_config
 from .model import (
     AFTER_UPLOAD,
@@ -41,6 +42,7 @@ __all__ = [
     "AFTER_UPLOAD",
     "CATEGORIES",
     "CONFIG_CATEGORIES",
+    "CONFIG_ENV",
     "DEFAULT_PATTERNS",
     "DEFAULT_STUDIO_URL",
     "DEFAULT_URL",
@@ -53,6 +55,7 @@ __all__ = [
     "Concurrency",
     "Config",
     "DiskConfig",
+    "FoundConfig",
     "HealthConfig",
     "HttpConfig",
     "IngestionConfig",
@@ -66,6 +69,7 @@ __all__ = [
     "TlsConfig",
     "WatchConfig",
     "default_state_dir",
+    "find_config",
     "load_config",
     "parse_config",
 ]

@@ -108,7 +108,7 @@ def _serial(t: Table) -> SerialSource:
     elif isinstance(t.data["frequency_hz"], str):
         raise t.error("frequency_hz", 'expected a number of Hz or "auto"')
     else:
-        freq = t.get_float("frequency_hz", 0.0, 0.001, 100_000.0)
+        freq = t.get_float("frequency_hz", 0.0, 0.001, 100_000.0) or None  # 0.0: refused
     default_timeout = 2.0 if freq is None else max(2.0, 5.0 / freq)
     cfg = SerialSource(
         name=name,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,13 @@ from .model import (
     CaptureConfig,
     Concurrency,
     Config,
+    DiskConfig,
+    HealthConfig,
+    HttpConfig,
     IngestionConfig,
     QueueConfig,
+    StudioConfig,
+    SyncConfig,
     TaggingConfig,
     WatchConfig,
     api_key_source,
@@ -62,38 +68,51 @@ def load_config(path: Path | None, *, check_dirs: bool = True) -> Config:
 def parse_config(
     data: Mapping[str, Any], source: str, base: Path, *, check_dirs: bool = True
 ) -> Config:
+    """Validate ``data`` into a ``Config``; raises ``ConfigError`` naming every problem."""
     top = Table(data, "", source, base)
-    hostname = socket.gethostname()
-
-    device = top.table("device")
-    device_id = device.get_str("id") or hostname
-    _check_plain(device, "id", device_id)
-    device.finish()
-
-    metadata = top.metadata("metadata")
-    ingestion = _ingestion(top.table("ingestion"), source)
-    queue = _queue(top.table("queue"))
-    watches = tuple(_watch(t, check_dirs) for t in top.tables("watch"))
-    _check_watches(watches, source)
-    mqtt = parse_mqtt(top, device_id, check_files=check_dirs)
-    capture = parse_capture(top, check_dirs=check_dirs)
-    watches = _with_capture_watch(capture, watches, source)
-    http = parse_http(top.table("http"))
-    health = parse_health(top.table("health"))
-    disk = parse_disk(top.table("disk"))
-
-    _check_sendable(metadata, None, device_id, source, "metadata")
-    for i, w in enumerate(watches):
-        _check_sendable(metadata, w.metadata, device_id, source, f"watch[{i}].metadata")
-
-    studio, sync = parse_studio(top.table("studio")), parse_sync(top.table("sync"))
-    tagging = _tagging(top.table("tagging"))
+    config = _parse_tables(top, source, check_dirs)
     top.finish()
+    top.problems.check()
+    return config
+
+
+def _parse_tables(top: Table, source: str, check_dirs: bool) -> Config:
+    """Every table, each attempted on its own (a broken one gets its defaults here, and
+    the errors are raised together by ``parse_config``), then the checks across tables."""
+    attempt = top.problems.attempt
+    hostname = socket.gethostname()
+    device_id = attempt(lambda: _device(top.table("device"), hostname), hostname)
+    metadata = top.metadata("metadata")
+    ingestion = attempt(lambda: _ingestion(top.table("ingestion"), source), IngestionConfig())
+    queue = attempt(lambda: _queue(top.table("queue")), QueueConfig(default_state_dir()))
+    parsed = [attempt(partial(_watch, t, check_dirs), None) for t in top.tables("watch")]
+    watches = tuple(w for w in parsed if w is not None)
+    attempt(lambda: _check_watches(watches, source), None)
+    mqtt = attempt(lambda: parse_mqtt(top, device_id, check_files=check_dirs), None)
+    capture = attempt(lambda: parse_capture(top, check_dirs=check_dirs), None)
+    watches = attempt(lambda: _with_capture_watch(capture, watches, source), watches)
+    http = attempt(lambda: parse_http(top.table("http")), HttpConfig())
+    health = attempt(lambda: parse_health(top.table("health")), HealthConfig())
+    disk = attempt(lambda: parse_disk(top.table("disk")), DiskConfig())
+    attempt(lambda: _check_sendable(metadata, None, device_id, source, "metadata"), None)
+    for i, w in enumerate(watches):
+        key = f"watch[{i}].metadata"
+        attempt(partial(_check_sendable, metadata, w.metadata, device_id, source, key), None)
+    studio = attempt(lambda: parse_studio(top.table("studio")), StudioConfig())
+    sync = attempt(lambda: parse_sync(top.table("sync")), SyncConfig())
+    tagging = attempt(lambda: _tagging(top.table("tagging")), TaggingConfig())
     return Config(
         source=source, device_id=device_id, hostname=hostname, metadata=metadata,
         ingestion=ingestion, queue=queue, watches=watches, mqtt=mqtt, capture=capture,
         http=http, health=health, disk=disk, studio=studio, sync=sync, tagging=tagging,
     )  # fmt: skip
+
+
+def _device(device: Table, hostname: str) -> str:
+    device_id = device.get_str("id") or hostname
+    _check_plain(device, "id", device_id)
+    device.finish()
+    return device_id
 
 
 def _check_sendable(
@@ -171,7 +190,8 @@ def _concurrency(t: Table, name: str, default: Concurrency) -> Concurrency:
         t.seen.add(name)
         return "auto"
     if isinstance(t.data.get(name), str):
-        raise t.error(name, 'expected a whole number from 1 to 64 or "auto", got a string')
+        t.fail(name, 'expected a whole number from 1 to 64 or "auto", got a string')
+        return default
     return t.get_int(name, 0, 1, 64) if t.has(name) else default
 
 
@@ -197,7 +217,7 @@ def _watch(t: Table, check_dirs: bool) -> WatchConfig:
     if path is None:
         raise t.error("path", "is required (the folder to watch)")
     if check_dirs and not path.is_dir():
-        raise t.error("path", f"{path} does not exist or is not a directory")
+        t.fail("path", f"{path} does not exist or is not a directory")
     d = WatchConfig(path)
     after = t.choice("after_upload", d.after_upload, AFTER_UPLOAD) or d.after_upload
     move_to = t.get_path("move_to")

@@ -2,33 +2,83 @@
 
 Every config error names the file, the dotted key path and what was expected, and the CLI
 turns it into exit status 78. Unknown keys are errors too: a typo such as
-``after_uplaod`` must not silently fall back to a default on a device nobody looks at.
+``after_uplaod`` must not silently fall back to a default on a device nobody looks at, and
+the error suggests the closest known key ("did you mean 'after_upload'?").
+
+Errors are gathered, not raised one by one: a getter that meets a bad value records it in
+the shared ``Problems`` and returns the default, so the rest of the file is still checked
+and one run reports every problem (``Problems.check`` raises them together at the end).
 Relative paths are resolved against the folder that holds the config file, so the same
 file works whatever the current directory is (systemd starts services in ``/``).
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError, ConfigErrors, InputError
 from ..metadata import check_key, check_value
 from .templates import Template, parse_template
+
+T = TypeVar("T")
+
+
+class Problems:
+    """Every error found in one config file, in the order met; one per key."""
+
+    def __init__(self) -> None:
+        self.errors: list[ConfigError] = []
+
+    def add(self, error: ConfigError) -> None:
+        """Record ``error``, unless its key already has one (a follow-on of the first)."""
+        if error.key and any((e.source, e.key) == (error.source, error.key) for e in self.errors):
+            return
+        self.errors.append(error)
+
+    def attempt(self, parse: Callable[[], T], fallback: T) -> T:
+        """``parse()``, or ``fallback`` after recording the error it raised, so the rest of
+        the file is still checked."""
+        try:
+            return parse()
+        except ConfigErrors as exc:
+            for error in exc.problems:
+                self.add(error)
+        except ConfigError as exc:
+            self.add(exc)
+        return fallback
+
+    def check(self) -> None:
+        """Raise what was found: the one error itself, or all of them as ``ConfigErrors``."""
+        if len(self.errors) == 1:
+            raise self.errors[0]
+        if self.errors:
+            raise ConfigErrors(self.errors)
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """The unknown-key message, with the closest known key when one is close."""
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    return f"unknown key; did you mean {close[0]!r}?" if close else "unknown key"
 
 
 class Table:
     """A TOML table being read: typed getters that name the key path, and unknown-key checks."""
 
-    def __init__(self, data: Mapping[str, Any], path: str, source: str, base: Path) -> None:
+    def __init__(
+        self, data: Mapping[str, Any], path: str, source: str, base: Path,
+        problems: Problems | None = None,
+    ) -> None:  # fmt: skip
         self.data = data
         self.path = path
         self.source = source
         self.base = base
         self.seen: set[str] = set()
+        self.problems = Problems() if problems is None else problems
 
     def key(self, name: str) -> str:
         return f"{self.path}.{name}" if self.path else name
@@ -36,7 +86,16 @@ class Table:
     def error(self, name: str, message: str) -> ConfigError:
         return ConfigError(self.source, self.key(name), message)
 
+    def fail(self, name: str, message: str) -> None:
+        """Record a bad value; the getter then returns its default and reading goes on."""
+        self.problems.add(self.error(name, message))
+
+    def _child(self, data: Mapping[str, Any], path: str) -> Table:
+        return Table(data, path, self.source, self.base, self.problems)
+
     def has(self, name: str) -> bool:
+        """Whether the key is set; asking makes it a known key (for "did you mean")."""
+        self.seen.add(name)
         return name in self.data
 
     def _get(self, name: str) -> Any:
@@ -50,9 +109,11 @@ class Table:
         if value is None:
             return default
         if not isinstance(value, str):
-            raise self.error(name, f"expected a string, got {_tname(value)}")
+            self.fail(name, f"expected a string, got {_tname(value)}")
+            return default
         if nonempty and not value.strip():
-            raise self.error(name, "expected a non-empty string")
+            self.fail(name, "expected a non-empty string")
+            return default
         return value
 
     def req_str(self, name: str) -> str:
@@ -66,7 +127,8 @@ class Table:
         if value is None:
             return default
         if not isinstance(value, bool):
-            raise self.error(name, f"expected true or false, got {_tname(value)}")
+            self.fail(name, f"expected true or false, got {_tname(value)}")
+            return default
         return value
 
     def get_int(self, name: str, default: int, lo: int, hi: int) -> int:
@@ -74,11 +136,11 @@ class Table:
         if value is None:
             return default
         if isinstance(value, bool) or not isinstance(value, int):
-            raise self.error(
-                name, f"expected a whole number from {lo} to {hi}, got {_tname(value)}"
-            )
+            self.fail(name, f"expected a whole number from {lo} to {hi}, got {_tname(value)}")
+            return default
         if not lo <= value <= hi:
-            raise self.error(name, f"expected a whole number from {lo} to {hi}, got {value}")
+            self.fail(name, f"expected a whole number from {lo} to {hi}, got {value}")
+            return default
         return value
 
     def get_float(self, name: str, default: float, lo: float, hi: float) -> float:
@@ -86,9 +148,11 @@ class Table:
         if value is None:
             return default
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self.error(name, f"expected a number from {lo:g} to {hi:g}, got {_tname(value)}")
+            self.fail(name, f"expected a number from {lo:g} to {hi:g}, got {_tname(value)}")
+            return default
         if not lo <= float(value) <= hi:
-            raise self.error(name, f"expected a number from {lo:g} to {hi:g}, got {value}")
+            self.fail(name, f"expected a number from {lo:g} to {hi:g}, got {value}")
+            return default
         return float(value)
 
     def choice(self, name: str, default: str | None, choices: tuple[str, ...]) -> str | None:
@@ -96,7 +160,8 @@ class Table:
         if value is None:
             return default
         if value not in choices:
-            raise self.error(name, f"expected one of {', '.join(choices)}; got {value!r}")
+            self.fail(name, f"expected one of {', '.join(choices)}; got {value!r}")
+            return default
         return value
 
     def get_path(self, name: str, default: Path | None = None) -> Path | None:
@@ -110,9 +175,11 @@ class Table:
         if value is None:
             return default
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            raise self.error(name, "expected a list of non-empty strings")
+            self.fail(name, "expected a list of non-empty strings")
+            return default
         if not value:
-            raise self.error(name, "expected at least one entry")
+            self.fail(name, "expected at least one entry")
+            return default
         return tuple(value)
 
     def table(self, name: str) -> Table:
@@ -120,18 +187,18 @@ class Table:
         if value is None:
             value = {}
         if not isinstance(value, Mapping):
-            raise self.error(name, f"expected a table, got {_tname(value)}")
-        return Table(value, self.key(name), self.source, self.base)
+            self.fail(name, f"expected a table, got {_tname(value)}")
+            value = {}
+        return self._child(value, self.key(name))
 
     def tables(self, name: str) -> list[Table]:
         value = self._get(name)
         if value is None:
             return []
         if not isinstance(value, list) or not all(isinstance(v, Mapping) for v in value):
-            raise self.error(name, f"expected an array of tables ([[{self.key(name)}]])")
-        return [
-            Table(v, f"{self.key(name)}[{i}]", self.source, self.base) for i, v in enumerate(value)
-        ]
+            self.fail(name, f"expected an array of tables ([[{self.key(name)}]])")
+            return []
+        return [self._child(v, f"{self.key(name)}[{i}]") for i, v in enumerate(value)]
 
     def template(self, name: str) -> Template | None:
         value = self.get_str(name, nonempty=False)
@@ -145,26 +212,31 @@ class Table:
         out: dict[str, Template] = {}
         for key, value in sub.data.items():
             where = sub.key(key)
+            sub.seen.add(key)
             try:
                 check_key(key, where)
                 check_value(value, where)
             except InputError as exc:
-                raise ConfigError(self.source, where, exc.message) from None
-            out[key] = self._parse_template(value, where)
-            sub.seen.add(key)
+                self.problems.add(ConfigError(self.source, where, exc.message))
+                continue
+            template = self._parse_template(value, where)
+            if template is not None:
+                out[key] = template
         return out
 
-    def _parse_template(self, text: str, where: str) -> Template:
+    def _parse_template(self, text: str, where: str) -> Template | None:
         try:
             return parse_template(text, where)
         except InputError as exc:
-            raise ConfigError(self.source, where, exc.message) from None
+            self.problems.add(ConfigError(self.source, where, exc.message))
+            return None
 
     def finish(self, extra_known: tuple[str, ...] = ()) -> None:
-        """Reject keys nobody read: they are typos or options of a newer version."""
-        unknown = sorted(set(self.data) - self.seen - set(extra_known))
-        if unknown:
-            raise ConfigError(self.source, self.key(unknown[0]), "unknown key")
+        """Reject keys nobody read (typos, or options of a newer version), each with the
+        closest known key when there is one."""
+        known = self.seen | set(extra_known)
+        for name in sorted(set(self.data) - known):
+            self.fail(name, did_you_mean(name, known))
 
 
 def _tname(value: object) -> str:
