@@ -153,10 +153,25 @@ def _short(text: str, limit: int = 60) -> str:
 OUTCOMES = {
     "done": "finished",
     "gave-up": "stopped: the ingestion service could not be reached",
-    "refused": "stopped: the ingestion service refused the request",
+    "refused": "stopped: authentication refused (the ingestion service refused the API key)",
+    "wrong-url": "stopped: wrong URL (the ingestion service has no such route)",
     "interrupted": "interrupted",
     "budget": "stopped: the daily data budget ([ingestion] max_bytes_per_day) is spent",
 }
+
+
+ADVICE = {
+    "refused": "fix the API key (EI_API_KEY, --api-key-file or [ingestion] api_key_file: a"
+    " project API key, ei_...), then run the same command again",
+    "wrong-url": "fix the URL (EI_INGESTION_URL, EI_INGESTION_ENDPOINT or [ingestion] url: the"
+    " service's base, e.g. https://ingestion.edgeimpulse.com, without /v1 or /api/...), then"
+    " run the same command again",
+    "gave-up": "check the network or the service, then run the same command again to deliver"
+    " the rest",
+    "interrupted": "run the same command again to deliver the rest",
+    "budget": "run the same command again when the budget or the window allows",
+}
+"""What to do next, by how the run ended (only when files are left)."""
 
 
 def render_summary(s: Summary) -> str:
@@ -197,8 +212,8 @@ def render_summary(s: Summary) -> str:
             lines.append(f"    ... and {t['dead'][0] - len(s.dead_examples)} more")
         lines.append(f"  see them all: edge-uploader dead list --batch {s.batch}; after fixing "
                      "the cause: edge-uploader dead retry --batch ... --all")  # fmt: skip
-    if pending and s.outcome != "done":
-        lines.append("  run the same command again to deliver the rest")
+    if pending and s.outcome in ADVICE:
+        lines.append("  " + ADVICE[s.outcome])
     lines.append("result: " + ("OK, every file delivered" if s.exit_code == 0 else
                                "NOT everything was delivered"))  # fmt: skip
     return "\n".join(lines)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ..bulk.inputs import UploadRequest, candidates, run_config
+from ..bulk.tracker import EXIT_STATUSES
 from ..config import CONFIG_CATEGORIES, Concurrency, Config, load_config
 from ..core.files import stat_sample
 from ..core.intake import new_file
@@ -36,8 +37,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="upload files, folders or an info.labels file once (resumable)",
         description="Upload files through the agent's queue: a progress display, a summary, "
         "and re-running the same command continues where it stopped without sending "
-        "anything twice. Exit status: 0 every file delivered; 1 something was refused, "
-        "skipped or is still undelivered; 78 bad config or options; 130 interrupted.",
+        f"anything twice. Exit status: {EXIT_STATUSES}.",
     )
     p.add_argument("paths", nargs="*", metavar="PATH", help="files, folders or glob patterns")
     add_config_option(p, required=False, note="optional: defaults and environment otherwise")
