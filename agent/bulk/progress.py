@@ -174,6 +174,29 @@ ADVICE = {
 """What to do next, by how the run ended (only when files are left)."""
 
 
+def summary_document(s: Summary) -> dict[str, Any]:
+    """``upload --json``: the summary as one JSON object (counts per state: files, bytes)."""
+    t = s.totals
+    pending = t["pending"][0] + t["uploading"][0]
+    return {
+        "batch": s.batch,
+        "outcome": s.outcome,
+        "outcome_text": OUTCOMES.get(s.outcome, s.outcome),
+        "exit_status": s.exit_code,
+        "elapsed_seconds": round(s.elapsed, 3),
+        "files": sum(n for n, _ in t.values()),
+        "bytes": sum(b for _, b in t.values()),
+        "states": {state: {"files": n, "bytes": b} for state, (n, b) in t.items()},
+        "sent_this_run": {"files": s.sent_files, "bytes": s.sent_bytes},
+        "duplicates": s.duplicates,
+        "skipped": s.skipped,
+        "skipped_examples": [{"input": w, "reason": r} for w, r in s.skipped_examples],
+        "refused_examples": [{"id": i, "path": p, "reason": r} for i, p, r in s.dead_examples],
+        "last_error": s.last_error,
+        "advice": ADVICE.get(s.outcome) if pending else None,
+    }
+
+
 def render_summary(s: Summary) -> str:
     """The end-of-run report: what was delivered, what was not and why, what to do next."""
     t = s.totals
