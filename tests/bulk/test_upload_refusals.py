@@ -8,6 +8,7 @@ the cause, and dead-letter nothing.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -61,18 +62,23 @@ def test_an_unreachable_service_gives_up_after_the_given_time(
 def test_a_wrong_url_path_stops_with_wrong_url_and_dead_letters_nothing(
     tmp_path: Path, env: dict[str, str], server: LocalIngestionServer, suffix: str
 ) -> None:
-    """Files of two categories: the service's 404 names two different routes."""
-    make_files(tmp_path / "d", 8)
+    """Files of two categories, 8 requests in flight: the service's 404 names two routes
+    (this dead-lettered the files of the second category)."""
+    root = tmp_path / "d"
+    entries = []
+    for i, path in enumerate(make_files(root, 12)):
+        entries.append({"path": path.name, "category": "testing" if i % 2 else "training"})
+    (root / "info.labels").write_text(json.dumps({"version": 1, "files": entries}))
     wrong = {**env, "EI_INGESTION_URL": server.url + suffix}
-    args = ["upload", "--category", "split-by-group", str(tmp_path / "d")]
+    args = ["upload", "--concurrency", "8", str(root)]
     done = run_cli(args, wrong)
     assert done.returncode == EXIT_WRONG_URL, done.stdout + done.stderr
     assert "wrong URL" in done.stdout and "HTTP 404" in done.stdout
     assert "fix the URL" in done.stdout
-    assert "refused (dead)" not in done.stdout
+    assert "refused" not in done.stderr and "refused (dead)" not in done.stdout
     assert index(server.data_dir) == []
     assert run_cli(args, env).returncode == 0
-    assert len(index(server.data_dir)) == 8
+    assert len(index(server.data_dir)) == 12
 
 
 def test_one_404_among_accepted_files_is_that_files_refusal(

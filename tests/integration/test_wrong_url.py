@@ -8,6 +8,7 @@ is a config problem, not a refusal of each file: real agent process, real local 
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -30,8 +31,16 @@ def status(cfg: Path) -> dict:
     return json.loads(out.stdout)
 
 
+def rows(db: Path) -> list[tuple]:
+    """The queue's rows; none while the agent is still creating the file."""
+    try:
+        return queue_rows(db) if db.exists() else []
+    except sqlite3.OperationalError:
+        return []
+
+
 def dead(db: Path) -> int:
-    return sum(1 for _, state, _ in queue_rows(db) if state == State.DEAD)
+    return sum(1 for _, state, _ in rows(db) if state == State.DEAD)
 
 
 @pytest.mark.parametrize("suffix", WRONG_PATHS)
@@ -45,8 +54,9 @@ def test_the_daemon_pauses_on_a_wrong_url_path(tmp_path, server, key_file, agent
     for i in range(6):
         make_file(tmp_path / ("captures" if i % 2 else "tests"), f"u{i}.wav")
     db = tmp_path / "queue.db"
-    wait_for(lambda: db.exists() and len(queue_rows(db)) == 6, timeout=20)
+    wait_for(lambda: len(rows(db)) == 6, timeout=20)
     wait_for(lambda: "uploads paused" in agent.output() or dead(db), timeout=20)
+    assert dead(db) == 0
     assert "wrong URL" in agent.output()
     info = status(cfg)
     assert info["counts"]["dead"] == 0
