@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 
 from edge_uploader.bulk.tracker import EXIT_AUTH_REFUSED, EXIT_WRONG_URL
+from edge_uploader.cli import main
 from edge_uploader.localserver import LocalIngestionServer
 from edge_uploader.localserver.faults import FaultConfig
+from edge_uploader.store.queue import Queue
 
 from .helpers import index, make_files, run_cli
 
@@ -93,3 +95,22 @@ def test_one_404_among_accepted_files_is_that_files_refusal(
     assert done.returncode == 1, done.stdout
     assert "refused (dead):      1" in done.stdout and "wrong URL" not in done.stdout
     assert len(index(server.data_dir)) == 4
+
+
+def test_a_run_that_nothing_moves_ends_after_give_up_after(
+    tmp_path: Path,
+    env: dict[str, str],
+    server: LocalIngestionServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Whatever holds delivery back (here: the queue hands out no row, as when another
+    process holds them), a run with nothing in flight and no event ends; it used to print
+    ``0%`` every 2 s until Ctrl-C."""
+    make_files(tmp_path / "d", 3)
+    monkeypatch.setattr(Queue, "lease", lambda self, *a, **k: [])
+    started = time.monotonic()
+    code = main(["upload", "--no-progress", "--give-up-after", "1", str(tmp_path / "d")])
+    assert code == 1 and time.monotonic() - started < 10
+    out = capsys.readouterr().out
+    assert "not yet delivered:   3" in out and "run the same command again" in out
