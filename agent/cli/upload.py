@@ -128,8 +128,9 @@ def _run_options(p: argparse.ArgumentParser) -> None:
         type=float,
         default=60.0,
         metavar="SECONDS",
-        help="stop when the service has been unreachable this long (default 60);"
-        " what is left stays queued for the next run",
+        help="stop when the service has been unreachable this long, or nothing at all has"
+        " moved this long (default 60); what is left stays queued for the next run; a"
+        " refused key or a wrong URL stops at once",
     )
     p.add_argument(
         "--dry-run",
