@@ -53,6 +53,9 @@ def test_the_sdks_endpoint_variable_is_accepted(
         {**sdk, "EI_INGESTION_URL": "", "EI_INGESTION_ENDPOINT": "ftp://x"},
     )
     assert bad.returncode == 78 and "EI_INGESTION_ENDPOINT" in bad.stderr
+    make_files(tmp_path / "e", 1)  # both set: EI_INGESTION_URL wins
+    both = {**sdk, "EI_INGESTION_URL": server.url, "EI_INGESTION_ENDPOINT": "http://127.0.0.1:9"}
+    assert run_cli(["upload", str(tmp_path / "e")], both).returncode == 0
 
 
 def test_a_folder_with_info_labels_is_uploaded_as_it_describes(
