@@ -52,6 +52,9 @@ class UploadRequest:
     """False (``--no-captured-at``): no derived ``captured_at``, so files of one session
     agree on metadata and share requests."""
     max_bytes_per_second: int | None = None
+    category_from_folder: bool = False
+    """``--category-from-folder``: a file below a folder named ``training``, ``testing`` or
+    ``anomaly`` goes to that category (``category`` is the fallback)."""
 
 
 def run_config(config: Config, request: UploadRequest) -> Config:
@@ -82,6 +85,8 @@ def batch_id(request: UploadRequest, config: Config) -> str:
         "allow_duplicates": request.allow_duplicates,
         "config": config.source,
     }
+    if request.category_from_folder:  # kept out when off: the ids of earlier runs stay
+        doc["category_from_folder"] = True
     if not request.captured_at:  # other metadata: another batch (kept out when on, so the
         doc["captured_at"] = False  # ids of earlier runs stay the same)
     digest = hashlib.sha256(json.dumps(doc, sort_keys=True).encode("utf-8")).hexdigest()
@@ -112,21 +117,55 @@ def candidates(request: UploadRequest, config: Config, batch: str | None,
         yield from _from_info_file(request, config, base, batch, report)
         return
     for arg in request.paths:
-        for path, explicit in _expand(arg, report):
+        for path, explicit, root in _expand(arg, report):
             if not _usable(path, explicit, report):
                 continue
-            yield Item(path=path, context=base, source=SOURCE,
+            context = base
+            if request.category_from_folder:
+                context = replace(base, category=folder_category(path, root) or base.category)
+            yield Item(path=path, context=context, source=SOURCE,
                        allow_duplicates=request.allow_duplicates, batch=batch)  # fmt: skip
 
 
-def _expand(arg: str, report: Report) -> Iterator[tuple[Path, bool]]:
-    """(file, named explicitly) for one PATH argument: a file, a folder or a glob."""
+FOLDER_CATEGORIES = ("training", "testing", "anomaly")
+"""Folder names ``--category-from-folder`` reads (the official uploader's ``--directory``
+layout, ``training/`` and ``testing/``, plus ``anomaly``)."""
+
+
+def folder_category(path: Path, root: Path) -> str | None:
+    """The category named by the nearest folder holding ``path``, from its own folder up
+    to ``root`` (the folder named on the command line) and no further."""
+    for folder in path.parents:
+        if folder.name.lower() in FOLDER_CATEGORIES:
+            return folder.name.lower()
+        if folder == root or folder == folder.parent:
+            return None
+    return None
+
+
+INFO_LABELS = "info.labels"
+
+
+def info_labels_of(paths: tuple[str, ...]) -> Path | None:
+    """``DIR/info.labels`` when the only PATH is a folder that holds one (the Edge Impulse
+    Python SDK's ``upload_directory`` reads it the same way), else None."""
+    if len(paths) != 1:
+        return None
+    folder = Path(os.path.expanduser(paths[0]))
+    found = folder / INFO_LABELS
+    return found if folder.is_dir() and found.is_file() else None
+
+
+def _expand(arg: str, report: Report) -> Iterator[tuple[Path, bool, Path]]:
+    """(file, named explicitly, the folder it was found in) for one PATH argument: a file,
+    a folder or a glob."""
     path = Path(os.path.expanduser(arg))
     if path.is_dir():
         yield from _walk(path, report)
         return
     if path.exists() or path.is_symlink():
-        yield Path(os.path.realpath(path)), True
+        real = Path(os.path.realpath(path))
+        yield real, True, real.parent
         return
     if not glob.has_magic(arg):
         report(arg, "no such file or folder")
@@ -138,12 +177,13 @@ def _expand(arg: str, report: Report) -> Iterator[tuple[Path, bool]]:
         if m.is_dir():
             yield from _walk(m, report)
         else:
-            yield Path(os.path.realpath(m)), False
+            real = Path(os.path.realpath(m))
+            yield real, False, real.parent
     if not found:
         report(arg, "no file matches this pattern")
 
 
-def _walk(folder: Path, report: Report) -> Iterator[tuple[Path, bool]]:
+def _walk(folder: Path, report: Report) -> Iterator[tuple[Path, bool, Path]]:
     """Regular files under ``folder``, streamed in directory order.
 
     Unlike ``core.files.walk`` (sorted, for the daemon's scans) nothing is listed ahead: a flat
@@ -151,7 +191,8 @@ def _walk(folder: Path, report: Report) -> Iterator[tuple[Path, bool]]:
     a 50,000-file folder alone costs about 13 MB). Hidden names and symbolic links are
     skipped, as in the daemon.
     """
-    stack = [os.path.realpath(folder)]
+    root = os.path.realpath(folder)
+    stack = [root]
     while stack:
         current = stack.pop()
         try:
@@ -163,7 +204,7 @@ def _walk(folder: Path, report: Report) -> Iterator[tuple[Path, bool]]:
                         if entry.is_dir(follow_symlinks=False):
                             stack.append(entry.path)
                         elif entry.is_file(follow_symlinks=False):
-                            yield Path(entry.path), False
+                            yield Path(entry.path), False, Path(root)
                     except OSError:
                         continue
         except OSError as exc:

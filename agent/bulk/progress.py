@@ -153,10 +153,48 @@ def _short(text: str, limit: int = 60) -> str:
 OUTCOMES = {
     "done": "finished",
     "gave-up": "stopped: the ingestion service could not be reached",
-    "refused": "stopped: the ingestion service refused the request",
+    "refused": "stopped: authentication refused (the ingestion service refused the API key)",
+    "wrong-url": "stopped: wrong URL (the ingestion service has no such route)",
     "interrupted": "interrupted",
     "budget": "stopped: the daily data budget ([ingestion] max_bytes_per_day) is spent",
 }
+
+
+ADVICE = {
+    "refused": "fix the API key (EI_API_KEY, --api-key-file or [ingestion] api_key_file: a"
+    " project API key, ei_...), then run the same command again",
+    "wrong-url": "fix the URL (EI_INGESTION_URL, EI_INGESTION_ENDPOINT or [ingestion] url: the"
+    " service's base, e.g. https://ingestion.edgeimpulse.com, without /v1 or /api/...), then"
+    " run the same command again",
+    "gave-up": "check the network or the service, then run the same command again to deliver"
+    " the rest",
+    "interrupted": "run the same command again to deliver the rest",
+    "budget": "run the same command again when the budget or the window allows",
+}
+"""What to do next, by how the run ended (only when files are left)."""
+
+
+def summary_document(s: Summary) -> dict[str, Any]:
+    """``upload --json``: the summary as one JSON object (counts per state: files, bytes)."""
+    t = s.totals
+    pending = t["pending"][0] + t["uploading"][0]
+    return {
+        "batch": s.batch,
+        "outcome": s.outcome,
+        "outcome_text": OUTCOMES.get(s.outcome, s.outcome),
+        "exit_status": s.exit_code,
+        "elapsed_seconds": round(s.elapsed, 3),
+        "files": sum(n for n, _ in t.values()),
+        "bytes": sum(b for _, b in t.values()),
+        "states": {state: {"files": n, "bytes": b} for state, (n, b) in t.items()},
+        "sent_this_run": {"files": s.sent_files, "bytes": s.sent_bytes},
+        "duplicates": s.duplicates,
+        "skipped": s.skipped,
+        "skipped_examples": [{"input": w, "reason": r} for w, r in s.skipped_examples],
+        "refused_examples": [{"id": i, "path": p, "reason": r} for i, p, r in s.dead_examples],
+        "last_error": s.last_error,
+        "advice": ADVICE.get(s.outcome) if pending else None,
+    }
 
 
 def render_summary(s: Summary) -> str:
@@ -197,8 +235,8 @@ def render_summary(s: Summary) -> str:
             lines.append(f"    ... and {t['dead'][0] - len(s.dead_examples)} more")
         lines.append(f"  see them all: edge-uploader dead list --batch {s.batch}; after fixing "
                      "the cause: edge-uploader dead retry --batch ... --all")  # fmt: skip
-    if pending and s.outcome != "done":
-        lines.append("  run the same command again to deliver the rest")
+    if pending and s.outcome in ADVICE:
+        lines.append("  " + ADVICE[s.outcome])
     if s.exit_code == 0:
         result = "OK, every file delivered"
     elif not (pending or t["dead"][0] or t["held"][0] or s.skipped):

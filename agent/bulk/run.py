@@ -14,8 +14,10 @@ that batch's rows. Hence:
   command simply sees them delivered. A daemon *starting* while the command uploads
   returns the command's in-flight rows to pending; the resend is refused as a duplicate
   by the service, which counts as delivered.)
-- finite: the command ends when its batch has no pending or uploading rows, or when the
-  service has been unreachable for ``give_up_after`` seconds, or refuses the API key.
+- finite: the command ends when its batch has no pending or uploading rows, when the
+  service has been unreachable for ``give_up_after`` seconds, when it refuses the API key
+  or the URL is wrong (uploads pause), or when nothing at all has happened for
+  ``give_up_after`` seconds with nothing in flight (whatever holds delivery back).
   Undelivered rows stay pending, so a re-run delivers the rest.
 
 Memory does not grow with the folder: inputs are expanded lazily and queued in chunks,
@@ -37,6 +39,7 @@ import httpx
 from ..config import Config
 from ..core.delivery import PREFETCH, Delivery
 from ..core.intake import BATCH, Intake, Item
+from ..core.verdicts import pause_cause
 from ..errors import InputError
 from ..events import Event, Stats
 from ..remote.ingestion import build_uploader
@@ -48,6 +51,8 @@ from .tracker import Summary, Tracker
 log = logging.getLogger(__name__)
 
 STOP_TIMEOUT_SECONDS = 5.0
+MIN_QUIET_SECONDS = 2.0
+"""Nothing in flight and no event this long (at least) ends a run that nothing moves."""
 MAX_REMEMBERED = 100
 """Refused inputs remembered for the summary (all are printed as they happen)."""
 _FINAL = (Event.DELIVERED, Event.DUPLICATE, Event.DEAD, Event.GONE)
@@ -138,7 +143,7 @@ class BulkUpload:
             for name, level in levels.items():
                 logging.getLogger(name).setLevel(level)
             try:
-                summary = self._summary(queue, outcome)
+                summary = self._summary(queue, outcome, delivery)
             finally:
                 queue.close()
         return summary
@@ -206,11 +211,20 @@ class BulkUpload:
             return "interrupted"
         with self.tracker.lock:
             if self.tracker.paused:
-                return "refused"
+                return _paused_outcome(self.tracker.paused)
             since = self.tracker.trouble_since
-        if since is not None and time.monotonic() - since >= self.request.give_up_after:
+            quiet_since = self.tracker.last_change
+        now = time.monotonic()
+        if since is not None and now - since >= self.request.give_up_after:
             return "gave-up"
         delivery = self._delivery
+        if (
+            delivery is not None
+            and not delivery.inflight
+            and now - quiet_since >= max(MIN_QUIET_SECONDS, self.request.give_up_after)
+        ):
+            # nothing is sent and nothing happens: stop, whatever holds delivery back
+            return _paused_outcome(delivery.paused) if delivery.paused else "gave-up"
         if delivery is not None and delivery.held is not None:
             self.progress.message(f"uploads wait: {delivery.held.reason}")
             return "budget"
@@ -221,6 +235,7 @@ class BulkUpload:
         t = self.tracker
         message = None
         with t.lock:
+            t.last_change = time.monotonic()
             if event in _FINAL:
                 t.finals += 1
                 t.trouble_since = None
@@ -259,19 +274,26 @@ class BulkUpload:
         self.progress.message(f"skipped {what}: {reason}")
 
     # -- the end -------------------------------------------------------------------------
-    def _summary(self, queue: Queue, outcome: str) -> Summary:
+    def _summary(self, queue: Queue, outcome: str, delivery: Delivery | None) -> Summary:
         t = self.tracker
         totals = t.refresh(queue)
         dead = [(r.id, r.path, r.last_error or "") for r in
                 queue.rows(State.DEAD, batch=self.batch, limit=20)]  # fmt: skip
+        paused = t.paused or (delivery.paused if delivery is not None else None)
         with t.lock:
+            last_error = (paused if paused and outcome in ("refused", "wrong-url")
+                          else t.last_error or paused)  # fmt: skip
             return Summary(
                 batch=self.batch, outcome=outcome, totals=totals, sent_files=t.sent_files,
                 sent_bytes=t.sent_bytes, duplicates=t.duplicates, skipped=t.skipped,
                 skipped_examples=list(t.skipped_examples),
-                elapsed=time.monotonic() - t.started, last_error=t.last_error or t.paused,
+                elapsed=time.monotonic() - t.started, last_error=last_error,
                 dead_examples=dead,
             )  # fmt: skip
+
+
+def _paused_outcome(reason: str) -> str:
+    return "wrong-url" if pause_cause(reason) == "url" else "refused"
 
 
 def _chunks(items: Iterable[Item], size: int) -> Iterator[list[Item]]:

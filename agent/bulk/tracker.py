@@ -37,6 +37,8 @@ class Tracker:
     last_error: str | None = None
     paused: str | None = None
     trouble_since: float | None = None
+    last_change: float = field(default_factory=time.monotonic)
+    """When the last event arrived or the batch's counts last moved."""
     wake_at_finals: int = 0
     """The waiting command is woken when ``finals`` reaches this (not on every file)."""
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -49,6 +51,7 @@ class Tracker:
             self.totals = totals
             if before is not None and self._final_count(totals) > before:
                 self.trouble_since = None  # someone (maybe the daemon) delivers: reachable
+                self.last_change = time.monotonic()
         return totals
 
     @staticmethod
@@ -72,13 +75,21 @@ class Tracker:
             }
 
 
+EXIT_AUTH_REFUSED = 77
+"""sysexits.h EX_NOPERM: the service refused the API key (authentication refused)."""
+EXIT_WRONG_URL = 76
+"""sysexits.h EX_PROTOCOL: the service has no such route (the URL is wrong)."""
+OUTCOME_EXIT = {"interrupted": 130, "refused": EXIT_AUTH_REFUSED, "wrong-url": EXIT_WRONG_URL}
+
+
 @dataclass(frozen=True)
 class Summary:
     """How a run ended, for the final report and the exit status."""
 
     batch: str
     outcome: str
-    """done, gave-up (service unreachable), refused (API key), interrupted."""
+    """done, gave-up (service unreachable), refused (API key), wrong-url, budget,
+    interrupted."""
     totals: dict[str, tuple[int, int]]
     sent_files: int
     sent_bytes: int
@@ -96,6 +107,8 @@ class Summary:
 
     @property
     def exit_code(self) -> int:
-        if self.outcome == "interrupted":
-            return 130
+        """0 all delivered; 77 the API key was refused; 76 the URL is wrong; 130 interrupted;
+        1 anything else left undelivered (``upload --help`` lists them)."""
+        if self.outcome in OUTCOME_EXIT:
+            return OUTCOME_EXIT[self.outcome]
         return 0 if self.outcome == "done" and not self.undelivered and not self.skipped else 1

@@ -16,7 +16,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
-from ..bulk.inputs import UploadRequest, candidates, run_config
+from ..bulk.inputs import UploadRequest, candidates, info_labels_of, run_config
+from ..bulk.tracker import EXIT_AUTH_REFUSED, EXIT_WRONG_URL
 from ..config import CONFIG_CATEGORIES, Concurrency, Config
 from ..core.files import stat_sample
 from ..core.intake import new_file
@@ -39,8 +40,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "and re-running the same command continues where it stopped without sending "
         "anything twice.",
         epilog=exit_statuses("0    every file delivered (or, with --dry-run, would be sent)",
-                             "1    something was refused, skipped or is still undelivered",
-                             USAGE, CONFIG, INTERRUPTED),
+                             "1    something was refused, skipped or is still undelivered"
+                             " (the service unreachable for --give-up-after seconds)",
+                             USAGE,
+                             f"{EXIT_WRONG_URL}   wrong URL: the service has no such route",
+                             f"{EXIT_AUTH_REFUSED}   authentication refused: the service"
+                             " refused the API key",
+                             CONFIG, INTERRUPTED),
     )  # fmt: skip
     p.add_argument("paths", nargs="*", metavar="PATH", help="files, folders or glob patterns")
     add_config_option(p, required=False, note="the built-in defaults and the environment")
@@ -77,14 +83,21 @@ def _tag_options(p: argparse.ArgumentParser) -> None:
         "--metadata",
         action="append",
         default=[],
-        metavar="KEY=VALUE",
-        help="metadata for every file (repeatable)",
+        metavar="KEY=VALUE|JSON",
+        help="metadata for every file (repeatable): KEY=VALUE, or a JSON object of strings"
+        """ as edge-impulse-uploader takes it, e.g. '{"site":"A"}'""",
     )
     p.add_argument(
         "--metadata-json",
         metavar="JSON",
         help="metadata for every file as a JSON"
         """ object of strings, e.g. '{"site":"A"}'""",
+    )
+    p.add_argument(
+        "--category-from-folder",
+        action="store_true",
+        help="a file below a folder named training, testing or anomaly goes to that category"
+        " (edge-impulse-uploader --directory's layout); others get --category",
     )
     p.add_argument(
         "--session",
@@ -124,8 +137,9 @@ def _run_options(p: argparse.ArgumentParser) -> None:
         type=float,
         default=60.0,
         metavar="SECONDS",
-        help="stop when the service has been unreachable this long (default 60);"
-        " what is left stays queued for the next run",
+        help="stop when the service has been unreachable this long, or nothing at all has"
+        " moved this long (default 60); what is left stays queued for the next run; a"
+        " refused key or a wrong URL stops at once",
     )
     p.add_argument(
         "--dry-run",
@@ -133,6 +147,9 @@ def _run_options(p: argparse.ArgumentParser) -> None:
         help="show name, label, category and metadata per file; send and queue nothing",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress display")
+    p.add_argument(
+        "--json", action="store_true", help="print the summary as one JSON object on stdout"
+    )
     p.add_argument("--verbose", "-v", action="store_true", help="log every file")
 
 
@@ -142,6 +159,9 @@ def cmd_upload(args: argparse.Namespace) -> int:
         parser.error("give either PATH... or --info-file (which lists the files), not both")
     if args.info_file is None and not args.paths:
         parser.error("name at least one PATH (file, folder or glob), or --info-file")
+    if args.category_from_folder and args.info_file is not None:
+        parser.error("--category-from-folder reads folders: the info file names each category")
+    _use_info_labels(args)
     config = load(args, check_dirs=False)
     if args.api_key_file is not None:
         key = SecretSource("API key", "--api-key-file", file=args.api_key_file.resolve(),
@@ -152,28 +172,41 @@ def cmd_upload(args: argparse.Namespace) -> int:
     if args.dry_run:
         return preview(config, request, sys.stdout)
 
-    from ..bulk.progress import Progress, render_summary
+    from ..bulk.progress import Progress, render_summary, summary_document
     from ..bulk.run import BulkUpload
 
     progress = Progress(sys.stderr, enabled=not args.no_progress)
     run = BulkUpload(config, request, progress, verbose=args.verbose)
     run.install_signals()
     summary = run.run()
-    print(render_summary(summary), flush=True)
+    if args.json:
+        print(json.dumps(summary_document(summary), sort_keys=True), flush=True)
+    else:
+        print(render_summary(summary), flush=True)
     return summary.exit_code
+
+
+def _use_info_labels(args: argparse.Namespace) -> None:
+    """``upload DIR`` with ``DIR/info.labels``: upload what it lists, and say so."""
+    found = info_labels_of(tuple(args.paths)) if args.info_file is None else None
+    if found is None:
+        return
+    print(f"using {found}: uploading the files it lists, with their labels, categories and"
+          " metadata (as the Edge Impulse SDK does)", file=sys.stderr, flush=True)  # fmt: skip
+    args.info_file, args.paths = found, []
+    if args.category_from_folder:
+        args.parser.error("--category-from-folder reads folders: info.labels names each category")
 
 
 def build_request(args: argparse.Namespace) -> UploadRequest:
     """Validate the options; a bad value is a ``ConfigError`` naming the option."""
     metadata: dict[str, str] = {}
     if args.metadata_json is not None:
-        try:
-            metadata.update(check_metadata(json.loads(args.metadata_json), "--metadata-json"))
-        except json.JSONDecodeError as exc:
-            raise ConfigError(SOURCE, "--metadata-json", f"not valid JSON: {exc.msg}") from None
-        except InputError as exc:
-            raise ConfigError(SOURCE, "--metadata-json", exc.message) from None
+        metadata.update(_json_metadata(args.metadata_json, "--metadata-json"))
     for pair in args.metadata:
+        if pair.lstrip().startswith("{"):  # a JSON object, as edge-impulse-uploader takes it
+            metadata.update(_json_metadata(pair, "--metadata"))
+            continue
         key, sep, value = pair.partition("=")
         if not sep:
             raise ConfigError(SOURCE, f"--metadata {pair!r}", "expected KEY=VALUE")
@@ -208,7 +241,18 @@ def build_request(args: argparse.Namespace) -> UploadRequest:
         give_up_after=args.give_up_after,
         captured_at=args.captured_at,
         max_bytes_per_second=args.max_bytes_per_second,
+        category_from_folder=args.category_from_folder,
     )
+
+
+def _json_metadata(text: str, option: str) -> dict[str, str]:
+    """A JSON object of strings (the metadata wire rules: no other value types)."""
+    try:
+        return check_metadata(json.loads(text), option)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(SOURCE, option, f"not valid JSON: {exc.msg}") from None
+    except InputError as exc:
+        raise ConfigError(SOURCE, exc.field, exc.message) from None
 
 
 def _concurrency(value: str | None) -> Concurrency | None:

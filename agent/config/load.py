@@ -27,6 +27,7 @@ from .model import (
     MAX_FILES_PER_REQUEST,
     MAX_PRIORITY,
     URL_ENV,
+    URL_ENV_SDK,
     CaptureConfig,
     Concurrency,
     Config,
@@ -143,10 +144,11 @@ def _check_plain(table: Table, name: str, value: str) -> None:
 
 def _ingestion(t: Table, source: str) -> IngestionConfig:
     url = (t.get_str("url") or DEFAULT_URL).rstrip("/")
-    if not t.has("url") and os.environ.get(URL_ENV, "").strip():
-        url = os.environ[URL_ENV].strip().rstrip("/")  # the config file wins over the variable
+    env = next((n for n in (URL_ENV, URL_ENV_SDK) if os.environ.get(n, "").strip()), None)
+    if not t.has("url") and env is not None:
+        url = os.environ[env].strip().rstrip("/")  # the config file wins over the variable
         if not url.startswith(("http://", "https://")):
-            raise ConfigError("environment", URL_ENV, f"expected an http(s):// URL, got {url!r}")
+            raise ConfigError("environment", env, f"expected an http(s):// URL, got {url!r}")
     if not url.startswith(("http://", "https://")):
         raise t.error("url", f"expected an http:// or https:// URL, got {url!r}")
     d = IngestionConfig()

@@ -34,6 +34,8 @@ DEFAULT_URL = "https://ingestion.edgeimpulse.com"
 DEFAULT_STUDIO_URL = "https://studio.edgeimpulse.com/v1"
 URL_ENV = "EI_INGESTION_URL"
 """Ingestion URL used when ``[ingestion] url`` is not set (e.g. ``upload`` without a config)."""
+URL_ENV_SDK = "EI_INGESTION_ENDPOINT"
+"""The Edge Impulse Python SDK's name for it, accepted the same way (``URL_ENV`` wins)."""
 
 AfterUpload = Literal["keep", "delete", "move"]
 AFTER_UPLOAD: tuple[AfterUpload, ...] = ("keep", "delete", "move")

@@ -34,6 +34,10 @@ class Template:
     def is_literal(self) -> bool:
         return all(kind == "text" for kind, _ in self.parts)
 
+    def uses(self, name: str) -> bool:
+        """Whether the placeholder ``{name}`` appears."""
+        return ("field", name) in self.parts
+
     def render(self, path: Path, device_id: str, hostname: str) -> str:
         out: list[str] = []
         for kind, value in self.parts:

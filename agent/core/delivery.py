@@ -39,7 +39,7 @@ from .batching import requests
 from .concurrency import Concurrency
 from .inflight import NOT_SENT, Done, Gate, Sent, row_sample
 from .metering import BUDGET_FULL_KEY, OVERRIDE_KEY, Hold, Meter
-from .verdicts import FailureRun, ServiceState, pushback
+from .verdicts import FailureRun, ServiceState, pause_cause, pushback
 
 log = logging.getLogger(__name__)
 
@@ -415,9 +415,10 @@ class Delivery(Loop):
         if self.state.newly_paused:
             self.queue.set_state(paused=self.state.newly_paused)
             self.stats.emit(Event.PAUSED, reason=self.state.newly_paused)
-            log.error("uploads paused: the service refused the request (%s). Check the API key"
-                      " and the URL %s; nothing is dead-lettered; next try in %.0f s",
-                      self.state.newly_paused, self.uploader.url,
+            url = pause_cause(self.state.newly_paused) == "url"
+            log.error("uploads paused: %s. %s %s; nothing is dead-lettered; next try in %.0f s",
+                      self.state.newly_paused, "Fix the URL" if url else
+                      "The service refused the API key: fix the key for", self.uploader.url,
                       self.config.auth_pause_seconds)  # fmt: skip
         if self.state.resumed:
             self.queue.set_state(paused=None)

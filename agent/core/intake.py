@@ -176,8 +176,9 @@ class Intake(Loop):
             raise
         for (item, f), r in zip(decided, recorded, strict=True):
             self._report(item, f, r)
-        if any(r.new or r.released for r in recorded):
-            self.on_queued()
+        if any(r.new or r.released or (r.joined and r.state is State.PENDING)
+               for r in recorded):  # fmt: skip
+            self.on_queued()  # a pending row that joined a batch: its delivery waits for it
         return [r.row_id for r in recorded if r.new]
 
     def _decide(self, item: Item) -> NewFile | None:

@@ -3,7 +3,9 @@
 Layers, later wins:
 
 1. ``[metadata]`` of the config (device, site, location, ...);
-2. the watch's own ``metadata`` (templates such as ``{dir}`` capture a session folder);
+2. the watch's own ``metadata`` (templates such as ``{dir}`` capture a session folder; a
+   file directly in the watched folder has no session folder, so a key made from ``{dir}``
+   is left out for it);
 3. the sidecar ``<file>.meta.json`` written next to the capture;
 4. the trigger context (an MQTT command, the ``upload`` command's options);
 5. derived values: ``device_id`` always, ``captured_at`` (ISO 8601 UTC of the file's
@@ -85,6 +87,15 @@ def iso_utc(timestamp: float) -> str:
     )
 
 
+def _watch_metadata(path: Path, watch: WatchConfig, config: Config) -> dict[str, str]:
+    """The watch's metadata for ``path``; keys made from ``{dir}`` only for files in a
+    folder below the watched one (at the top, ``{dir}`` would be the watch's own name)."""
+    templates = watch.metadata
+    if path.parent == watch.path:
+        templates = {k: t for k, t in templates.items() if not t.uses("dir")}
+    return render_all(templates, path, config.device_id, config.hostname)
+
+
 def tag(
     path: Path,
     config: Config,
@@ -100,7 +111,7 @@ def tag(
     label: str | None = None
     category = config.ingestion.category
     if watch is not None:
-        metadata.update(render_all(watch.metadata, path, device_id, config.hostname))
+        metadata.update(_watch_metadata(path, watch, config))
         if watch.label is not None:
             label = watch.label.render(path, device_id, config.hostname)
         category = watch.category or category

@@ -11,12 +11,15 @@ For the whole service, three states, decided here and nowhere else:
   concurrency limit is down to one request, before that they say "busy") mean the link or
   the service is down: delivery holds, then sends one probe at a time with growing waits, so
   a day offline costs a handful of requests, not one per file. The first success closes it.
-- **paused**: a refused key (401/403), a redirect (a wrong URL), or the same 404/405 for
-  every file (a wrong URL path). Until one file has been accepted, a 404/405 is a suspect:
-  its file goes back unsent and the next request goes alone; the same answer again pauses.
-  Once the service has accepted a file the URL is right, and a 404 is that file's refusal.
-  Nothing is dead-lettered for a config problem; a person must fix the key or the URL (a
-  reload, or the pause times out and a probe tries).
+- **paused**: a refused key (401/403), a redirect (a wrong URL), or a 404/405 for every
+  file (a wrong URL path: ``.../v1``, or a URL that already ends in ``/api/training/files``).
+  Until one file has been accepted, a 404/405 is a suspect: its file goes back unsent and
+  the next request goes alone; a second 404/405 pauses. Answers count as the same by their
+  status, not their text: the service names the route it did not find, and files of two
+  categories ask for two routes. Once the service has accepted a file the URL is right, and
+  a 404 is that file's refusal. Nothing is dead-lettered for a config problem; a person must
+  fix the key or the URL (a reload, or the pause times out and a probe tries). A pause for
+  the URL has a reason that begins with ``WRONG_URL`` (``pause_cause`` tells them apart).
 - **working**: everything else.
 """
 
@@ -40,6 +43,17 @@ OUTAGE_AFTER = 8
 """Consecutive failures that open the breaker (5 % random errors reach 8 in a row about
 once in 25 billion requests; an outage, at once)."""
 URL_STATUSES = (404, 405)
+WRONG_URL = "wrong URL"
+"""How the reason of a pause for the URL begins (in the log, ``status`` and ``upload``)."""
+URL_ADVICE = "[ingestion] url is the service's base, e.g. https://ingestion.edgeimpulse.com"
+
+
+def pause_cause(reason: str | None) -> str | None:
+    """Why uploads are paused: ``"url"`` (a wrong URL), ``"key"`` (the API key is refused),
+    None (not paused)."""
+    if not reason:
+        return None
+    return "url" if reason.startswith(WRONG_URL) else "key"
 
 
 @dataclass(frozen=True)
@@ -119,7 +133,8 @@ class ServiceState:
             return Verdict(Result(row.id, State.GONE, a.reason, 0.0, a.sha256,
                                   count_attempt=False))  # fmt: skip
         if a.outcome is Outcome.PAUSE:
-            self._pause(a.reason, now)
+            redirect = a.status is not None and 300 <= a.status < 400
+            self._pause(f"{WRONG_URL}: {a.reason}" if redirect else a.reason, now)
             return Verdict(None)
         if a.outcome is Outcome.DEAD:
             return self._refused(row, a, now)
@@ -138,19 +153,16 @@ class ServiceState:
             self.paused, self.resumed = None, True
 
     def _refused(self, row: Row, a: Answer, now: float) -> Verdict:
-        """A refusal of one file, unless every file gets the same 404/405 (a wrong URL)."""
+        """A refusal of one file, unless every file gets a 404/405 (a wrong URL)."""
         if a.status in URL_STATUSES and not self._url_ok:
-            if self._suspect is not None and self._suspect[1] == a.reason:
-                self._pause(
-                    f"{a.reason} (the same answer for every file: check the URL,"
-                    " [ingestion] url is the service's base, without /api/...)",
-                    now,
-                )
+            if self._suspect is not None:
+                why = "every file gets this answer, no file was accepted"
+                self._pause(f"{WRONG_URL}: {a.reason} ({why}; {URL_ADVICE}, without /v1 or"
+                            " /api/...)", now)  # fmt: skip
                 return Verdict(None)
-            if self._suspect is None:
-                self._suspect = (row.id, a.reason)
-                self.probe = True  # the next request goes alone: is the URL wrong?
-                return Verdict(None)
+            self._suspect = (row.id, a.reason)
+            self.probe = True  # the next request goes alone: is the URL wrong?
+            return Verdict(None)
         self._failures = 0  # the service answered: it works, this file is refused
         return Verdict(Result(row.id, State.DEAD, a.reason, 0.0, a.sha256))
 

@@ -18,6 +18,9 @@ written once:
       3xx                      UrlError        pause: the URL is wrong
       408, 425, 429, 5xx       TransientError  retry later (``Retry-After`` honoured)
       other 4xx                PermanentError  never as is
+
+  A 404/405 stays a refusal of its file here; delivery (``core.verdicts``) treats the same
+  status for every file before any was accepted as a wrong URL and pauses instead.
 """
 
 from __future__ import annotations

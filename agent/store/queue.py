@@ -129,13 +129,14 @@ class Queue:
                     "SELECT id, state FROM files WHERE path=? AND size=? AND mtime_ns=?",
                     (f.path, f.size, f.mtime_ns),
                 ).fetchone()
-                released = False
+                released = joined = False
                 if f.batch is not None:
-                    db.execute(_ADOPT, (f.batch, f.path, f.size, f.mtime_ns, f.batch))
+                    adopt = (f.batch, f.path, f.size, f.mtime_ns, f.batch)
+                    joined = db.execute(_ADOPT, adopt).rowcount > 0
                     if state == State.HELD and f.state is State.PENDING:
                         self._retag(db, rid, f, now)
                         state, released = State.PENDING, True
-                out.append(Recorded(int(rid), False, State(state), released))
+                out.append(Recorded(int(rid), False, State(state), released, joined))
         return out
 
     def enqueue_many(self, files: Sequence[NewFile]) -> list[int]:

@@ -124,3 +124,5 @@ class Recorded:
     """The row's state now (a known held row re-tagged by an ``upload`` re-run is pending)."""
     released: bool = False
     """A known held row that the new tags made sendable."""
+    joined: bool = False
+    """A known row that joined the file's batch (an ``upload`` with other options)."""

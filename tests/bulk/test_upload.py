@@ -280,10 +280,11 @@ def test_a_refused_key_stops_at_once_and_a_rerun_delivers(
     make_files(tmp_path / "d", 4)
     monkeypatch.setenv("EI_API_KEY", "ei_wrong")
     started = time.monotonic()
-    assert main(["upload", "--no-progress", str(tmp_path / "d")]) == 1
+    assert main(["upload", "--no-progress", str(tmp_path / "d")]) == 77
     assert time.monotonic() - started < 10
     out = capsys.readouterr().out
-    assert "refused the request" in out and "Invalid API key" in out
+    assert "authentication refused" in out and "Invalid API key" in out
+    assert "fix the API key" in out and "run the same command again to deliver" not in out
     assert "not yet delivered:   4" in out
     key_file = tmp_path / "key"
     key_file.write_text(env["EI_API_KEY"] + "\n")

@@ -106,6 +106,7 @@ def test_file_arrives_with_metadata_and_its_own_name(tmp_path, server, key_file,
     assert lab["label"] == "wave é/ü"
     assert lab["headers"]["x-label"] == "wave%20%C3%A9%2F%C3%BC"
     assert lab["metadata"]["operator"] == "ana"
+    assert "session" not in lab["metadata"]  # directly in the watch: no session folder
     assert recs["unlab.wav"][0]["label"] is None
     assert "labelled.wav.meta.json" not in recs  # a sidecar is never uploaded itself
     assert agent.terminate() == 0

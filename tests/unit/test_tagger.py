@@ -288,3 +288,15 @@ def test_read_sidecar_that_is_a_folder(tmp_path: Path) -> None:
     sidecar_path(data).mkdir()
     with pytest.raises(SidecarError, match="cannot read"):
         read_sidecar(data)
+
+
+def test_a_file_directly_in_the_watch_gets_no_session_folder() -> None:
+    """``{dir}`` at the top of a watch would be the watch folder's own name."""
+    cfg = make_config({"watch": [{"path": "/d", "category": "split-by-group", "label": "{dir}",
+                                  "metadata": {"session": "{dir}", "rig": "r-{stem}"}}]})  # fmt: skip
+    top = tag(Path("/d/a.wav"), cfg, mtime=0, watch=cfg.watches[0])
+    assert "session" not in top.metadata and top.metadata["rig"] == "r-a"
+    assert top.category == group_category("/d", 0.2)  # grouped by its folder, as documented
+    assert top.label == "d"  # labels are not session keys: unchanged
+    below = tag(Path("/d/rec-3/a.wav"), cfg, mtime=0, watch=cfg.watches[0])
+    assert below.metadata["session"] == "rec-3"

@@ -4,7 +4,7 @@ an outage opens the breaker, a wrong key or URL pauses. Pure: no I/O, an injecte
 from __future__ import annotations
 
 from edge_uploader.config import IngestionConfig
-from edge_uploader.core.verdicts import OUTAGE_AFTER, ServiceState
+from edge_uploader.core.verdicts import OUTAGE_AFTER, ServiceState, pause_cause
 from edge_uploader.errors import Outcome
 from edge_uploader.remote.ingestion import Answer
 from edge_uploader.store.queue import Row, State
@@ -90,8 +90,30 @@ def test_the_same_404_for_every_file_pauses_without_dead_letters() -> None:
     first = s.verdict(row(1), NOT_FOUND, T0)
     assert first.result is None and s.probe and s.paused is None  # a suspect: back, unsent
     second = s.verdict(row(1), NOT_FOUND, T0)
-    assert second.result is None and s.paused is not None and "check the URL" in s.paused
+    assert second.result is None and s.paused is not None and "without /v1" in s.paused
     assert s.newly_paused == s.paused and s.hold_until == T0 + 300.0
+    assert pause_cause(s.paused) == "url"
+
+
+def test_404s_that_name_different_routes_still_mean_a_wrong_url() -> None:
+    """The service names the route it lacks: files of two categories get two texts."""
+    s = state()
+    training = Answer(Outcome.DEAD, "HTTP 404: Unknown API route /v1/api/training/files",
+                      status=404)  # fmt: skip
+    testing = Answer(Outcome.DEAD, "HTTP 404: Unknown API route /v1/api/testing/files",
+                     status=404)  # fmt: skip
+    assert s.verdict(row(1), training, T0).result is None
+    assert s.verdict(row(2), testing, T0).result is None
+    assert s.paused is not None and s.paused.startswith("wrong URL: HTTP 404")
+
+
+def test_a_redirect_pauses_for_the_url_and_a_401_for_the_key() -> None:
+    s = state()
+    s.verdict(row(1), Answer(Outcome.PAUSE, "HTTP 301 redirect to 'x'", status=301), T0)
+    assert pause_cause(s.paused) == "url"
+    s = state()
+    s.verdict(row(1), Answer(Outcome.PAUSE, "HTTP 401: Invalid API key", status=401), T0)
+    assert pause_cause(s.paused) == "key" and pause_cause(None) is None
 
 
 def test_after_an_accepted_file_a_404_is_that_files_refusal() -> None:
