@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import replace
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -66,10 +66,20 @@ def test_gather(q: Queue) -> None:
         ],
         "held": [{"id": h_id, "path": "/d/h.wav", "reason": "bad sidecar"}],
         "recent_deliveries": [  # newest first, with the service's sample ids
-            {"id": b_id, "path": "/d/b.wav", "sample_id": 2, "size": 3000,
-             "delivered_at": T0 + 300},
-            {"id": a_id, "path": "/d/a.wav", "sample_id": 1, "size": 1000,
-             "delivered_at": T0 + 100},
+            {
+                "id": b_id,
+                "path": "/d/b.wav",
+                "sample_id": 2,
+                "size": 3000,
+                "delivered_at": T0 + 300,
+            },
+            {
+                "id": a_id,
+                "path": "/d/a.wav",
+                "sample_id": 1,
+                "size": 1000,
+                "delivered_at": T0 + 100,
+            },
         ],
         "remote_deletes": dict.fromkeys(
             ("scheduled", "done", "cancelled", "failed", "due", "unconfirmed", "done_last_hour"), 0
@@ -117,8 +127,10 @@ def test_backlog_by_watch_and_recent_deliveries_are_bounded(tmp_path: Path,
             "watch:/w1": {"pending": 5, "uploading": 0, "dead": 0, "held": 0},
         }
         with queue.reading() as db:
-            plan = db.execute("EXPLAIN QUERY PLAN SELECT source, state, count(*) FROM files"
-                              " WHERE state IN (0, 1, 3, 4) GROUP BY source, state").fetchall()
+            plan = db.execute(
+                "EXPLAIN QUERY PLAN SELECT source, state, count(*) FROM files"
+                " WHERE state IN (0, 1, 3, 4) GROUP BY source, state"
+            ).fetchall()
         assert "COVERING INDEX files_state_source" in str(plan)
     finally:
         queue.close()
