@@ -135,7 +135,8 @@ async function refresh() {
   const conn = document.getElementById("conn");
   try {
     const answer = await fetch("status.json", {cache: "no-store"});
-    const doc = await answer.json();
+    const type = answer.headers.get("Content-Type") || "";
+    const doc = type.startsWith("application/json") ? await answer.json() : {};
     if (!answer.ok) throw new Error(doc.error || ("HTTP " + answer.status));
     render(doc);
     conn.className = "";

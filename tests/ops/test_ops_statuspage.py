@@ -5,7 +5,8 @@ server is read-only, the page loads nothing from elsewhere, and a broken queue a
 while the endpoint goes on. In headless Chromium (Debian's ``chromium``; skipped only
 when it is not installed, CI installs it): a file name made of markup is shown as text,
 and against a real agent with delivered, dead-lettered and held files the numbers the
-page shows are those of ``status --json`` run as a process; a phone-sized screenshot.
+page shows are those of ``status --json`` run as a process; a phone-sized screenshot;
+an agent that cannot answer is said so on the page.
 """
 
 from __future__ import annotations
@@ -311,3 +312,35 @@ def test_the_page_shows_what_status_json_says(
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert agent.proc.poll() is None, "the agent must still run"
     assert agent.stop() == 0
+
+
+@needs_chromium
+def test_the_page_says_when_the_agent_cannot_answer(
+    endpoint: tuple[str, _Vitals], tmp_path: Path
+) -> None:
+    """A reload (or a queue that cannot be read) is shown on the page, not a blank page."""
+    base, vitals = endpoint
+    vitals.queue = None
+    html = _chromium(tmp_path, base + "/", "--dump-dom")
+    assert _Dom(html).body.get("data-state") is None  # never filled
+    conn = _Conn(html).text
+    assert conn == "cannot read the agent's status (starting or reloading); trying again"
+
+
+class _Conn(HTMLParser):
+    """The text of the page's connection line (``#conn``)."""
+
+    def __init__(self, html: str) -> None:
+        super().__init__()
+        self.text, self._in = "", False
+        self.feed(html)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self._in = ("id", "conn") in attrs
+
+    def handle_endtag(self, tag: str) -> None:
+        self._in = False
+
+    def handle_data(self, data: str) -> None:
+        if self._in:
+            self.text += data
