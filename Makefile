@@ -31,12 +31,14 @@ $(DEVTOOLS): pyproject.toml | $(BIN)/python
 venv: $(DEVTOOLS)
 
 # Test-only system packages (a Mosquitto broker for the MQTT tests, systemd-analyze for
-# the unit checks, openssl for the TLS broker's certificates). Installed only when missing; needs root or sudo.
+# the unit checks, openssl for the TLS broker's certificates, headless Chromium for the
+# status page). Installed only when missing; needs root or sudo.
 system-deps:
 	@missing=""; \
 	command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
 	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
 	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

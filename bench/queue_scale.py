@@ -3,7 +3,8 @@
     .venv/bin/python bench/queue_scale.py [--rows 100000]
 
 Builds a fresh queue file in a temporary folder, enqueues ``--rows`` pending rows in
-batches of 5,000, then times the calls the daemon and ``status`` make on it.
+batches of 5,000, then times the calls the daemon and ``status`` make on it (``gather``
+is the whole ``status --json`` document, which the status page asks for every 5 s).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edge_uploader.store.queue import NewFile, Queue, State
+from edge_uploader.store.status import gather
 
 
 def timed(fn: Callable[[], object], repeat: int = 5) -> float:
@@ -47,6 +49,9 @@ def main() -> None:
             ("counts()", q.counts),
             ("known()", lambda: q.known("/data/f0000500.wav", 100, 500)),
             ("oldest_pending()", q.oldest_pending),
+            ("backlog_by_source", q.backlog_by_source),
+            ("recent_deliveries", lambda: q.recent_deliveries(20)),
+            ("gather() (status)", lambda: gather(q)),  # each status page refresh
         ]
         for name, fn in probes:
             print(f"{name:<18}{timed(fn) * 1e3:8.3f} ms")

@@ -2,10 +2,13 @@
 
 - ``GET /healthz``: 200 with ``{"status": "ok"}`` when healthy, 503 with
   ``{"status": "unhealthy", "reasons": [...]}`` otherwise (see ``daemon.health``);
-- ``GET /metrics``: Prometheus text format (see ``daemon.metrics``).
+- ``GET /metrics``: Prometheus text format (see ``daemon.metrics``);
+- ``GET /``: the status page for the technician on site (see ``daemon.statuspage``), which
+  reads ``GET /status.json``: the ``status --json`` document (``store.status.gather``).
 
-It listens on loopback unless the config names another address, and it never shows a
-secret (there is none to show: it reads counters, queue counts and free space). The
+Read-only: any other method is 405. It listens on loopback unless the config names
+another address, and it never shows a secret (there is none to show: it reads counters,
+the queue and free space; file names and the service's answers are shown). The
 server is stdlib ``http.server`` in a thread; the accept loop sleeps in ``select`` until a
 connection or the stop signal arrives (no periodic wake-ups).
 """
@@ -20,9 +23,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from ..config import HttpConfig
 from ..core.runtime import Runtime
-from ..errors import ConfigError
+from ..errors import ConfigError, QueueError
 from ..loop import Loop
-from . import metrics
+from ..store.status import gather
+from . import metrics, statuspage
 from .health import Vitals, assess
 
 log = logging.getLogger(__name__)
@@ -49,38 +53,79 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         try:
             if path == "/healthz":
-                health = assess(self.server.vitals)
-                doc: dict[str, object] = {"status": "ok" if health.healthy else "unhealthy"}
-                if health.reasons:
-                    doc["reasons"] = health.reasons
-                body = (json.dumps(doc, indent=1) + "\n").encode()
-                self._send(200 if health.healthy else 503, "application/json", body)
+                self._healthz()
             elif path == "/metrics":
                 self._send(200, metrics.CONTENT_TYPE, metrics.render(self.server.vitals).encode())
+            elif path == "/":
+                self._send(
+                    200,
+                    "text/html; charset=utf-8",
+                    statuspage.PAGE,
+                    {"Content-Security-Policy": statuspage.CONTENT_SECURITY_POLICY},
+                )
+            elif path == "/status.json":
+                self._status()
             else:
-                self._send(404, "text/plain", b"not found: try /healthz or /metrics\n")
+                self._send(404, "text/plain", b"not found: try /, /healthz or /metrics\n")
         except Exception:
             log.exception("health endpoint failed on %s", path)
             self._send(500, "text/plain", b"internal error\n")
 
-    def _send(self, status: int, content_type: str, body: bytes) -> None:
+    def _healthz(self) -> None:
+        health = assess(self.server.vitals)
+        doc: dict[str, object] = {"status": "ok" if health.healthy else "unhealthy"}
+        if health.reasons:
+            doc["reasons"] = health.reasons
+        self._json(200 if health.healthy else 503, doc)
+
+    def _status(self) -> None:
+        """The ``status --json`` document of the running daemon's queue (503 while it
+        starts or reloads, or when the queue cannot be read: the page says so)."""
+        vitals = self.server.vitals
+        queue = vitals.queue
+        if queue is None:
+            self._json(503, {"error": "starting or reloading"})
+            return
+        try:
+            doc = gather(queue, link=vitals.config.ingestion.link)
+        except QueueError as exc:
+            self._json(503, {"error": str(exc)})
+            return
+        self._json(200, doc)
+
+    def _json(self, status: int, doc: dict[str, object]) -> None:
+        body = (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
+        self._send(status, "application/json", body)
+
+    def _send(self, status: int, content_type: str, body: bytes,
+              headers: dict[str, str] | None = None) -> None:  # fmt: skip
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
 
     do_HEAD = do_GET
 
+    def _read_only(self) -> None:
+        """Nothing here changes anything: every method but GET and HEAD is refused."""
+        self.close_connection = True
+        self._send(405, "text/plain", b"read-only: only GET and HEAD\n", {"Allow": "GET, HEAD"})
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _read_only
+
     def log_message(self, format: str, *args: object) -> None:
         log.debug("%s %s", self.address_string(), format % args)
 
 
 class HealthServer:
-    """A component: serves ``/healthz`` and ``/metrics`` while the daemon runs. It reads
-    the daemon only through ``Vitals``."""
+    """A component: serves ``/healthz``, ``/metrics`` and the status page while the daemon
+    runs. It reads the daemon only through ``Vitals``."""
 
     name = "http"
 
@@ -113,7 +158,7 @@ class HealthServer:
             log.warning("health endpoint listens on %s:%d, reachable from the network", host, port)
         self._loop = _Accept(server)
         self._loop.start()
-        log.info("health endpoint on http://%s:%d/healthz and /metrics", *self.address)
+        log.info("status page on http://%s:%d/ (and /healthz, /metrics)", *self.address)
 
     def stop(self) -> None:
         if self._loop is not None:

@@ -350,6 +350,25 @@ class Queue:
             got = {State(s).label: (int(n), int(b)) for s, n, b in cur.fetchall()}
         return {s.label: got.get(s.label, (0, 0)) for s in State}
 
+    def backlog_by_source(self) -> dict[str, dict[str, int]]:
+        """Per source (``watch:<folder>``, ``upload``, a capture source): rows per state
+        not yet delivered (pending, uploading, dead, held). Counted from the
+        ``files_state_source`` index alone; delivered and gone rows are not read."""
+        states = (State.PENDING, State.UPLOADING, State.DEAD, State.HELD)
+        with self.db.reading() as db:
+            cur = db.execute("SELECT source, state, count(*) FROM files WHERE state IN"
+                             " (?, ?, ?, ?) GROUP BY source, state", states)  # fmt: skip
+            got: dict[str, dict[str, int]] = {}
+            for source, state, n in cur.fetchall():
+                counts = got.setdefault(source, {s.label: 0 for s in states})
+                counts[State(state).label] = int(n)
+        return dict(sorted(got.items()))
+
+    def recent_deliveries(self, limit: int) -> list[Row]:
+        """The last ``limit`` delivered rows, newest first (the ``files_delivered`` index)."""
+        return self._select_rows("delivered_at IS NOT NULL ORDER BY delivered_at DESC, id DESC"
+                                 " LIMIT ?", (limit,))  # fmt: skip
+
     def delivered_since(self, since: float) -> tuple[int, int]:
         """(files, bytes) delivered since ``since``: the recent throughput."""
         with self.db.reading() as db:

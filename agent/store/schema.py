@@ -3,7 +3,8 @@
 Version 1 is the queue (``files``, ``agent_state``); 2 adds the project side (the
 ``remote_deletes`` of deletion sync and the resumable ``backfill_*`` jobs, see
 ``store.ledger``); 3 adds the index the ``upload`` command leases its batch with; 4 adds
-watch priorities and the bytes sent per day (the data budget). A file
+watch priorities and the bytes sent per day (the data budget); 5 adds the index the
+status page counts the backlog per watch with. A file
 is brought to ``SCHEMA_VERSION`` in one transaction when it is opened; a file written by
 a newer version is refused, never downgraded.
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from ..errors import QueueError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -102,6 +103,11 @@ ALTER TABLE files ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX IF NOT EXISTS files_order ON files (state, priority DESC, next_attempt_at, id);
 CREATE TABLE IF NOT EXISTS link_usage (day TEXT PRIMARY KEY, bytes INTEGER NOT NULL)
     WITHOUT ROWID;
+""",
+    # 4 -> 5: the backlog per watch and state (``status``, the status page, refreshed every
+    # few seconds) is counted from this index alone, not from the rows of a large queue.
+    5: """
+CREATE INDEX IF NOT EXISTS files_state_source ON files (state, source);
 """,
 }
 """Schema steps: ``_MIGRATIONS[n]`` takes a version ``n - 1`` file to version ``n``."""

@@ -16,6 +16,7 @@ from .queue import Queue, State
 
 STATUS_FORMAT_VERSION = 1
 THROUGHPUT_WINDOWS = (60, 300, 900)
+RECENT_DELIVERIES = 20
 
 
 BUDGET_FULL_KEY = "budget_full"
@@ -27,9 +28,12 @@ windows (cleared when the daemon starts: the override lasts until the next stop)
 
 
 def gather(queue: Queue, *, dead_limit: int = 20, now: float | None = None,
-           link: LinkConfig | None = None, tz: tzinfo | None = None) -> dict[str, Any]:  # fmt: skip
+           link: LinkConfig | None = None, tz: tzinfo | None = None,
+           recent_limit: int = RECENT_DELIVERIES) -> dict[str, Any]:  # fmt: skip
     """The document; ``link`` (the config's metered-link keys) adds the window, the
-    budget and the cap, computed from the clock and the queue's count of bytes per day."""
+    budget and the cap, computed from the clock and the queue's count of bytes per day.
+    Every part is bounded (lists by their limits) and read through an index, so the
+    status page can ask for it every few seconds on a queue of 100,000 rows."""
     now = time.time() if now is None else now
     counts = queue.counts()
     oldest = queue.oldest_pending()
@@ -48,11 +52,18 @@ def gather(queue: Queue, *, dead_limit: int = 20, now: float | None = None,
         throughput[f"last_{window}s"] = {
             "files": files, "bytes": size, "files_per_second": round(files / window, 3),
         }  # fmt: skip
+    recent = [
+        {"id": r.id, "path": r.path, "sample_id": r.sample_id, "size": r.size,
+         "delivered_at": r.delivered_at}
+        for r in queue.recent_deliveries(recent_limit)
+    ]  # fmt: skip
     return {
         "version": STATUS_FORMAT_VERSION,
+        "generated_at": round(now, 3),
         "queue": str(queue.path),
         "counts": counts,
         "backlog": counts["pending"] + counts["uploading"],
+        "backlog_by_watch": queue.backlog_by_source(),
         "oldest_pending_age_seconds": None if oldest is None else round(now - oldest, 1),
         "last_delivery_at": state.get("last_delivery_at"),
         "last_error": state.get("last_error"),
@@ -61,6 +72,7 @@ def gather(queue: Queue, *, dead_limit: int = 20, now: float | None = None,
         "throughput": throughput,
         "dead_letters": dead,
         "held": held,
+        "recent_deliveries": recent,
         "remote_deletes": {**Ledger(queue).counts(now), "blocked": state.get(BLOCKED_KEY)},
         **_link(queue, link or LinkConfig(), state, now, tz),
     }

@@ -116,6 +116,24 @@ def test_lease_takes_the_highest_priority_first_then_the_oldest(q: Queue) -> Non
     assert [r.id for r in q.lease(10)] == [*video[2:], *low]
 
 
+def test_a_version_4_queue_gains_the_index_of_the_backlog_per_watch(tmp_path: Path) -> None:
+    from edge_uploader.store import schema
+
+    path = tmp_path / "v4.db"
+    con = sqlite3.connect(path)
+    script = schema._SCHEMA + "".join(schema._MIGRATIONS[v] for v in (2, 3, 4))
+    con.executescript(script + "PRAGMA user_version=4;")
+    con.close()
+    Queue(path).close()
+    con = sqlite3.connect(path)
+    try:
+        names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+        assert "files_state_source" in names
+        assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+    finally:
+        con.close()
+
+
 def test_a_version_3_queue_gains_priorities_and_the_daily_count(tmp_path: Path) -> None:
     from edge_uploader.store import schema
 

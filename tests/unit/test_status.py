@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +43,14 @@ def test_gather(q: Queue) -> None:
     info = gather(q, now=T0 + 330)
     c_id = next(r.id for r in q.rows(State.DEAD))
     h_id = next(r.id for r in q.rows(State.HELD))
+    a_id, b_id = (r.id for r in q.rows(State.DELIVERED))
     assert info == {
         "version": 1,
+        "generated_at": T0 + 330,
         "queue": str(q.path),
         "counts": {"pending": 1, "uploading": 0, "delivered": 2, "dead": 1, "held": 1, "gone": 0},
         "backlog": 1,
+        "backlog_by_watch": {"test": {"pending": 1, "uploading": 0, "dead": 1, "held": 1}},
         "oldest_pending_age_seconds": 330.0,
         "last_delivery_at": T0 + 300,
         "last_error": "HTTP 500: boom",
@@ -61,6 +65,22 @@ def test_gather(q: Queue) -> None:
             {"id": c_id, "path": "/d/c.wav", "reason": "HTTP 400: nope", "attempts": 1}
         ],
         "held": [{"id": h_id, "path": "/d/h.wav", "reason": "bad sidecar"}],
+        "recent_deliveries": [  # newest first, with the service's sample ids
+            {
+                "id": b_id,
+                "path": "/d/b.wav",
+                "sample_id": 2,
+                "size": 3000,
+                "delivered_at": T0 + 300,
+            },
+            {
+                "id": a_id,
+                "path": "/d/a.wav",
+                "sample_id": 1,
+                "size": 1000,
+                "delivered_at": T0 + 100,
+            },
+        ],
         "remote_deletes": dict.fromkeys(
             ("scheduled", "done", "cancelled", "failed", "due", "unconfirmed", "done_last_hour"), 0
         )
@@ -81,6 +101,37 @@ def test_dead_letters_are_limited(tmp_path: Path, clock: FakeClock) -> None:
         assert [d["id"] for d in info["dead_letters"]] == ids[:5]
         assert info["oldest_pending_age_seconds"] is None
         assert info["backlog"] == 0
+    finally:
+        queue.close()
+
+
+def test_backlog_by_watch_and_recent_deliveries_are_bounded(tmp_path: Path,
+                                                            clock: FakeClock) -> None:  # fmt: skip
+    """The page asks every few seconds: lists stay at their limits, each watch counts
+    only what is not delivered, and the counts come from an index, not the rows."""
+    queue = Queue(tmp_path / "q.db", clock=clock)
+    try:
+        files = [new_file(f"/w{i % 2}/{i}.wav", size=i + 1) for i in range(40)]
+        ids = queue.enqueue_many([replace(f, source=f"watch:/w{i % 2}")
+                                  for i, f in enumerate(files)])  # fmt: skip
+        queue.lease(30)
+        for i in ids[:30]:
+            clock.advance(1)
+            queue.settle([Result(i, State.DELIVERED, sample_id=1000 + i)])
+        info = gather(queue, now=clock(), recent_limit=5)
+        assert [d["sample_id"] for d in info["recent_deliveries"]] == [
+            1000 + i for i in reversed(ids[25:30])
+        ]
+        assert info["backlog_by_watch"] == {
+            "watch:/w0": {"pending": 5, "uploading": 0, "dead": 0, "held": 0},
+            "watch:/w1": {"pending": 5, "uploading": 0, "dead": 0, "held": 0},
+        }
+        with queue.reading() as db:
+            plan = db.execute(
+                "EXPLAIN QUERY PLAN SELECT source, state, count(*) FROM files"
+                " WHERE state IN (0, 1, 3, 4) GROUP BY source, state"
+            ).fetchall()
+        assert "COVERING INDEX files_state_source" in str(plan)
     finally:
         queue.close()
 
