@@ -91,7 +91,10 @@ class Concurrency:
 
     @property
     def rtt(self) -> float | None:
-        """The running mean round-trip time in seconds (None before the first answer)."""
+        """The running mean round-trip time in seconds (None before the first answer; the
+        open window's mean until a window has closed, so two quick uploads show one)."""
+        if self._mean is None and self._window_count and not self._window_pushback:
+            return self._window_sum / self._window_count
         return self._mean
 
     def started(self, in_flight: int) -> None:
