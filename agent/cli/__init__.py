@@ -2,8 +2,9 @@
 
 Each module of this package adds its subcommands with ``register(subparsers)``; ``main``
 parses, sets up logging and maps the error tree to exit statuses: 0 success; 1 work left
-undone (dead letters, undelivered files); 2 usage; 78 configuration error (EX_CONFIG:
-systemd does not restart-loop on it). Secrets are never accepted as arguments: they come
+undone (dead letters, undelivered files); 2 usage; 65 a damaged queue file (EX_DATAERR:
+``queue rebuild`` sets it aside); 78 configuration error (EX_CONFIG). systemd restart-loops
+on neither. Secrets are never accepted as arguments: they come
 from files or the environment.
 """
 
@@ -15,11 +16,11 @@ from collections.abc import Callable, Sequence
 
 from .. import __version__
 from ..daemon.logs import setup_logging
-from ..errors import EX_CONFIG, AgentError, ConfigError, QueueError
-from . import capture, check_config, project, queue_care, run, upload
+from ..errors import EX_CONFIG, EX_DATAERR, AgentError, ConfigError, QueueDamaged, QueueError
+from . import capture, check_config, project, queue_care, queue_repair, run, upload
 
 Handler = Callable[[argparse.Namespace], int]
-COMMANDS = (run, upload, queue_care, check_config, capture, project)
+COMMANDS = (run, upload, queue_care, queue_repair, check_config, capture, project)
 """The modules that add subcommands, in the order ``--help`` lists them."""
 
 
@@ -47,6 +48,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"edge-uploader: config error: {exc}", file=sys.stderr)
         return EX_CONFIG
+    except QueueDamaged as exc:
+        print(f"edge-uploader: queue error: {exc}", file=sys.stderr)
+        return EX_DATAERR
     except QueueError as exc:
         print(f"edge-uploader: queue error: {exc}", file=sys.stderr)
         return 1

@@ -39,7 +39,7 @@ from ..config.preflight import prepare
 from ..core.delivery import PREFETCH, Delivery
 from ..core.intake import Intake
 from ..core.runtime import Component, Runtime
-from ..errors import AgentError, ConfigError
+from ..errors import AgentError, ConfigError, QueueError
 from ..events import Stats
 from ..remote.http import proxy_for
 from ..remote.ingestion import build_uploader
@@ -99,6 +99,12 @@ class Daemon:
         cfg = self.config
         with self._lifecycle:
             self.queue = queue = Queue(cfg.queue.path, clock=self.clock)
+            try:
+                queue.check()  # a damaged file is named now, not deep in a worker's log
+            except QueueError:
+                queue.close()
+                self.queue = None
+                raise
             returned = queue.recover()
             if returned:
                 log.info("%d upload(s) interrupted last time are queued again", returned)

@@ -72,8 +72,8 @@ def read_limited(
     response: httpx.Response, limit: int, *, within: float | None = None
 ) -> tuple[bytes, bool]:
     """The body, at most ``limit`` bytes, and whether there was more. ``within``: the whole
-    body must arrive in that many seconds, else ``AnswerTooSlow`` (a ``ReadTimeout``) (the client's timeout
-    is per read: a server dripping one byte a second would never trip it)."""
+    body must arrive in that many seconds, else ``AnswerTooSlow``, a ``ReadTimeout`` (the
+    client's timeout is per read: a server dripping a byte a second never trips it)."""
     deadline = None if within is None else time.monotonic() + within
     chunks: list[bytes] = []
     total = 0
