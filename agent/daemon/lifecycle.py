@@ -129,7 +129,8 @@ class Daemon:
                                             clock=self.clock, watch_roots=roots,
                                             prefetch=PREFETCH)  # fmt: skip
         delivery.after_upload.finish_pending(queue)
-        self.intake = intake = Intake(queue, cfg, self.stats, on_queued=delivery.queued)
+        self.intake = intake = Intake(queue, cfg, self.stats, on_queued=delivery.queued,
+                                      on_missed=self._missed)  # fmt: skip
         self.disk = disk = DiskGuard(cfg.disk, [w.path for w in cfg.watches], cfg.queue.path,
                                      queue=queue, on_change=self.reporter.poke,
                                      on_recover=self._space_back)  # fmt: skip
@@ -311,6 +312,11 @@ class Daemon:
         if self.reload_error:
             parts.append(f"last reload refused: {self.reload_error}")
         return "; ".join(parts)
+
+    def _missed(self) -> None:
+        """Intake could not record files: the scan comes back for them soon."""
+        if self.scanner is not None:
+            self.scanner.missed()
 
     def _space_back(self) -> None:
         """Free space returned: look for files intake could not record, and send."""

@@ -23,6 +23,13 @@ from pathlib import Path
 
 from ..errors import QueueDamaged, QueueError
 
+WAL_CHECKPOINT_PAGES = 256
+"""The WAL is copied into the file every 256 pages (1 MiB), not SQLite's 1000 (4 MiB): on a
+nearly full disk the WAL must not be the thing that fills it (it can only be checkpointed,
+and its space given back, while the file can still grow)."""
+WAL_KEEP_BYTES = 1024 * 1024
+"""After a checkpoint the WAL is cut back to this size (SQLite keeps it whole otherwise)."""
+
 DAMAGED_CODES = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 """SQLite's primary result codes for a file that is not a sound database."""
 
@@ -64,6 +71,8 @@ class Database:
             )
             self.connection.execute("PRAGMA journal_mode=WAL")
             self.connection.execute("PRAGMA synchronous=NORMAL")
+            self.connection.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
+            self.connection.execute(f"PRAGMA journal_size_limit={WAL_KEEP_BYTES}")
             self.connection.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
             setup(self.connection)
             self._keep_owner()
@@ -93,6 +102,7 @@ class Database:
                 db.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
                 self._reset(durable)
+                self._full(exc)
                 raise translate(self.path, self.what, exc) from None
             try:
                 yield db
@@ -100,6 +110,7 @@ class Database:
             except BaseException as exc:
                 self._rollback()
                 if isinstance(exc, sqlite3.Error):
+                    self._full(exc)
                     raise translate(self.path, self.what, exc) from None
                 raise
             finally:
@@ -109,6 +120,15 @@ class Database:
         if durable:
             with contextlib.suppress(sqlite3.Error):
                 self.connection.execute("PRAGMA synchronous=NORMAL")
+
+    def _full(self, exc: sqlite3.Error) -> None:
+        """On "database or disk is full", give the WAL's space back: checkpoint it and cut
+        it to nothing. Otherwise the WAL of the commits made before the disk filled keeps
+        its size (SQLite reuses it, never shrinks it), and on a small disk it can hold all
+        the space that was freed, so the queue stays full after the disk is not."""
+        if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_FULL:
+            with contextlib.suppress(sqlite3.Error):
+                self.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def _rollback(self) -> None:
         """Roll back what is left: after "database or disk is full" SQLite may already have
