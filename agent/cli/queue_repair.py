@@ -78,7 +78,7 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     if damage is not None:
         print(f"{path}: the queue file is damaged: setting it aside.")
     done = rebuild(path)
-    moves = (f"{p} -> {done.aside}{str(p)[len(str(path)):]}" for p in done.moved)
+    moves = (f"{p} -> {done.aside}{str(p)[len(str(path)) :]}" for p in done.moved)
     print(f"moved aside (kept): {', '.join(moves)}")
     stopped = f" (reading stopped early: {done.note})" if done.note else ""
     print(f"new queue: {path}, with {done.kept} delivered file(s) read from the old one"

@@ -5,9 +5,9 @@ that the queue does not know goes to intake: files written while the agent was d
 crashing, events the watcher missed, rows a power cut rolled back. A file modified in the
 last ``settle_seconds`` is left to the watcher (it may still be written) and the scan
 comes back for it soon after. Files intake could not record (the queue's disk was full)
-bring a scan within seconds, again and again until they are recorded. The daemon starts the watcher *before* the first scan, so a
-file written during the scan is caught by one or the other (a known file is never queued
-twice).
+bring a scan within seconds, again and again until they are recorded. The daemon starts
+the watcher *before* the first scan, so a file written during the scan is caught by one
+or the other (a known file is never queued twice).
 """
 
 from __future__ import annotations

@@ -60,7 +60,7 @@ class Handler(BaseHTTPRequestHandler):
     server: HostileServer
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         """Quiet."""
 
     def do_POST(self) -> None:
@@ -165,6 +165,7 @@ class HostileServer(ThreadingHTTPServer):
 def wrong_host_certificate(folder: Path) -> tuple[Path, ssl.SSLContext]:
     """A CA (``ca.crt``, for the client to trust) and a server context whose certificate
     that CA signed for ``wrong.example``, not for 127.0.0.1."""
+
     def openssl(*args: str) -> None:
         subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
 

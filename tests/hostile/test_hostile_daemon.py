@@ -46,9 +46,11 @@ def test_daemon_against_a_server_turning_hostile(hostile: HostileServer, tmp_pat
         wait_for(lambda: status(config)["counts"]["delivered"] == 1)
         assert "is not a sample id" in agent.log
 
-        for mode, reason in (("drip", "timed out: the answer did not arrive whole within 1 s"),
-                             ("no-files", "the service listed no files in its answer"),
-                             ("huge", "the service's answer was over 1024 KiB: not read")):
+        for mode, reason in (
+            ("drip", "timed out: the answer did not arrive whole within 1 s"),
+            ("no-files", "the service listed no files in its answer"),
+            ("huge", "the service's answer was over 1024 KiB: not read"),
+        ):
             hostile.state.mode = mode
             seen = hostile.state.requests
             (captures / f"{mode}.csv").write_text(f"t,v\n0,{mode}\n")
