@@ -247,6 +247,7 @@ def test_pruning_skips_rewritten_and_foreign_files(tmp_path: Path) -> None:
     queue.close()
 
 
+@pytest.mark.root
 @needs_root
 def test_queue_on_a_full_disk_while_files_keep_arriving(
     small_fs: Path, server: LocalIngestionServer, agents: list[Agent], tmp_path: Path
