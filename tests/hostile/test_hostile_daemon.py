@@ -4,9 +4,11 @@ up, delivers only what the service confirmed, and ``status`` names what went wro
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,13 @@ def status(config: Path) -> dict[str, Any]:
     )  # fmt: skip
     doc: dict[str, Any] = json.loads(out.stdout)
     return doc
+
+
+def row_error(queue: Path, name: str) -> str:
+    """The row's own last error (``status`` shows the latest of them)."""
+    with closing(sqlite3.connect(f"file:{queue}?mode=ro", uri=True)) as db:
+        found = db.execute("SELECT last_error FROM files WHERE path LIKE ?", (f"%/{name}",))
+        return str(found.fetchone()[0])
 
 
 def test_daemon_against_a_server_turning_hostile(hostile: HostileServer, tmp_path: Path) -> None:
@@ -58,6 +67,7 @@ def test_daemon_against_a_server_turning_hostile(hostile: HostileServer, tmp_pat
             doc = status(config)
             assert doc["last_error"] and reason in doc["last_error"], doc["last_error"]
             assert doc["counts"]["delivered"] == 1, f"{mode}: nothing new is delivered"
+            assert reason in row_error(tmp_path / "state" / "queue.db", f"{mode}.csv")
             assert agent.proc.poll() is None
 
         hostile.state.mode = "ok"
