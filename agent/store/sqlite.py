@@ -77,9 +77,21 @@ class Database:
             setup(self.connection)
             self._keep_owner()
         except sqlite3.Error as exc:
+            self._abandon()
             raise translate(path, what, exc, f"cannot open the {what}: ") from None
         except OSError as exc:
+            self._abandon()
             raise QueueError(f"{path}: cannot create the {what} folder: {exc.strerror}") from None
+        except BaseException:
+            self._abandon()
+            raise
+
+    def _abandon(self) -> None:
+        """A file that failed to open is not left open (``queue rebuild`` moves it next)."""
+        connection = getattr(self, "connection", None)
+        if connection is not None:
+            with contextlib.suppress(sqlite3.Error):
+                connection.close()
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[sqlite3.Connection]:
