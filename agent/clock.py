@@ -24,11 +24,16 @@ def backoff_delay(
     return rng() * ceiling
 
 
+RETRY_AFTER_CAP_SECONDS = 3600.0
+"""The longest a server's ``Retry-After`` makes the agent wait (``Retry-After: 999999``
+must not park a file for eleven days)."""
+
+
 def retry_delay(
     attempt: int, base: float, cap: float, retry_after: float | None,
     rng: Callable[[], float] = random.random,
 ) -> float:  # fmt: skip
     """The wait before the next attempt: the server's ``Retry-After`` wins, within 1 hour."""
     if retry_after is not None:
-        return min(max(retry_after, 0.0), 3600.0)
+        return min(max(retry_after, 0.0), RETRY_AFTER_CAP_SECONDS)
     return backoff_delay(attempt, base, cap, rng)

@@ -10,6 +10,7 @@ happens next, so callers catch by branch, not by message::
     ├── InputError           untrusted input refused: a sidecar, an MQTT payload, an info file
     │   └── SidecarError     a ``<file>.meta.json`` that cannot be used: the file is held back
     ├── QueueError           the local queue cannot be opened or written (disk full, corrupt)
+    │   └── QueueDamaged     the file is not a sound SQLite database: exit status 65
     ├── CaptureError         a capture source failed (port unplugged, garbage lines, timeout)
     └── RemoteError          the ingestion or Studio service refused or failed a request
         ├── TransientError   worth retrying later (network, timeouts, 408, 429, 5xx)   RETRY
@@ -34,6 +35,9 @@ from typing import ClassVar
 
 EX_CONFIG = 78
 """sysexits.h: configuration error. systemd's ``RestartPreventExitStatus=78`` stops a loop."""
+EX_DATAERR = 65
+"""sysexits.h: data format error: a queue file is damaged (``queue rebuild`` sets it aside);
+restarting cannot help, so the unit's ``RestartPreventExitStatus`` lists it too."""
 
 
 class Outcome(Enum):
@@ -100,6 +104,11 @@ class SidecarError(InputError):
 class QueueError(AgentError):
     """The durable queue or command journal could not be opened, read or written (a full
     disk, a corrupt file): every SQLite error on those files becomes this one."""
+
+
+class QueueDamaged(QueueError):
+    """A queue or journal file is damaged (garbage, truncated, "file is not a database",
+    "database disk image is malformed"); the message names the file and what to do."""
 
 
 class CaptureError(AgentError):

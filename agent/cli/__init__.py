@@ -2,8 +2,9 @@
 
 Each module of this package adds its subcommands with ``register(subparsers)``; ``main``
 parses, sets up logging and maps the error tree to exit statuses: 0 success; 1 work left
-undone (dead letters, undelivered files); 2 usage; 78 configuration error (EX_CONFIG:
-systemd does not restart-loop on it); 130 interrupted; 141 the output pipe was closed
+undone (dead letters, undelivered files); 2 usage; 65 a damaged queue file (EX_DATAERR:
+``queue rebuild`` sets it aside); 78 configuration error (EX_CONFIG; systemd
+restart-loops on neither); 130 interrupted; 141 the output pipe was closed
 early (``status | head -3``: quietly, as other command-line tools do). Every parser is a
 ``parser.CommandParser``: no abbreviated options, and secrets are never accepted as
 arguments: they come from files or the environment.
@@ -18,13 +19,13 @@ from collections.abc import Callable, Sequence
 
 from .. import __version__
 from ..daemon.logs import setup_logging
-from ..errors import EX_CONFIG, AgentError, ConfigError, QueueError
+from ..errors import EX_CONFIG, EX_DATAERR, AgentError, ConfigError, QueueDamaged, QueueError
 from ..secrets import redact
-from . import capture, check_config, project, queue_care, run, upload
+from . import capture, check_config, project, queue_care, queue_repair, run, upload
 from .parser import CommandParser, exit_statuses, walk
 
 Handler = Callable[[argparse.Namespace], int]
-COMMANDS = (run, upload, queue_care, check_config, capture, project)
+COMMANDS = (run, upload, queue_care, queue_repair, check_config, capture, project)
 """The modules that add subcommands, in the order ``--help`` lists them."""
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -39,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
         " `edge-uploader COMMAND --help` describes each command.",
         epilog=exit_statuses(
             "0    success", "1    work left undone (the command's help says which)",
-            "2    usage: an unknown or malformed option", "78   configuration error",
+            "2    usage: an unknown or malformed option", "65   a damaged queue file",
+            "78   configuration error",
             "130  interrupted (Ctrl-C)", "141  the output was closed early (| head)",
         ),
     )  # fmt: skip
@@ -85,6 +87,9 @@ def _run(argv: Sequence[str] | None) -> int:
             text = redact(text) if problem.source == "command line" else text
             print(f"edge-uploader: config error: {text}", file=sys.stderr)
         return EX_CONFIG
+    except QueueDamaged as exc:
+        print(f"edge-uploader: queue error: {exc}", file=sys.stderr)
+        return EX_DATAERR
     except QueueError as exc:
         print(f"edge-uploader: queue error: {exc}", file=sys.stderr)
         return 1

@@ -92,13 +92,17 @@ class Intake(Loop):
     """Thread-safe front door of the queue."""
 
     def __init__(
-        self, queue: Queue, config: Config, stats: Stats, on_queued: Callable[[], None]
-    ) -> None:
+        self, queue: Queue, config: Config, stats: Stats, on_queued: Callable[[], None],
+        on_missed: Callable[[], None] = lambda: None,
+    ) -> None:  # fmt: skip
+        """``on_missed``: files could not be recorded (a full disk): a rescan must come
+        soon, not at the next scan interval."""
         super().__init__("intake")
         self.queue = queue
         self.config = config
         self.stats = stats
         self.on_queued = on_queued
+        self.on_missed = on_missed
         self._items: stdqueue.Queue[Item | None] = stdqueue.Queue(maxsize=MAX_WAITING)
         self._idle = threading.Event()
         self._idle.set()
@@ -145,6 +149,7 @@ class Intake(Loop):
             self.process(items)
         except QueueError as exc:
             log.error("could not record %d file(s): %s; a rescan will find them", len(items), exc)
+            self.on_missed()
         except Exception:  # one bad batch must not stall the next: log it and go on
             log.exception("intake failed on a batch of %d file(s)", len(items))
         finally:

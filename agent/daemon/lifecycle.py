@@ -40,7 +40,7 @@ from ..config.preflight import prepare
 from ..core.delivery import PREFETCH, Delivery
 from ..core.intake import Intake
 from ..core.runtime import Component, Runtime
-from ..errors import AgentError, ConfigError
+from ..errors import AgentError, ConfigError, QueueError
 from ..events import Stats
 from ..remote.http import proxy_for
 from ..remote.ingestion import build_uploader
@@ -100,6 +100,12 @@ class Daemon:
         cfg = self.config
         with self._lifecycle:
             self.queue = queue = Queue(cfg.queue.path, clock=self.clock)
+            try:
+                queue.check()  # a damaged file is named now, not deep in a worker's log
+            except QueueError:
+                queue.close()
+                self.queue = None
+                raise
             returned = queue.recover()
             if returned:
                 log.info("%d upload(s) interrupted last time are queued again", returned)
@@ -124,7 +130,8 @@ class Daemon:
                                             clock=self.clock, watch_roots=roots,
                                             prefetch=PREFETCH)  # fmt: skip
         delivery.after_upload.finish_pending(queue)
-        self.intake = intake = Intake(queue, cfg, self.stats, on_queued=delivery.queued)
+        self.intake = intake = Intake(queue, cfg, self.stats, on_queued=delivery.queued,
+                                      on_missed=self._missed)  # fmt: skip
         self.disk = disk = DiskGuard(cfg.disk, [w.path for w in cfg.watches], cfg.queue.path,
                                      queue=queue, on_change=self.reporter.poke,
                                      on_recover=self._space_back)  # fmt: skip
@@ -309,6 +316,11 @@ class Daemon:
         if self.reload_error:
             parts.append(f"last reload refused: {self.reload_error}")
         return "; ".join(parts)
+
+    def _missed(self) -> None:
+        """Intake could not record files: the scan comes back for them soon."""
+        if self.scanner is not None:
+            self.scanner.missed()
 
     def _space_back(self) -> None:
         """Free space returned: look for files intake could not record, and send."""

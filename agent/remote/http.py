@@ -8,7 +8,8 @@ written once:
 - ``make_client``: one ``httpx.Client`` per use with keep-alive, a bounded pool, no
   redirects (a redirect is a wrong URL, and the API key must not follow it elsewhere), TLS
   verified against the system store or ``ca_file``;
-- ``read_limited``: an answer is read up to a limit, never whole into memory;
+- ``read_limited``: an answer is read up to a limit, never whole into memory, and within a
+  deadline for the whole body (a server dripping a byte a second is cut);
 - ``error_text``: the service's ``error`` field (or the start of the body), on one clean line;
 - ``status_error``: the one status table, naming the branch of the error tree (and so the
   ``Outcome``) that a status means::
@@ -55,7 +56,7 @@ def make_client(
     client = httpx.Client(
         timeout=httpx.Timeout(timeout, connect=connect_timeout),
         limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
-        headers={"user-agent": USER_AGENT},
+        headers={"user-agent": USER_AGENT, "accept-encoding": "identity"},
         follow_redirects=False,
         verify=str(ca_file) if ca_file is not None else True,
         transport=transport,
@@ -65,8 +66,17 @@ def make_client(
     return client
 
 
-def read_limited(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
-    """The body, at most ``limit`` bytes, and whether there was more."""
+class AnswerTooSlow(httpx.ReadTimeout):
+    """The answer's body did not arrive whole within its deadline."""
+
+
+def read_limited(
+    response: httpx.Response, limit: int, *, within: float | None = None
+) -> tuple[bytes, bool]:
+    """The body, at most ``limit`` bytes, and whether there was more. ``within``: the whole
+    body must arrive in that many seconds, else ``AnswerTooSlow``, a ``ReadTimeout`` (the
+    client's timeout is per read: a server dripping a byte a second never trips it)."""
+    deadline = None if within is None else time.monotonic() + within
     chunks: list[bytes] = []
     total = 0
     for chunk in response.iter_bytes():
@@ -74,6 +84,8 @@ def read_limited(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
         total += len(chunk)
         if total > limit:
             return b"".join(chunks)[:limit], True
+        if deadline is not None and time.monotonic() > deadline:
+            raise AnswerTooSlow(f"the answer did not arrive whole within {within:g} s")
     return b"".join(chunks), False
 
 

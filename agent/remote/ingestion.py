@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import logging
 import os
 import stat
 import time
@@ -40,12 +41,13 @@ from urllib.parse import quote
 
 import httpx
 
-from ..clock import Clock, system_clock
+from ..clock import RETRY_AFTER_CAP_SECONDS, Clock, system_clock
 from ..config import Config
 from ..errors import Outcome, PermanentError, UrlError
 from ..metadata import encode_metadata
 from ..secrets import Secret
 from .http import (
+    AnswerTooSlow,
     clean,
     error_text,
     make_client,
@@ -61,7 +63,12 @@ from .throttle import Throttle, pace_bodies
 __all__ = ["Answer", "Outcome", "Sample", "Uploader", "build_uploader", "classify",
            "content_type", "encode_label", "make_client", "parse_retry_after"]  # fmt: skip
 
+log = logging.getLogger(__name__)
+
 MAX_RESPONSE_BYTES = 1024 * 1024
+"""Answers are read up to this size; a longer 200 answer is not trusted (retried)."""
+MAX_SAMPLE_ID = 2**63 - 1
+"""A sample id is a positive 64-bit integer (what the queue's SQLite column holds)."""
 MAX_FILE_BYTES = 100_000_000
 """The ingestion service's documented limit per file (100 MB)."""
 SMALL_BODY_BYTES = 64 * 1024
@@ -148,8 +155,11 @@ def classify(status: int, headers: Mapping[str, str], body: bytes, now: float) -
                       status=status)  # fmt: skip
     reason = f"HTTP {status}: {clean(text)}" if text else f"HTTP {status}"
     if error.outcome is Outcome.RETRY:
-        return Answer(Outcome.RETRY, reason, status=status,
-                      retry_after=parse_retry_after(headers.get("retry-after"), now))  # fmt: skip
+        wait = parse_retry_after(headers.get("retry-after"), now)
+        if wait is not None and wait > RETRY_AFTER_CAP_SECONDS:
+            reason += (f" (Retry-After {wait:.0f} s: waiting {RETRY_AFTER_CAP_SECONDS:.0f} s,"
+                       " the longest the agent waits)")  # fmt: skip
+        return Answer(Outcome.RETRY, reason, status=status, retry_after=wait)
     return Answer(error.outcome, reason, status=status)
 
 
@@ -176,14 +186,26 @@ def classify_many(
 def _one_file(entry: Any, status: int) -> Answer:
     """One ``files[i]`` of a request's answer."""
     if isinstance(entry, dict) and entry.get("success") is True:
-        sid = entry.get("sampleId")
-        sample_id = sid if isinstance(sid, int) and not isinstance(sid, bool) else None
-        return Answer(Outcome.DELIVERED, sample_id=sample_id, status=status)
+        return Answer(Outcome.DELIVERED, sample_id=sample_id(entry), status=status)
     text = entry.get("error") if isinstance(entry, dict) else None
     text = text if isinstance(text, str) else ""
     if DUPLICATE_MARK in text and "hash" in text:
         return Answer(Outcome.DUPLICATE, clean(text), status=status)
     return Answer(Outcome.DEAD, clean(text or "the service refused the file"), status=status)
+
+
+def sample_id(entry: dict[str, Any]) -> int | None:
+    """``files[i].sampleId`` if it is a sample id (an integer from 1 to 2^63-1); None, with
+    a warning, if the service sent something else (a string, 2^80, a float): the file is
+    stored (the service said so) but its id is not trusted."""
+    sid = entry.get("sampleId")
+    if isinstance(sid, int) and not isinstance(sid, bool) and 0 < sid <= MAX_SAMPLE_ID:
+        return sid
+    if sid is not None:
+        log.warning("the service stored %s but its sampleId %s is not a sample id (an integer"
+                    " from 1 to 2^63-1): none kept", clean(str(entry.get("fileName", "a file"))),
+                    clean(repr(sid))[:60])  # fmt: skip
+    return None
 
 
 def _classify_ok(data: Any, text: str, status: int) -> Answer:
@@ -195,13 +217,12 @@ def _classify_ok(data: Any, text: str, status: int) -> Answer:
         isinstance(f, dict) and f.get("success") is True for f in files
     )
     if data.get("success") is True and files and all_ok:
-        sid = files[0].get("sampleId")
-        sample_id = sid if isinstance(sid, int) and not isinstance(sid, bool) else None
-        return Answer(Outcome.DELIVERED, sample_id=sample_id, status=status)
+        return Answer(Outcome.DELIVERED, sample_id=sample_id(files[0]), status=status)
     if data.get("success") is True and not files:
         return Answer(Outcome.RETRY, "the service listed no files in its answer",
                       status=status)  # fmt: skip
-    return Answer(Outcome.DEAD, clean(text or "the service refused the file"), status=status)
+    why = "the service answered 200 with success: false and no reason"
+    return Answer(Outcome.DEAD, clean(text) if text else why, status=status)
 
 
 def file_sha256(handle: IO[bytes]) -> str:
@@ -304,16 +325,21 @@ class Uploader:
                 request.read()  # one write for the whole body, not one per multipart piece
             response = self.client.send(request, stream=True)
             try:
-                body, _ = read_limited(response, MAX_RESPONSE_BYTES)
+                body, cut = read_limited(response, MAX_RESPONSE_BYTES,
+                                         within=self.client.timeout.read)  # fmt: skip
             finally:
                 response.close()
         except httpx.TimeoutException as exc:
-            return [Answer(Outcome.RETRY, f"timed out: {type(exc).__name__}", timed_out=True)] * n
+            why = str(exc) if isinstance(exc, AnswerTooSlow) else type(exc).__name__
+            return [Answer(Outcome.RETRY, f"timed out: {why}", timed_out=True)] * n
         except httpx.TransportError as exc:
             via = f" (through the proxy {self.proxy})" if self.proxy else ""
             return [Answer(Outcome.RETRY, f"network error: {transport_reason(exc)}{via}")] * n
         except OSError as exc:
             return [_unreadable(exc)] * n
+        if cut and response.status_code == 200:
+            why = f"the service's answer was over {MAX_RESPONSE_BYTES // 1024} KiB: not read"
+            return [Answer(Outcome.RETRY, why, status=200)] * n
         return classify_many(response.status_code, response.headers, body, self.clock(), n)
 
 

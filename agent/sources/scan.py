@@ -4,9 +4,10 @@ At start-up and every ``[queue] scan_interval_seconds``, every file in a watched
 that the queue does not know goes to intake: files written while the agent was down or
 crashing, events the watcher missed, rows a power cut rolled back. A file modified in the
 last ``settle_seconds`` is left to the watcher (it may still be written) and the scan
-comes back for it soon after. The daemon starts the watcher *before* the first scan, so a
-file written during the scan is caught by one or the other (a known file is never queued
-twice).
+comes back for it soon after. Files intake could not record (the queue's disk was full)
+bring a scan within seconds, again and again until they are recorded. The daemon starts
+the watcher *before* the first scan, so a file written during the scan is caught by one
+or the other (a known file is never queued twice).
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from ..store.queue import Queue
 
 log = logging.getLogger(__name__)
 
+MISSED_RESCAN_SECONDS = 5.0
+"""How soon a scan follows files intake could not record (a full queue disk)."""
+
 
 class Scanner(Loop):
     """Scans on start and every ``interval`` seconds; ``wake`` scans now."""
@@ -38,9 +42,24 @@ class Scanner(Loop):
         self.interval = interval
         self.error_delay = interval  # a scan that failed is tried again at the next one
         self._recent = False
+        self._missed = False
+        self._last = 0.0
+
+    def missed(self) -> None:
+        """Intake could not record files (the queue's disk is full): scan again within
+        ``MISSED_RESCAN_SECONDS`` (and again after that while recording keeps failing)."""
+        if not self._missed:
+            self._missed = True
+            self.wake()
 
     def step(self) -> float | None:
         started = time.monotonic()
+        if self._missed:
+            wait = self._last + MISSED_RESCAN_SECONDS - started
+            if wait > 0:
+                return wait
+            self._missed = False
+        self._last = started
         n = self.scan()
         if n:
             log.info("scan found %d file(s) not yet queued (%.1f s)", n,

@@ -75,6 +75,10 @@ class Queue:
     def integrity_check(self) -> str:
         return self.db.integrity_check()
 
+    def check(self) -> None:
+        """``QueueDamaged`` (naming the file and what to do) unless the file is sound."""
+        self.db.check()
+
     def sync(self) -> None:
         """Make every committed transaction durable (``Database.sync``)."""
         self.db.sync()

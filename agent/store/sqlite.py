@@ -21,7 +21,36 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from ..errors import QueueError
+from ..errors import QueueDamaged, QueueError
+
+WAL_CHECKPOINT_PAGES = 256
+"""The WAL is copied into the file every 256 pages (1 MiB), not SQLite's 1000 (4 MiB): on a
+nearly full disk the WAL must not be the thing that fills it (it can only be checkpointed,
+and its space given back, while the file can still grow)."""
+WAL_KEEP_BYTES = 1024 * 1024
+"""After a checkpoint the WAL is cut back to this size (SQLite keeps it whole otherwise)."""
+
+DAMAGED_CODES = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+"""SQLite's primary result codes for a file that is not a sound database."""
+
+
+def translate(path: Path, what: str, exc: sqlite3.Error, doing: str = "") -> QueueError:
+    """The one error for ``exc`` on ``path``: ``QueueDamaged`` (with what to do) when the
+    file itself is damaged, else ``QueueError``."""
+    text = f"{path}: {doing}{exc}"
+    if getattr(exc, "sqlite_errorcode", 0) & 0xFF in DAMAGED_CODES:
+        return QueueDamaged(f"{text}: the {what} file is damaged. " + repair_advice(what))
+    return QueueError(text)
+
+
+def repair_advice(what: str) -> str:
+    """What a field engineer does about a damaged file."""
+    if what == "queue":
+        return ("Stop the agent and run `edge-uploader queue rebuild --config <the agent's"
+                " config>`: it moves the file aside (kept, not deleted) and starts a new"
+                " queue; the agent's reconciliation scan then queues again every file still"
+                " in a watched folder.")  # fmt: skip
+    return "Stop the agent and move the file aside (keep it); the agent starts a new one."
 
 
 class Database:
@@ -33,6 +62,7 @@ class Database:
     ) -> None:  # fmt: skip
         """Open (creating the folder and the file) and run ``setup`` (the schema)."""
         self.path = path
+        self.what = what
         self._lock = threading.RLock()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -41,13 +71,27 @@ class Database:
             )
             self.connection.execute("PRAGMA journal_mode=WAL")
             self.connection.execute("PRAGMA synchronous=NORMAL")
+            self.connection.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
+            self.connection.execute(f"PRAGMA journal_size_limit={WAL_KEEP_BYTES}")
             self.connection.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
             setup(self.connection)
             self._keep_owner()
         except sqlite3.Error as exc:
-            raise QueueError(f"{path}: cannot open the {what}: {exc}") from None
+            self._abandon()
+            raise translate(path, what, exc, f"cannot open the {what}: ") from None
         except OSError as exc:
+            self._abandon()
             raise QueueError(f"{path}: cannot create the {what} folder: {exc.strerror}") from None
+        except BaseException:
+            self._abandon()
+            raise
+
+    def _abandon(self) -> None:
+        """A file that failed to open is not left open (``queue rebuild`` moves it next)."""
+        connection = getattr(self, "connection", None)
+        if connection is not None:
+            with contextlib.suppress(sqlite3.Error):
+                connection.close()
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[sqlite3.Connection]:
@@ -56,7 +100,7 @@ class Database:
             try:
                 yield self.connection
             except sqlite3.Error as exc:
-                raise QueueError(f"{self.path}: {exc}") from None
+                raise translate(self.path, self.what, exc) from None
 
     @contextlib.contextmanager
     def writing(self, *, durable: bool = False) -> Iterator[sqlite3.Connection]:
@@ -70,14 +114,16 @@ class Database:
                 db.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
                 self._reset(durable)
-                raise QueueError(f"{self.path}: {exc}") from None
+                self._full(exc)
+                raise translate(self.path, self.what, exc) from None
             try:
                 yield db
                 db.execute("COMMIT")
             except BaseException as exc:
                 self._rollback()
                 if isinstance(exc, sqlite3.Error):
-                    raise QueueError(f"{self.path}: {exc}") from None
+                    self._full(exc)
+                    raise translate(self.path, self.what, exc) from None
                 raise
             finally:
                 self._reset(durable)
@@ -86,6 +132,15 @@ class Database:
         if durable:
             with contextlib.suppress(sqlite3.Error):
                 self.connection.execute("PRAGMA synchronous=NORMAL")
+
+    def _full(self, exc: sqlite3.Error) -> None:
+        """On "database or disk is full", give the WAL's space back: checkpoint it and cut
+        it to nothing. Otherwise the WAL of the commits made before the disk filled keeps
+        its size (SQLite reuses it, never shrinks it), and on a small disk it can hold all
+        the space that was freed, so the queue stays full after the disk is not."""
+        if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_FULL:
+            with contextlib.suppress(sqlite3.Error):
+                self.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def _rollback(self) -> None:
         """Roll back what is left: after "database or disk is full" SQLite may already have
@@ -116,6 +171,17 @@ class Database:
     def integrity_check(self) -> str:
         with self.reading() as db:
             return str(db.execute("PRAGMA integrity_check").fetchone()[0])
+
+    def check(self) -> None:
+        """``PRAGMA quick_check`` (every page read, no index cross-check: a second or so
+        per 100,000 rows); ``QueueDamaged`` with its first finding if the file is not sound
+        (a truncated file may open and fail only where a read meets the missing pages)."""
+        with self.reading() as db:
+            found = [str(r[0]) for r in db.execute("PRAGMA quick_check(3)")]
+        if found != ["ok"]:
+            why = "; ".join(found)[:200]
+            raise QueueDamaged(f"{self.path}: the {self.what} file is damaged ({why}). "
+                               + repair_advice(self.what))  # fmt: skip
 
     def close(self, *, optimize: bool = False) -> None:
         with self._lock:

@@ -10,6 +10,7 @@ import json
 import os
 import sqlite3
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -244,3 +245,56 @@ def test_pruning_skips_rewritten_and_foreign_files(tmp_path: Path) -> None:
     marked = {r.id for r in queue.rows(State.DELIVERED) if r.after_upload == "pruned"}
     assert marked == {ids[0], ids[2]}
     queue.close()
+
+
+@pytest.mark.root
+@needs_root
+def test_queue_on_a_full_disk_while_files_keep_arriving(
+    small_fs: Path, server: LocalIngestionServer, agents: list[Agent], tmp_path: Path
+) -> None:
+    """The queue's file system fills while captures keep landing on another one: files
+    that cannot be recorded are not lost (the scan finds them once space is back), the
+    agent stays up, the queue stays sound, and each file is stored once."""
+    home = tmp_path / "agent"
+    config = write_config(home, server.url, "[disk]\nmin_free_bytes = 1048576\n"
+                          "check_interval_seconds = 0.5\n")  # fmt: skip
+    queue_path = small_fs / "state" / "queue.db"
+    config.write_text(config.read_text().replace('"state/queue.db"', f'"{queue_path}"'))
+    captures = home / "captures"
+    agent = Agent(config, log_dir=tmp_path)
+    agents.append(agent)
+    wait_for(lambda: "edge-uploader running" in agent.log)
+
+    written: list[str] = []
+    stop = threading.Event()
+
+    def arrive() -> None:  # a capture program writing a file every 20 ms, full disk or not
+        while not stop.wait(0.02):
+            name = f"f{len(written):04d}.csv"
+            tmp = captures / f".{name}.tmp"
+            tmp.write_text(f"t,v\n0,{name}\n")
+            tmp.rename(captures / name)
+            written.append(name)
+
+    writer = threading.Thread(target=arrive)
+    writer.start()
+    try:
+        wait_for(lambda: len(server.index_lines()) >= 20)
+        ballast = small_fs / "ballast"
+        _fill(ballast)
+        wait_for(lambda: "database or disk is full" in agent.log, timeout=15)
+        during = len(written)
+        wait_for(lambda: len(written) >= during + 50)  # 50 more arrive while it is full
+        assert agent.proc.poll() is None, "the agent keeps running with its queue disk full"
+        ballast.unlink()
+        wait_for(lambda: len(written) >= during + 100)
+    finally:
+        stop.set()
+        writer.join()
+    wait_for(lambda: set(written) <= {x["fileName"] for x in server.index_lines()}, timeout=30)
+    assert agent.stop() == 0
+    assert sorted(x["fileName"] for x in server.index_lines()) == sorted(written), "once each"
+    with sqlite3.connect(queue_path) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert db.execute("SELECT count(*) FROM files WHERE state=?",
+                          (int(State.DELIVERED),)).fetchone()[0] == len(written)  # fmt: skip
