@@ -178,3 +178,37 @@ def test_a_bad_page_size_is_a_usage_error(env: Env, size: str) -> None:
     with pytest.raises(SystemExit) as exc, contextlib.redirect_stderr(io.StringIO()):
         main(["project", "audit", "--config", str(env.config_path), "--page-size", size])
     assert exc.value.code == 2
+
+
+def test_a_refused_extra_category_is_skipped_and_a_changing_project_warned() -> None:
+    """At the client seam: a service that refuses to list ``validation`` (the audit needs
+    only training and testing) and counts more training samples than it listed."""
+    from edge_uploader.errors import PermanentError
+    from edge_uploader.project.audit import run_audit
+
+    from .test_studio_client import client, sample
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        category = req.url.params.get("category")
+        if req.url.path.endswith("/count"):
+            return httpx.Response(
+                200, json={"success": True, "count": 3 if category == "training" else 1}
+            )
+        if not req.url.path.endswith("/raw-data"):
+            return httpx.Response(200, json={"success": True, "project": {"id": 1}})
+        if category in ("validation", refused):
+            return httpx.Response(200, json={"success": False, "error": "Invalid category"})
+        ids = {"training": [1, 2], "testing": [3]}.get(category or "", [])
+        page = [sample(i, session="s1") for i in ids] if req.url.params["offset"] == "0" else []
+        return httpx.Response(200, json={"success": True, "samples": page, "totalCount": len(ids)})
+
+    refused = "none"
+    found = run_audit(client(handler), "session")
+    assert found.leak and found.totals["training"] == 2 and found.totals["testing"] == 1
+    assert (
+        list(found.skipped) == ["validation"] and "Invalid category" in found.skipped["validation"]
+    )
+    assert len(found.warnings) == 1 and found.warnings[0].startswith("training: 2 sample(s) listed")
+    refused = "testing"
+    with pytest.raises(PermanentError, match="Invalid category"):
+        run_audit(client(handler), "session")
