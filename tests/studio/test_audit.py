@@ -212,3 +212,42 @@ def test_a_refused_extra_category_is_skipped_and_a_changing_project_warned() -> 
     refused = "testing"
     with pytest.raises(PermanentError, match="Invalid category"):
         run_audit(client(handler), "session")
+
+
+def test_memory_follows_the_groups_not_the_samples() -> None:
+    """30,000 samples in 8 groups: the audit's peak allocation stays near one page (the
+    samples themselves would take well over 10 MB)."""
+    import tracemalloc
+
+    from edge_uploader.project.audit import run_audit
+
+    from .test_studio_client import client
+
+    total, page_size = 30_000, 500
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        if not req.url.path.endswith("/raw-data"):
+            n = total if req.url.params.get("category") == "training" else 0
+            return httpx.Response(200, json={"success": True, "count": n, "project": {"id": 1}})
+        if req.url.params["category"] != "training":
+            return httpx.Response(200, json={"success": True, "samples": [], "totalCount": 0})
+        offset = int(req.url.params["offset"])
+        page = [
+            {
+                "id": i + 1,
+                "filename": f"f{i}.csv",
+                "metadata": {"session": f"s{i % 8}", "site": f"x{i}"},
+            }
+            for i in range(offset, min(offset + page_size, total))
+        ]
+        return httpx.Response(200, json={"success": True, "samples": page, "totalCount": total})
+
+    studio = client(handler)
+    tracemalloc.start()
+    try:
+        found = run_audit(studio, "session", page_size=page_size)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert found.totals["training"] == total and found.groups == 8
+    assert peak < 3_000_000, f"peak {peak} bytes"
