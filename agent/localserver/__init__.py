@@ -8,6 +8,6 @@ API), ``ingest`` (upload rules), ``multipart`` (streaming parser), ``store`` (da
 
 from .faults import FaultAction, FaultConfig
 from .server import LocalIngestionServer
-from .store import SampleRecord
+from .store import SampleRecord, SeedSample
 
-__all__ = ["FaultAction", "FaultConfig", "LocalIngestionServer", "SampleRecord"]
+__all__ = ["FaultAction", "FaultConfig", "LocalIngestionServer", "SampleRecord", "SeedSample"]

@@ -195,6 +195,16 @@ class SampleQuery:
         records = store.samples(None if self.category == "all" else self.category)
         return [r for r in records if all(p(r) for p in self.predicates)]
 
+    def page(self, store: SampleStore) -> tuple[int, list[SampleRecord]]:
+        """(how many match, the requested page). Without filters SQLite pages, so listing
+        100,000 samples a page at a time does not decode the whole project per page."""
+        category = None if self.category == "all" else self.category
+        if not self.predicates:
+            return store.count(category), store.page(category, self.offset, self.limit)
+        found = self.run(store)
+        end = None if self.limit is None else self.offset + self.limit
+        return len(found), found[self.offset : end]
+
 
 _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     ("GET", re.compile(r"/v1/api/projects"), "projects"),
@@ -244,15 +254,13 @@ class StudioApi:
             return 200, {"success": True, "hmacKey": self._hmac_key}
         if name in ("list", "count"):
             spec = SampleQuery.parse(query)
-            found = spec.run(self._store)
+            total, page = spec.page(self._store)
             if name == "count":
-                return 200, {"success": True, "count": len(found)}
-            end = None if spec.limit is None else spec.offset + spec.limit
-            page = found[spec.offset : end]
+                return 200, {"success": True, "count": total}
             return 200, {
                 "success": True,
                 "samples": [sample_json(r) for r in page],
-                "totalCount": len(found),
+                "totalCount": total,
             }
         sample_id = self._sample_id(params["sid"])
         if name == "get":

@@ -358,6 +358,8 @@ class StudioClient:
     ) -> Iterator[RemoteSample]:  # fmt: skip
         """Every sample matching the filters, a page at a time (memory stays flat).
 
+        With ``totalCount`` in the answers, paging goes on until that many were read or a
+        page is empty, so a service that caps ``limit`` below ``page_size`` is read in full.
         Offsets shift if the listing changes while it is read; callers that change what
         they list (a backfill) collect the ids first and change afterwards.
         """
@@ -387,8 +389,10 @@ class StudioClient:
             previous = ids
             yield from page
             offset += len(samples)
-            if len(samples) < page_size or (seen_total is not None and offset >= seen_total):
+            if not samples or (seen_total is not None and offset >= seen_total):
                 return
+            if seen_total is None and len(samples) < page_size:
+                return  # a short page ends the listing only when no total says otherwise
 
     def count(
         self, category: str = "all", *, labels: Sequence[str] = (), filename: str | None = None,

@@ -132,3 +132,32 @@ def test_delete_removes_from_listing_and_duplicate_checks(
     }
     changes = (server.data_dir / "changes.jsonl").read_text().splitlines()
     assert json.loads(changes[-1])["op"] == "delete"
+
+
+def test_seeded_samples_page_like_uploaded_ones(
+    populated: httpx.Client, server: LocalIngestionServer
+) -> None:
+    """The seeding path (large projects for the audit's tests and bench) gives samples
+    that list, count and page by category like uploads, deletes included."""
+    from edge_uploader.localserver import SeedSample
+
+    seeded = [
+        SeedSample("testing" if i % 3 == 0 else "training", f"s{i}.csv", "idle", {"n": str(i)})
+        for i in range(250)
+    ]
+    assert server.store.seed(seeded) == 250
+    assert populated.delete("/v1/api/1/raw-data/9").json() == {"success": True}  # s3, testing
+    testing = [s for i, s in enumerate(seeded) if s.category == "testing" and i != 3]
+    body = populated.get(
+        "/v1/api/1/raw-data", params={"category": "testing", "limit": 10, "offset": 80}
+    ).json()
+    assert body["totalCount"] == 2 + len(testing)
+    assert [s["filename"] for s in body["samples"]] == [s.filename for s in testing[78:88]]
+    listed: list[int] = []
+    while len(listed) < body["totalCount"]:
+        listed += _ids(populated, category="testing", limit=37, offset=len(listed))
+    assert listed == sorted(set(listed)) and 9 not in listed and len(listed) == 2 + len(testing)
+    one = populated.get(f"/v1/api/1/raw-data/{listed[-1]}").json()["sample"]
+    assert one["metadata"] == {"n": "249"} and one["category"] == "testing"
+    count = populated.get("/v1/api/1/raw-data/count", params={"category": "all"}).json()
+    assert count["count"] == 5 + 250 - 1

@@ -247,6 +247,23 @@ def test_listing_pages_and_filters() -> None:
     assert json.loads(seen[0]["metadata"]) == [{"key": "site", "op": "neq", "values": ["a"]}]
 
 
+def test_a_service_that_caps_limit_is_still_read_in_full() -> None:
+    """A short page is not the end while totalCount says more: a service that allows
+    fewer samples per page than asked must not cut an audit or a backfill short."""
+    seen: list[str] = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        offset = int(req.url.params["offset"])
+        seen.append(req.url.params["offset"])
+        ids = list(range(1, 131))[offset : offset + 50]  # caps at 50 whatever was asked
+        return httpx.Response(200, json={"success": True, "totalCount": 130,
+                                         "samples": [sample(i) for i in ids]})  # fmt: skip
+
+    got = [s.id for s in client(handler).list_samples("testing", page_size=100)]
+    assert got == list(range(1, 131))
+    assert seen == ["0", "50", "100"]
+
+
 def test_a_server_that_ignores_offset_does_not_list_forever() -> None:
     calls = []
 
