@@ -75,7 +75,8 @@ def parse_config(
     queue = _queue(top.table("queue"))
     watches = tuple(_watch(t, check_dirs) for t in top.tables("watch"))
     _check_watches(watches, source)
-    mqtt = parse_mqtt(top, device_id, check_files=check_dirs)
+    mqtt = parse_mqtt(top, device_id, site=_site(metadata, device_id, hostname),
+                      check_files=check_dirs)  # fmt: skip
     capture = parse_capture(top, check_dirs=check_dirs)
     watches = _with_capture_watch(capture, watches, source)
     http = parse_http(top.table("http"))
@@ -94,6 +95,16 @@ def parse_config(
         ingestion=ingestion, queue=queue, watches=watches, mqtt=mqtt, capture=capture,
         http=http, health=health, disk=disk, studio=studio, sync=sync, tagging=tagging,
     )  # fmt: skip
+
+
+def _site(metadata: Mapping[str, Template], device_id: str, hostname: str) -> str | None:
+    """The device's ``site`` for its site topic: set, and not depending on a file's path."""
+    template = metadata.get("site")
+    if template is None or any(
+        kind == "field" and name not in ("device_id", "hostname") for kind, name in template.parts
+    ):
+        return None
+    return template.render(Path(), device_id, hostname) or None
 
 
 def _check_sendable(
