@@ -16,10 +16,10 @@ from collections.abc import Callable, Sequence
 from .. import __version__
 from ..daemon.logs import setup_logging
 from ..errors import EX_CONFIG, AgentError, ConfigError, QueueError
-from . import capture, check_config, project, queue_care, run, upload
+from . import capture, check_config, fleet, project, queue_care, run, upload
 
 Handler = Callable[[argparse.Namespace], int]
-COMMANDS = (run, upload, queue_care, check_config, capture, project)
+COMMANDS = (run, upload, queue_care, check_config, capture, project, fleet)
 """The modules that add subcommands, in the order ``--help`` lists them."""
 
 

@@ -9,38 +9,18 @@ command runs nowhere twice.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from edge_uploader.localserver import LocalIngestionServer
 
 from .fleet_harness import Fleet
-from .harness import Broker, Observer
+from .harness import Observer
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.slow]
 
 SITE = "edge-uploader/site/lab-3/capture"
 FLEET = "edge-uploader/fleet/capture"
-
-
-@pytest.fixture
-def fleet(
-    broker: Broker, ingestion: LocalIngestionServer, tmp_path: Path
-) -> Iterator[tuple[Fleet, Observer]]:
-    obs = Observer(broker.port)
-    obs.subscribe("edge-uploader/#")
-    fleet = Fleet(tmp_path / "devices", broker.port, ingestion.url)
-    fleet.add("lab3-a", "lab-3")
-    fleet.add("lab3-b", "lab-3")
-    fleet.add("lab9-a", "lab-9")
-    try:
-        fleet.start(obs)
-        yield fleet, obs
-    finally:
-        fleet.stop()
-        obs.close()
 
 
 def finals(obs: Observer, cid: str) -> dict[str, dict[str, object]]:
