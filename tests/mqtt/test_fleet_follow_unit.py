@@ -17,6 +17,7 @@ def test_stages_only_move_forward_and_a_repeat_is_ignored() -> None:
     assert follow.on_event(ev("a", "queued")) is not None
     assert follow.on_event(ev("a", "captured")) is None  # late, out of order: not backwards
     assert follow.on_event(ev("a", "queued")) is None  # a QoS 1 repeat
+    assert follow.on_event(ev("a", "rejected", reason="duplicate")) is None  # a second route
     delivered = follow.on_event(ev("a", "delivered", sample_id=7))
     assert delivered is not None and delivered.sample_id == 7
     assert follow.on_event(ev("a", "rejected", reason="duplicate")) is None  # finished

@@ -223,11 +223,12 @@ class CommandFollow:
         if not isinstance(device, str) or not isinstance(stage, str):
             return None
         progress = self.devices.setdefault(device, DeviceProgress(device, targeted=False))
-        if progress.finished or (stage in STAGES and
-                                 STAGES.index(stage) <= STAGES.index(progress.stage)):  # fmt: skip
+        if progress.finished or stage not in (*STAGES, *TERMINAL):
             return None
-        if stage not in STAGES and stage not in TERMINAL:
+        if stage in STAGES and STAGES.index(stage) <= STAGES.index(progress.stage):
             return None
+        if stage == "rejected" and progress.stage != "waiting":
+            return None  # the same command once more (two routes, a re-send): a duplicate
         progress.stage, progress.at = stage, time.monotonic()
         if isinstance(doc.get("sample_id"), int):
             progress.sample_id = doc["sample_id"]
