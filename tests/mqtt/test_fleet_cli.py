@@ -6,7 +6,10 @@ own process with an operator's config naming only the broker.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import pty
 import subprocess
 import sys
 import time
@@ -106,3 +109,28 @@ def test_capture_exits_1_when_a_device_does_not_deliver(
                     "--duration-ms", "5", "--label", "x", "--json")  # fmt: skip
     assert bad.returncode == 1
     assert {d["stage"] for d in json.loads(bad.stdout)["devices"]} == {"rejected"}
+
+
+def test_on_a_terminal_the_progress_is_a_table_redrawn_in_place(
+    fleet: tuple[Fleet, Observer], broker: Broker, tmp_path: Path
+) -> None:
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge_uploader", "fleet", "capture", "--config",
+         str(ops_config(tmp_path, broker)), "--site", "lab-3", "--source", "snap",
+         "--duration-ms", "5", "--label", "tty", "--wait-seconds", "30"],
+        stdout=slave, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    os.close(slave)
+    out = bytearray()
+    with contextlib.suppress(OSError):  # EIO once the child has closed the terminal
+        while chunk := os.read(master, 4096):
+            out.extend(chunk)
+    os.close(master)
+    assert proc.wait(30) == 0, out.decode(errors="replace")
+    text = out.decode()
+    assert "\x1b[" in text and "\x1b[J" in text  # cursor up and clear: redrawn, not appended
+    last = text.rsplit("\x1b[J", 1)[1].splitlines()
+    assert last[0].split() == ["device", "stage", "sample", "reason"]
+    assert [ln.split()[:2] for ln in last[1:3]] == [["lab3-a", "delivered"],
+                                                    ["lab3-b", "delivered"]]  # fmt: skip
