@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from edge_uploader.config import load_config
 from edge_uploader.core.tagger import iso_utc
 from edge_uploader.localserver import LocalIngestionServer
+from edge_uploader.sources.mqtt.fleet import FleetClient, read_heartbeats
 
 from .fleet_harness import Fleet
 from .harness import Broker, Observer
@@ -134,3 +136,23 @@ def test_on_a_terminal_the_progress_is_a_table_redrawn_in_place(
     assert last[0].split() == ["device", "stage", "sample", "reason"]
     assert [ln.split()[:2] for ln in last[1:3]] == [["lab3-a", "delivered"],
                                                     ["lab3-b", "delivered"]]  # fmt: skip
+
+
+def test_reading_the_heartbeats_ends_at_the_marker_not_at_the_bound(
+    broker: Broker, observer: Observer, tmp_path: Path
+) -> None:
+    """Retained messages have no end: the marker ends the read long before a 30 s bound."""
+    for i in range(50):
+        doc = {"status": "online", "device_id": f"d-{i}", "at": iso_utc(time.time())}
+        observer.publish(f"edge-uploader/d-{i}/status", json.dumps(doc), retain=True)
+    mqtt = load_config(ops_config(tmp_path, broker), check_dirs=False).mqtt
+    assert mqtt is not None
+    client = FleetClient(mqtt, None).connect()
+    try:
+        started = time.monotonic()
+        beats = read_heartbeats(client, 30.0)
+        assert time.monotonic() - started < 10
+    finally:
+        client.close()
+    assert sorted(beats) == sorted(f"d-{i}" for i in range(50))
+    assert all(b.fresh(60) for b in beats.values())

@@ -6,8 +6,9 @@ file (as ``{client_id}-fleet-<random>``, so it never takes over a device's sessi
 - reads the retained heartbeats on ``{topic_pattern}/status``. Retained messages have no
   end marker, so the reader also subscribes to a private marker topic and publishes one
   message there: Mosquitto sends a subscription's retained messages before it routes the
-  client's next publish, so when the marker comes back every retained heartbeat is in.
-  Where the ACL refuses the marker, the wait is bounded by ``wait_seconds``.
+  client's next publish, so when the marker comes back every retained heartbeat is in
+  (the marker's topic is a device topic no device has: ``fleet-view-<random>`` for the
+  device id). Where the ACL refuses the marker, the wait is bounded by ``wait_seconds``.
 - follows one command's events on ``{topic_pattern}/events``, per device, forward only
   (QoS 1 may repeat an event; a repeat never moves a device back).
 """
@@ -53,7 +54,8 @@ class FleetClient:
         if config.tls is not None:
             self.client.tls_set_context(tls_context(config))
         self.inbox: stdqueue.Queue[Message] = stdqueue.Queue()
-        self._acks: dict[int, threading.Event] = {}
+        self._acked: set[int] = set()
+        self._cond = threading.Condition()
         self._connected = threading.Event()
         self._refusal: str | None = None
         self.client.on_connect = self._on_connect
@@ -76,13 +78,12 @@ class FleetClient:
 
     def subscribe(self, topics: Iterable[str]) -> None:
         """Subscribe at QoS 1 and wait for the broker's acknowledgement."""
-        done = threading.Event()
         rc, mid = self.client.subscribe([(t, 1) for t in topics])
         if rc != mqtt.MQTT_ERR_SUCCESS or mid is None:
             raise BrokerError(f"cannot subscribe: {mqtt.error_string(rc)}")
-        self._acks[mid] = done
-        if not done.wait(CONNECT_SECONDS):
-            raise BrokerError("the broker did not acknowledge the subscription")
+        with self._cond:  # the acknowledgement may already be in: it is kept in ``_acked``
+            if not self._cond.wait_for(lambda: mid in self._acked, CONNECT_SECONDS):
+                raise BrokerError("the broker did not acknowledge the subscription")
 
     def publish(self, topic: str, payload: bytes) -> None:
         info = self.client.publish(topic, payload, qos=1)
@@ -110,9 +111,9 @@ class FleetClient:
         self._connected.set()
 
     def _on_subscribe(self, client: Any, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
-        event = self._acks.pop(mid, None)
-        if event is not None:
-            event.set()
+        with self._cond:
+            self._acked.add(mid)
+            self._cond.notify_all()
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         self.inbox.put(Message(str(msg.topic), bytes(msg.payload), bool(msg.retain)))
@@ -169,7 +170,7 @@ def read_heartbeats(client: FleetClient, wait_seconds: float) -> dict[str, Heart
     """Every retained heartbeat under the config's topic pattern, by device id."""
     cfg = client.config
     status = f"{cfg.topic_pattern}/status"
-    marker = f"{cfg.topic_pattern.replace('+', client.client_id)}/capture"
+    marker = f"{cfg.topic_pattern.replace('+', 'fleet-view-' + secrets.token_hex(6))}/capture"
     client.subscribe([status, marker])
     try:
         client.publish(marker, b"")  # an empty payload: never a command
@@ -180,7 +181,7 @@ def read_heartbeats(client: FleetClient, wait_seconds: float) -> dict[str, Heart
     while (msg := client.next_message(deadline - time.monotonic())) is not None:
         if msg.topic == marker:
             break
-        beat = heartbeat_of(msg.payload, time.time()) if msg.topic != marker else None
+        beat = heartbeat_of(msg.payload, time.time())
         if beat is not None:
             found[beat.device_id] = beat
     return found
