@@ -42,13 +42,13 @@ def test_a_site_command_runs_once_on_each_device_of_the_site(
     fleet: tuple[Fleet, Observer], ingestion: LocalIngestionServer
 ) -> None:
     _, obs = fleet
-    obs.publish(SITE, json.dumps({"id": "g-1", "source": "snap", "duration_ms": 5,
+    obs.publish(SITE, json.dumps({"id": "g:1", "source": "snap", "duration_ms": 5,
                                   "label": "knock"}))  # fmt: skip
-    done = obs.wait_for(lambda: len(finals(obs, "g-1")) == 2 and finals(obs, "g-1"),
+    done = obs.wait_for(lambda: len(finals(obs, "g:1")) == 2 and finals(obs, "g:1"),
                         30, "both lab-3 devices done")  # fmt: skip
     assert {d: e["event"] for d, e in done.items()} == {"lab3-a": "delivered",
                                                          "lab3-b": "delivered"}  # fmt: skip
-    assert {(e["device_id"], e["session"], e["scope"]) for e in of(obs, "accepted", "g-1")} == {
+    assert {(e["device_id"], e["session"], e["scope"]) for e in of(obs, "accepted", "g:1")} == {
         ("lab3-a", "g-1", "site"), ("lab3-b", "g-1", "site")}  # fmt: skip
     samples = ingestion.samples()
     assert sorted(s.metadata["device_id"] for s in samples) == ["lab3-a", "lab3-b"]
@@ -56,9 +56,9 @@ def test_a_site_command_runs_once_on_each_device_of_the_site(
         ("knock", "g-1", "lab-3")}  # fmt: skip
 
     # the same command again: a duplicate on each device, nothing captured twice
-    obs.publish(SITE, json.dumps({"id": "g-1", "source": "snap", "duration_ms": 5}))
-    rejected = obs.wait_for(lambda: len(of(obs, "rejected", "g-1")) == 2
-                            and of(obs, "rejected", "g-1"), 20, "two refusals")  # fmt: skip
+    obs.publish(SITE, json.dumps({"id": "g:1", "source": "snap", "duration_ms": 5}))
+    rejected = obs.wait_for(lambda: len(of(obs, "rejected", "g:1")) == 2
+                            and of(obs, "rejected", "g:1"), 20, "two refusals")  # fmt: skip
     assert {e["device_id"] for e in rejected} == {"lab3-a", "lab3-b"}
     assert all(e["field"] == "id" and "duplicate" in e["reason"] for e in rejected)
     assert len(ingestion.samples()) == 2

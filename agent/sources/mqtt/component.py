@@ -177,7 +177,8 @@ class MqttComponent:
             cmd = validate_object(data, capturer.capture_config.sources,
                                   capturer.capture_config.max_duration_ms)  # fmt: skip
             if self.mqtt.is_group_topic(msg.topic) and cmd.session is None:
-                cmd = replace(cmd, session=cmd.id)  # one event on many devices: one group
+                # one event on many devices: one group (":" is not in the session's rule)
+                cmd = replace(cmd, session=cmd.id.replace(":", "-"))
             plan = capturer.plan(cmd)
         except InputError as exc:
             self.stages.reject(track, exc.field, exc.message)
