@@ -163,10 +163,11 @@ def cmd_capture(args: argparse.Namespace) -> int:
     _, mqtt = _mqtt(args)
     stale = _stale(args, mqtt)
     cmd = _command(args)
+    targets, topics = _targets(args, mqtt, {}, stale)  # the options checked before connecting
     client = _connect(mqtt)
     try:
-        beats = {} if args.device else read_heartbeats(client, READ_SECONDS)
-        targets, topics = _targets(args, mqtt, beats, stale)
+        if not args.device:
+            targets, topics = _targets(args, mqtt, read_heartbeats(client, READ_SECONDS), stale)
         if not targets:
             print("edge-uploader: no device to capture on: no fresh online heartbeat"
                   + (f" of site {args.site}" if args.site else ""), file=sys.stderr)  # fmt: skip
