@@ -64,18 +64,21 @@ def test_a_site_command_runs_once_on_each_device_of_the_site(
     assert len(ingestion.samples()) == 2
 
 
-def test_a_fleet_command_reaches_every_site_with_its_session(
+def test_a_fleet_command_reaches_every_site_as_one_group(
     fleet: tuple[Fleet, Observer], ingestion: LocalIngestionServer
 ) -> None:
     _, obs = fleet
     obs.publish(FLEET, json.dumps({"id": "f-1", "source": "snap", "duration_ms": 5,
-                                   "label": "door", "session": "storm-7"}))  # fmt: skip
+                                   "label": "door", "session": "storm-7",
+                                   "category": "split-by-group"}))  # fmt: skip
     done = obs.wait_for(lambda: len(finals(obs, "f-1")) == 3 and finals(obs, "f-1"),
                         30, "all three devices done")  # fmt: skip
     assert {e["event"] for e in done.values()} == {"delivered"}
     samples = ingestion.samples()
     assert sorted(s.metadata["device_id"] for s in samples) == ["lab3-a", "lab3-b", "lab9-a"]
     assert {s.metadata["session"] for s in samples} == {"storm-7"}
+    [side] = {s.category for s in samples}  # the whole event on one side of the split
+    assert side in ("training", "testing")
     assert sorted(s.metadata["site"] for s in samples) == ["lab-3", "lab-3", "lab-9"]
     statuses = {d["device_id"]: d for d in obs.json_on_prefix("edge-uploader/", "/status")}
     assert statuses["lab9-a"]["site"] == "lab-9"
