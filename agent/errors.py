@@ -115,6 +115,10 @@ class CaptureError(AgentError):
     """A capture source failed; nothing half-written is queued."""
 
 
+class BrokerError(AgentError):
+    """The MQTT broker could not be reached or refused a fleet command's connection."""
+
+
 class RemoteError(AgentError):
     """A remote service refused or failed a request."""
 

@@ -21,11 +21,11 @@ from .. import __version__
 from ..daemon.logs import setup_logging
 from ..errors import EX_CONFIG, EX_DATAERR, AgentError, ConfigError, QueueDamaged, QueueError
 from ..secrets import redact
-from . import audit, capture, check_config, project, queue_care, queue_repair, run, upload
+from . import audit, capture, check_config, fleet, project, queue_care, queue_repair, run, upload
 from .parser import CommandParser, exit_statuses, walk
 
 Handler = Callable[[argparse.Namespace], int]
-COMMANDS = (run, upload, queue_care, queue_repair, check_config, capture, project, audit)
+COMMANDS = (run, upload, queue_care, queue_repair, check_config, capture, project, audit, fleet)
 """The modules that add subcommands, in the order ``--help`` lists them."""
 
 LOG_LEVELS = ("debug", "info", "warning", "error")

@@ -89,7 +89,8 @@ def _parse_tables(top: Table, source: str, check_dirs: bool) -> Config:
     parsed = [attempt(partial(_watch, t, check_dirs), None) for t in top.tables("watch")]
     watches = tuple(w for w in parsed if w is not None)
     attempt(lambda: _check_watches(watches, source), None)
-    mqtt = attempt(lambda: parse_mqtt(top, device_id, check_files=check_dirs), None)
+    site = _site(metadata, device_id, hostname)
+    mqtt = attempt(lambda: parse_mqtt(top, device_id, site=site, check_files=check_dirs), None)
     capture = attempt(lambda: parse_capture(top, check_dirs=check_dirs), None)
     watches = attempt(lambda: _with_capture_watch(capture, watches, source), watches)
     http = attempt(lambda: parse_http(top.table("http")), HttpConfig())
@@ -114,6 +115,16 @@ def _device(device: Table, hostname: str) -> str:
     _check_plain(device, "id", device_id)
     device.finish()
     return device_id
+
+
+def _site(metadata: Mapping[str, Template], device_id: str, hostname: str) -> str | None:
+    """The device's ``site`` for its site topic: set, and not depending on a file's path."""
+    template = metadata.get("site")
+    if template is None or any(
+        kind == "field" and name not in ("device_id", "hostname") for kind, name in template.parts
+    ):
+        return None
+    return template.render(Path(), device_id, hostname) or None
 
 
 def _check_sendable(

@@ -176,10 +176,33 @@ class MqttConfig:
     heartbeat_seconds: float = 60.0
     reconnect_min_seconds: int = 1
     reconnect_max_seconds: int = 120
+    site_topic_prefix: str = "edge-uploader/site"
+    """Site-wide commands arrive on ``{site_topic_prefix}/{site}/capture``; "" = none."""
+    fleet_topic: str = "edge-uploader/fleet/capture"
+    """Fleet-wide commands; "" = none."""
+    site: str | None = None
+    """The device's ``[metadata] site`` value (None: no site topic)."""
+    topic_pattern: str = "edge-uploader/+"
+    """``topic_prefix`` with ``{device_id}`` as ``+``: every device's prefix, for the fleet view."""
 
     @property
     def capture_topic(self) -> str:
         return f"{self.topic_prefix}/capture"
+
+    @property
+    def site_topic(self) -> str | None:
+        if not self.site_topic_prefix or self.site is None:
+            return None
+        return site_capture_topic(self.site_topic_prefix, self.site)
+
+    @property
+    def command_topics(self) -> tuple[str, ...]:
+        """Every topic a command may arrive on: the device's own, its site's, the fleet's."""
+        group = (self.site_topic, self.fleet_topic or None)
+        return (self.capture_topic, *(t for t in group if t))
+
+    def is_group_topic(self, topic: str) -> bool:
+        return topic != self.capture_topic and topic in self.command_topics
 
     @property
     def events_topic(self) -> str:
@@ -188,6 +211,10 @@ class MqttConfig:
     @property
     def status_topic(self) -> str:
         return f"{self.topic_prefix}/status"
+
+
+def site_capture_topic(prefix: str, site: str) -> str:
+    return f"{prefix}/{site}/capture"
 
 
 # -- [capture] -------------------------------------------------------------------------------

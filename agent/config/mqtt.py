@@ -7,14 +7,16 @@ from functools import partial
 from pathlib import Path
 
 from ..secrets import SecretSource
-from .model import MqttConfig, TlsConfig, default
+from .model import MqttConfig, TlsConfig, default, site_capture_topic
 from .table import Table
 
 MAX_TOPIC_CHARS = 200
 _default = partial(default, MqttConfig)
 
 
-def parse_mqtt(top: Table, device_id: str, *, check_files: bool = True) -> MqttConfig | None:
+def parse_mqtt(
+    top: Table, device_id: str, *, site: str | None = None, check_files: bool = True
+) -> MqttConfig | None:
     if not top.has("mqtt"):
         return None
     t = top.table("mqtt")
@@ -23,10 +25,11 @@ def parse_mqtt(top: Table, device_id: str, *, check_files: bool = True) -> MqttC
         raise t.error("host", f"expected a host name or address, got {host!r}")
     tls = _tls(t.table("tls"), check_files) if t.has("tls") else None
     port = t.get_int("port", 8883 if tls else 1883, 1, 65535)
-    prefix = t.get_str("topic_prefix") or "edge-uploader/{device_id}"
-    prefix = prefix.replace("{device_id}", device_id).rstrip("/")
+    template = (t.get_str("topic_prefix") or "edge-uploader/{device_id}").rstrip("/")
+    prefix = template.replace("{device_id}", device_id)
     if not topic_ok(prefix) or not prefix:
         raise t.error("topic_prefix", "expected a topic without +, #, NUL or empty levels")
+    site_prefix, fleet = _group_topics(t, site)
     client_id = t.get_str("client_id") or device_id
     if len(client_id.encode("utf-8")) > 128:
         raise t.error("client_id", "expected at most 128 bytes")
@@ -62,9 +65,29 @@ def parse_mqtt(top: Table, device_id: str, *, check_files: bool = True) -> MqttC
         ),
         reconnect_min_seconds=rmin,
         reconnect_max_seconds=rmax,
+        site_topic_prefix=site_prefix,
+        fleet_topic=fleet,
+        site=site,
+        topic_pattern=template.replace("{device_id}", "+"),
     )
     t.finish()
     return cfg
+
+
+def _group_topics(t: Table, site: str | None) -> tuple[str, str]:
+    """``site_topic_prefix`` and ``fleet_topic`` (each "" when turned off), checked."""
+    site_prefix = t.get_str("site_topic_prefix", _default("site_topic_prefix"), nonempty=False)
+    site_prefix = (site_prefix or "").rstrip("/")
+    if site_prefix and not topic_ok(site_prefix):
+        raise t.error("site_topic_prefix", "expected a topic without +, #, NUL or empty levels")
+    if site_prefix and site is not None and not topic_ok(site_capture_topic(site_prefix, site)):
+        raise t.error("site_topic_prefix", f"the site topic for [metadata] site {site[:40]!r}"
+                      " is not a usable topic (no +, #, empty levels; at most"
+                      f" {MAX_TOPIC_CHARS} characters)")  # fmt: skip
+    fleet = t.get_str("fleet_topic", _default("fleet_topic"), nonempty=False) or ""
+    if fleet and not topic_ok(fleet):
+        raise t.error("fleet_topic", "expected a topic without +, #, NUL or empty levels")
+    return site_prefix, fleet
 
 
 def _tls(t: Table, check_files: bool) -> TlsConfig:

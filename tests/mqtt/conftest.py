@@ -11,6 +11,7 @@ import pytest
 
 from edge_uploader.localserver import LocalIngestionServer
 
+from .fleet_harness import Fleet
 from .harness import (
     API_KEY,
     DEVICE,
@@ -110,3 +111,22 @@ def make_agent(tmp_path: Path) -> Iterator[Callable[..., AgentRun]]:
     yield make
     for run in runs:
         run.stop()
+
+
+@pytest.fixture
+def fleet(
+    broker: Broker, ingestion: LocalIngestionServer, tmp_path: Path
+) -> Iterator[tuple[Fleet, Observer]]:
+    """Three agent processes: ``lab3-a``, ``lab3-b`` (site lab-3) and ``lab9-a`` (lab-9)."""
+    obs = Observer(broker.port)
+    obs.subscribe("edge-uploader/#")
+    fleet = Fleet(tmp_path / "devices", broker.port, ingestion.url)
+    fleet.add("lab3-a", "lab-3")
+    fleet.add("lab3-b", "lab-3")
+    fleet.add("lab9-a", "lab-9")
+    try:
+        fleet.start(obs)
+        yield fleet, obs
+    finally:
+        fleet.stop()
+        obs.close()

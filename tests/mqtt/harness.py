@@ -270,6 +270,12 @@ class Observer:
         with self.cond:
             return [json.loads(m.payload) for m in self.messages if m.topic == topic]
 
+    def json_on_prefix(self, prefix: str, suffix: str) -> list[dict[str, Any]]:
+        """Every JSON payload on a topic starting with ``prefix`` and ending with ``suffix``."""
+        with self.cond:
+            return [json.loads(m.payload) for m in self.messages
+                    if m.topic.startswith(prefix) and m.topic.endswith(suffix)]  # fmt: skip
+
     def events(
         self, command_id: str | None = None, topic: str | None = None
     ) -> list[dict[str, Any]]:

@@ -152,3 +152,40 @@ def test_the_example_config_parses() -> None:
     cfg = load_config(example, check_dirs=False)
     assert cfg.mqtt is not None and cfg.mqtt.tls is not None and cfg.mqtt.port == 8883
     assert cfg.capture is not None and set(cfg.capture.sources) == {"accel", "camera", "mic"}
+
+
+def test_group_topics_default_to_the_site_and_the_fleet(tmp_path: Path) -> None:
+    cfg = load(tmp_path, '[metadata]\nsite = "lab-3"\n[mqtt]\nhost = "broker.lan"\n')
+    mqtt = cfg.mqtt  # type: ignore[attr-defined]
+    assert mqtt.command_topics == (
+        "edge-uploader/pi-7/capture",
+        "edge-uploader/site/lab-3/capture",
+        "edge-uploader/fleet/capture",
+    )
+    assert mqtt.topic_pattern == "edge-uploader/+" and mqtt.site == "lab-3"
+    assert mqtt.is_group_topic("edge-uploader/site/lab-3/capture")
+    assert not mqtt.is_group_topic("edge-uploader/pi-7/capture")
+
+
+def test_group_topics_configured_or_turned_off(tmp_path: Path) -> None:
+    cfg = load(tmp_path, '[metadata]\nsite = "{device_id}-site"\n[mqtt]\nhost = "b"\n'
+               'topic_prefix = "acme/dev/{device_id}"\nsite_topic_prefix = "acme/sites/"\n'
+               'fleet_topic = ""\n')  # fmt: skip
+    mqtt = cfg.mqtt  # type: ignore[attr-defined]
+    assert mqtt.command_topics == ("acme/dev/pi-7/capture", "acme/sites/pi-7-site/capture")
+    assert mqtt.topic_pattern == "acme/dev/+"
+    no_site = load(tmp_path, '[metadata]\nsite = "{dir}"\n[mqtt]\nhost = "b"\n')
+    assert no_site.mqtt.command_topics == (  # type: ignore[attr-defined]
+        "edge-uploader/pi-7/capture", "edge-uploader/fleet/capture")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('[metadata]\nsite = "a+b"\n[mqtt]\nhost = "b"\n', "site_topic_prefix"),
+        ('[mqtt]\nhost = "b"\nsite_topic_prefix = "x/#"\n', "site_topic_prefix"),
+        ('[mqtt]\nhost = "b"\nfleet_topic = "all//capture"\n', "fleet_topic"),
+    ],
+)
+def test_unusable_group_topics_are_config_errors(tmp_path: Path, text: str, key: str) -> None:
+    assert error(tmp_path, text).key == f"mqtt.{key}"

@@ -22,6 +22,7 @@ import queue as stdqueue
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -98,7 +99,7 @@ class MqttComponent:
         self._undo.append(journal.close)
         self.link = link = self._link_override or MqttLink(
             self.mqtt, password=password, on_message=self._on_message,
-            will=encode(offline_document(cfg.device_id, "connection lost")),
+            will=encode(offline_document(cfg.device_id, "connection lost", site=self.mqtt.site)),
             on_connected=lambda: self.status.changed(now_too=True),
         )  # fmt: skip
         self.stages = Stages(link, self.mqtt.events_topic, cfg.device_id, journal, runtime.queue)
@@ -116,9 +117,12 @@ class MqttComponent:
         self.status.start()
         self._undo.append(self.status.stop)
         link.start()
-        self._undo.append(
-            lambda: link.stop(encode(offline_document(cfg.device_id, "stopped", time.time())))
-        )
+        site = self.mqtt.site
+
+        def stopped() -> bytes:
+            return encode(offline_document(cfg.device_id, "stopped", time.time(), site=site))
+
+        self._undo.append(lambda: link.stop(stopped()))
 
     def stop(self) -> None:
         self._stopping.set()
@@ -137,7 +141,7 @@ class MqttComponent:
         cfg, queue = self.config, self.runtime.queue
         disk = cfg.capture.dir if cfg.capture else queue.path.parent
         return online_document(queue, self.runtime.stats, cfg.device_id, disk, len(self._threads),
-                               link=cfg.ingestion.link)  # fmt: skip
+                               link=cfg.ingestion.link, site=self.mqtt.site)  # fmt: skip
 
     # -- commands ------------------------------------------------------------------------
     def _on_message(self, msg: Message) -> None:
@@ -172,6 +176,9 @@ class MqttComponent:
                 raise data
             cmd = validate_object(data, capturer.capture_config.sources,
                                   capturer.capture_config.max_duration_ms)  # fmt: skip
+            if self.mqtt.is_group_topic(msg.topic) and cmd.session is None:
+                # one event on many devices: one group (":" is not in the session's rule)
+                cmd = replace(cmd, session=cmd.id.replace(":", "-"))
             plan = capturer.plan(cmd)
         except InputError as exc:
             self.stages.reject(track, exc.field, exc.message)
@@ -188,12 +195,19 @@ class MqttComponent:
                 "duration_ms": cmd.duration_ms,
                 "label": cmd.label,
                 "session": cmd.session,
+                "scope": self._scope(msg.topic),
             },
         )
         thread = threading.Thread(target=self._capture, args=(plan, track),
                                   name=f"capture-{cmd.source}", daemon=True)  # fmt: skip
         self._threads.add(thread)
         thread.start()
+
+    def _scope(self, topic: str) -> str:
+        """Which audience the command was sent to: ``device``, ``site`` or ``fleet``."""
+        if topic == self.mqtt.site_topic:
+            return "site"
+        return "fleet" if topic == self.mqtt.fleet_topic else "device"
 
     def _refused(self, msg: Message, plan: Plan, track: Track) -> bool:
         """Reject a retained copy, a refused disk, a busy source or a known id; True if so.

@@ -99,6 +99,21 @@ def describe_os_error(exc: OSError) -> str:
     return exc.strerror or str(exc) or type(exc).__name__
 
 
+def tls_context(config: MqttConfig) -> ssl.SSLContext:
+    """The client TLS context of ``[mqtt.tls]``: TLS 1.2 or later, the host name checked."""
+    tls = config.tls
+    assert tls is not None
+    try:
+        ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        if tls.cert_file is not None and tls.key_file is not None:
+            ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+    except (OSError, ssl.SSLError) as exc:
+        source = config.password.config_source
+        raise ConfigError(source, "mqtt.tls", f"cannot load the TLS files: {exc}") from None
+    return ctx
+
+
 class MqttLink:
     """One broker connection with a last will, a subscription and publishing."""
 
@@ -154,17 +169,7 @@ class MqttLink:
         return client
 
     def _tls_context(self) -> ssl.SSLContext:
-        tls = self.config.tls
-        assert tls is not None
-        try:
-            ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
-            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-            if tls.cert_file is not None and tls.key_file is not None:
-                ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
-        except (OSError, ssl.SSLError) as exc:
-            source = self.config.password.config_source
-            raise ConfigError(source, "mqtt.tls", f"cannot load the TLS files: {exc}") from None
-        return ctx
+        return tls_context(self.config)
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -266,7 +271,7 @@ class MqttLink:
             self._failures = 0
             _no_delay(client)
             self._connected.set()
-            client.subscribe(cfg.capture_topic, qos=1)
+            client.subscribe([(topic, 1) for topic in cfg.command_topics])
             self.on_connected()
         except Exception:
             log.exception("MQTT: on_connect failed")
@@ -309,13 +314,14 @@ class MqttLink:
             refused = [r for r in reasons if getattr(r, "is_failure", False)]
             if refused:
                 log.error(
-                    "MQTT: broker refused the subscription to %s: %s (check the broker's ACL"
-                    " for this user); no capture commands will arrive",
-                    self.config.capture_topic,
+                    "MQTT: broker refused a subscription of %s: %s (check the broker's ACL"
+                    " for this user); commands on it will not arrive",
+                    ", ".join(self.config.command_topics),
                     refused[0],
                 )
             else:
-                log.info("MQTT: listening for capture commands on %s", self.config.capture_topic)
+                log.info("MQTT: listening for capture commands on %s",
+                         ", ".join(self.config.command_topics))  # fmt: skip
         except Exception:
             log.exception("MQTT: on_subscribe failed")
 

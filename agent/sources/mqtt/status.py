@@ -15,13 +15,14 @@ Format (keys are only ever added)::
      "dead_letters": 0, "delivered": 120, "oldest_pending_age_seconds": 12.5,
      "last_delivery_at": "2026-05-01T09:59:58.120Z", "uploads_paused": null,
      "last_error": null, "free_disk_bytes": 812345344, "captures_running": 0,
-     "upload_window_open": null, "data_budget_left_bytes": null, "data_budget_spent": null}
+     "upload_window_open": null, "data_budget_left_bytes": null, "data_budget_spent": null,
+     "site": "lab-3"}
 
 (``upload_window_open`` is null without upload windows, the two budget keys without a
-daily data budget.)
+daily data budget; ``site`` is the ``[metadata] site`` value or null.)
 
     {"status": "offline", "device_id": "pi-0042", "agent_version": "0.1.0",
-     "reason": "connection lost"}            (the last will; "stopped" on a clean stop)
+     "reason": "connection lost", "site": "lab-3"}   (the last will; "stopped" on a clean stop)
 """
 
 from __future__ import annotations
@@ -65,12 +66,15 @@ def encode(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode("utf-8")
 
 
-def offline_document(device_id: str, reason: str, at: float | None = None) -> dict[str, Any]:
+def offline_document(
+    device_id: str, reason: str, at: float | None = None, *, site: str | None = None
+) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "status": "offline",
         "device_id": device_id,
         "agent_version": __version__,
         "reason": reason,
+        "site": site,
     }
     if at is not None:
         doc["at"] = iso_utc(at)
@@ -85,6 +89,7 @@ def online_document(
     captures_running: int,
     now: float | None = None,
     link: LinkConfig | None = None,
+    site: str | None = None,
 ) -> dict[str, Any]:
     now = time.time() if now is None else now
     link = link or LinkConfig()
@@ -104,6 +109,7 @@ def online_document(
         "status": "online",
         "device_id": device_id,
         "agent_version": __version__,
+        "site": site,
         "at": iso_utc(now),
         "queue_depth": counts["pending"] + counts["uploading"],
         "pending": counts["pending"],
