@@ -28,7 +28,7 @@ loopback   no latency, no faults                                                
 drops      2 % of connections closed without an answer, nothing stored          all    30 s
 lost       2 % of requests stored, then the connection closed (answer lost)     all    30 s
 overload   +50 ms, and 503 to a request that arrives while 6 are in progress;   half   20 s
-           the agent runs with concurrency 20 here (the official uploader's)
+           the agent on its defaults (concurrency "auto": it must find the 6)
 =========  ===================================================================  =====  ====
 
 Faults are drawn from a generator seeded per round (``--seed``). A client still running at
@@ -142,12 +142,11 @@ SITUATIONS = (
     ),
     Situation(
         "overload",
-        "503 above 6 requests in flight, +50 ms; agent concurrency 20",
+        "503 above 6 requests in flight, +50 ms; the agent on its defaults",
         0.5,
         20,
         latency_ms=50,
         max_inflight=6,
-        concurrency=20,
     ),
 )
 

@@ -15,15 +15,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from ..errors import ConfigError, InputError, RemoteError
 from ..metadata import check_key
-from ..project.audit import CATEGORIES, Report, run_audit
-from ..remote.studio import PAGE_SIZE
+from ..remote.categories import PAGE_SIZE
 from ..text import one_line
 from .options import add_config_option, load
 from .parser import CONFIG, INTERRUPTED, USAGE, exit_statuses
+
+if TYPE_CHECKING:  # the audit brings the Studio client and httpx: loaded when it runs
+    from ..project.audit import Report
 
 EX_UNAVAILABLE = 69
 """sysexits.h: a service is unavailable; here, the audit could not list the project."""
@@ -43,6 +45,7 @@ def _key(value: str | None, option: str) -> str | None:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
+    from ..project.audit import run_audit
     from ..remote.studio import StudioClient
 
     config = load(args, check_dirs=False)
@@ -89,6 +92,8 @@ class _Progress:
 # -- the text report -------------------------------------------------------------------------
 def _columns(report: Report) -> list[str]:
     """Training and testing always; another category only when the project has some."""
+    from ..project.audit import CATEGORIES
+
     return [c for c in CATEGORIES if c in ("training", "testing") or report.totals[c]]
 
 

@@ -122,7 +122,9 @@ class IngestionConfig:
     group_key: str = "session"
     testing_fraction: float = 0.2
     allow_duplicates: bool = False
-    retry_base_seconds: float = 1.0
+    retry_base_seconds: float = 0.25
+    """The first retry of a file that failed transiently comes within this (a sporadic
+    error costs a quarter second, not a second); a sustained failure opens the breaker."""
     retry_max_seconds: float = 300.0
     auth_pause_seconds: float = 300.0
     ca_file: Path | None = None

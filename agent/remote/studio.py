@@ -49,6 +49,7 @@ from ..errors import AuthError, ConfigError, PermanentError, TransientError, Url
 from ..metadata import check_metadata
 from ..secrets import Secret
 from .categories import LIST_CATEGORIES as LIST_CATEGORIES
+from .categories import PAGE_SIZE as PAGE_SIZE
 from .http import (
     clean,
     error_text,
@@ -61,7 +62,6 @@ from .http import (
 )
 
 MAX_RESPONSE_BYTES = 16 * 1024 * 1024
-PAGE_SIZE = 100
 MAX_REMOTE_KEYS = 1000
 
 

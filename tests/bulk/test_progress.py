@@ -113,8 +113,8 @@ def test_summary_text() -> None:
 
 
 def test_a_terminal_gets_one_updating_line(tmp_path: Path) -> None:
-    make_files(tmp_path / "d", 120)
-    srv = ServerProcess(tmp_path / "server", extra=["--latency-ms", "10"]).start()
+    make_files(tmp_path / "d", 400)  # 20 files go in one request: a second of rounds to draw
+    srv = ServerProcess(tmp_path / "server", extra=["--latency-ms", "100"]).start()
     master, slave = pty.openpty()
     try:
         env = {
