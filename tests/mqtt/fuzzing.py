@@ -131,8 +131,8 @@ def _field_level(rng: random.Random, n: int, doc: dict[str, Any]) -> Case:
 
 
 def generate(seed: int, count: int, valid_share: float = 0.04, first: int = 0) -> Iterator[Case]:
-    """``count`` cases numbered from ``first``: ``valid_share`` valid commands, a fifth of
-    the rest with a defect of the payload as a whole, the others with one bad field."""
+    """``count`` cases numbered from ``first``: ``valid_share`` valid commands, a fifth
+    with a defect of the payload as a whole, the others with one bad field."""
     rng = random.Random(seed)
     for n in range(first, first + count):
         doc = _valid(rng, n)
