@@ -134,10 +134,11 @@ def _ndjson(handle: IO[str], where: str) -> Iterator[tuple[str, Any]]:
             continue
         try:
             doc = json.loads(line)
-        except json.JSONDecodeError as exc:
+        except ValueError as exc:  # JSONDecodeError, or a number of more than 4,300 digits
+            why = _json_error(exc)
             if line_no == 1:
-                raise InputError(where, f"line 1: not valid JSON: {exc.msg}") from None
-            yield place, BadEntry(f"{where}: {place}", f"not valid JSON: {exc.msg}")
+                raise InputError(where, f"line 1: not valid JSON: {why}") from None
+            yield place, BadEntry(f"{where}: {place}", f"not valid JSON: {why}")
             continue
         except RecursionError:  # nested brackets within the size limit
             if line_no == 1:
@@ -150,6 +151,12 @@ def _ndjson(handle: IO[str], where: str) -> Iterator[tuple[str, Any]]:
             yield place, BadEntry(f"{where}: {place}", "expected a JSON object")
         elif doc.get("__key") == "files":
             yield place, doc.get("__item")
+
+
+def _json_error(exc: ValueError) -> str:
+    if isinstance(exc, json.JSONDecodeError):
+        return exc.msg
+    return "a number with too many digits"
 
 
 def _check_version(doc: Any, where: str) -> None:
@@ -214,6 +221,8 @@ class _Stream:
                 raise InputError(self.where, f"not valid JSON: {exc.msg}") from None
             except RecursionError:  # nested brackets within the size limit
                 raise InputError(self.where, "not valid JSON: nested too deeply") from None
+            except ValueError as exc:  # a number of more than 4,300 digits
+                raise InputError(self.where, f"not valid JSON: {_json_error(exc)}") from None
             if end == len(self.buf) and not self.eof and self._fill():
                 continue  # a number may go on in the next chunk
             size, self.pos = end - self.pos, end
@@ -292,13 +301,16 @@ def resolve_inside(base: Path, path_text: object) -> Path:
         raise InputError("path", "required: the file's path relative to the info file")
     if len(path_text) > MAX_PATH_CHARS or "\x00" in path_text:
         raise InputError("path", "not a usable path")
-    real = Path(os.path.realpath(base / path_text))
-    if real != base and base not in real.parents:
-        raise InputError("path", f"outside the info file's folder {base}; refused")
-    if not real.exists():
-        raise InputError("path", "file not found")
-    if not real.is_file():
-        raise InputError("path", "not a regular file")
+    try:
+        real = Path(os.path.realpath(base / path_text))
+        if real != base and base not in real.parents:
+            raise InputError("path", f"outside the info file's folder {base}; refused")
+        if not real.exists():
+            raise InputError("path", "file not found")
+        if not real.is_file():
+            raise InputError("path", "not a regular file")
+    except OSError as exc:  # a name longer than 255 bytes, a loop of links
+        raise InputError("path", f"not a usable path: {exc.strerror or exc}") from None
     return real
 
 

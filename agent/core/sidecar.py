@@ -43,8 +43,10 @@ def parse_sidecar(raw: bytes, where: str) -> Context:
         raise SidecarError(where, f"larger than {MAX_SIDECAR_BYTES} bytes")
     try:
         data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except UnicodeDecodeError as exc:
         raise SidecarError(where, f"not valid JSON: {exc}") from None
+    except ValueError as exc:  # JSONDecodeError, or a number of more than 4,300 digits
+        raise SidecarError(where, f"not valid JSON: {getattr(exc, 'msg', exc)}") from None
     except RecursionError:  # nested brackets within the size limit
         raise SidecarError(where, "not valid JSON: nested too deeply") from None
     if not isinstance(data, dict):

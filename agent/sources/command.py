@@ -80,8 +80,10 @@ def decode(raw: bytes) -> dict[str, Any]:
         data = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
     except InputError:
         raise
-    except (ValueError, RecursionError):
+    except (json.JSONDecodeError, RecursionError):
         raise InputError("", "payload is not a JSON object") from None
+    except ValueError:  # Python converts at most 4,300 digits to an int
+        raise InputError("", "payload has a number of more than 4,300 digits") from None
     if not isinstance(data, dict):
         raise InputError("", f"payload is JSON {type(data).__name__}, expected an object")
     return data

@@ -94,6 +94,12 @@ def test_refusals_name_the_field(raw: bytes, field: str) -> None:
     assert refused(raw).field == field
 
 
+def test_a_number_python_will_not_convert_is_named_as_such() -> None:
+    """Found by bench/fuzz.py: a 5,000-digit duration was refused as "not a JSON object"."""
+    exc = refused(b'{"id": "c-1", "source": "accel", "duration_ms": ' + b"9" * 5000 + b"}")
+    assert exc.field == "" and exc.message == "payload has a number of more than 4,300 digits"
+
+
 def test_command_id_is_reported_only_when_safe() -> None:
     assert command_id_of(ok(label="a/b")) == "c-1"
     assert command_id_of(ok(id="../../x")) is None

@@ -23,6 +23,7 @@ from paho.mqtt.properties import Properties
 from edge_uploader.localserver import LocalIngestionServer
 from edge_uploader.sources.command import MAX_COMMAND_BYTES
 
+from .fuzzing import AgentProcess, Case, Fuzzer, generate, tree
 from .harness import DEVICE, AgentRun, Broker, Observer, Sensor, command, wait_until
 
 pytestmark = pytest.mark.mqtt
@@ -34,6 +35,7 @@ PATHLIKE = [
 ]  # fmt: skip
 HOSTILE: list[Any] = [*PATHLIKE, None, True, -1, 0, 10**30, 1.5, [], {}, ["accel"], {"a": 1}]
 BATCH = 120
+SEED = 20261202
 
 
 def payloads(rng: random.Random) -> list[bytes]:
@@ -64,10 +66,6 @@ def payloads(rng: random.Random) -> list[bytes]:
             doc["label"] = rng.choice(PATHLIKE)
             out.append(json.dumps(doc).encode())
     return out
-
-
-def tree(root: Path) -> set[str]:
-    return {str(Path(d, f).relative_to(root)) for d, _, files in os.walk(root) for f in files}
 
 
 def test_hostile_batch_through_the_broker(
@@ -135,3 +133,49 @@ def test_hostile_batch_through_the_broker(
     assert not Path("/tmp/pwned").exists()
     delivered = counts["delivered"] + 1
     assert len(ingestion.samples()) == delivered
+
+
+SCALE = 3000
+
+
+def test_generated_payloads_against_the_daemon_process(
+    broker: Broker, ingestion: LocalIngestionServer, make_agent: Callable[..., AgentRun],
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """3,000 generated payloads (``fuzzing.generate``; ``bench/fuzz.py`` sends 100,000) into
+    ``edge-uploader run``: every payload answered, every rejection names the field its
+    defect is in, only valid commands capture, the process stays up and files appear only
+    in its capture folder."""
+    agent = make_agent(mqtt_port=broker.port, ingestion_url=ingestion.url, sensor_path=None)
+    before = tree(tmp_path)
+    proc = AgentProcess(agent.config_path, tmp_path / "agent.log")
+    fuzzer = Fuzzer(broker.port)
+    try:
+        fuzzer.wait_online()
+        cases = list(generate(SEED, SCALE))
+        fuzzer.publish(cases)
+        fuzzer.settle(cases)
+        result = fuzzer.judge(cases)
+        assert result.wrong == [], result.wrong
+        assert proc.alive()
+        after = [Case(command("after-fuzz", source="snap", duration_ms=5), None, valid=True)]
+        fuzzer.publish(after, first=SCALE)
+        fuzzer.settle(after, first=SCALE)
+        assert fuzzer.judge(after, first=SCALE).outcomes["delivered"] == 1
+    finally:
+        fuzzer.close()
+        assert proc.stop() == 0
+    ran = result.outcomes["delivered"] + result.outcomes["failed"]
+    assert result.outcomes["delivered"] >= 3 and result.outcomes["rejected"] > 2500
+    for name in ("(payload)", "id", "source", "duration_ms", "label", "session", "category",
+                 "metadata", "argv", "../x"):  # fmt: skip
+        assert result.rejections[name] > 0, name
+    new = tree(tmp_path) - before
+    outside = {p for p in new if not p.startswith(("captures/", "state/", "ingestion/", "broker/"))}
+    assert outside == {"agent.log"}
+    data = {p for p in new if p.startswith("captures/") and not p.endswith(".meta.json")}
+    sidecars = {p for p in new if p.startswith("captures/")} - data
+    assert len(data) == ran + 1 and all(Path(p).name.startswith("snap.") for p in data)
+    assert sidecars <= {p + ".meta.json" for p in data}
+    assert len(ingestion.samples()) == result.outcomes["delivered"] + 1
+    assert not Path("/tmp/pwned").exists()
