@@ -26,7 +26,8 @@ def report(title: str, sc: Scenario, r: Result) -> None:
     integrity = "ok" if not r.integrity else "; ".join(r.integrity)
     print(
         f"  written {r.written}  kills {r.kills}  stored {r.stored}  lost {len(r.lost)}  "
-        f"stored twice {len(r.stored_twice)}  integrity {integrity}"
+        f"stored twice {len(r.stored_twice)}  refused as duplicates {r.refused}  "
+        f"integrity {integrity}"
     )
     print(f"  final rows {r.rows}  wall {r.seconds:.0f} s  {'PASS' if r.ok else 'FAIL'}")
 

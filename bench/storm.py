@@ -61,6 +61,8 @@ class Result:
     integrity: list[str] = field(default_factory=list)
     kept_entries: list[str] = field(default_factory=list)
     rows: dict[str, int] = field(default_factory=dict)
+    refused: int = 0
+    """Re-sends the server refused as duplicates (after a lost reply or a lost state)."""
     seconds: float = 0.0
 
     @property
@@ -364,6 +366,7 @@ class Storm:
             con.close()
         names = {0: "pending", 1: "uploading", 2: "delivered", 3: "dead", 4: "held", 5: "gone"}
         self.result.rows = {names.get(s, str(s)): n for s, n in rows}
+        self.result.refused = self.log.read_text(errors="replace").count(".delivery: duplicate ")
 
     def stop(self) -> None:
         self.kill_agent()
