@@ -303,19 +303,23 @@ class Storm:
                 (self.base / "captures" / name).mkdir(parents=True, exist_ok=True)
             cfg = self.write_config()
             per = -(-self.sc.files // max(1, self.sc.kills))
+            left: list[tuple[Path, bytes]] = []
             for k in range(self.sc.kills):
                 first = k * per
-                self.life(cfg, self.batch(first, max(0, min(per, self.sc.files - first))))
+                burst = self.batch(first, max(0, min(per, self.sc.files - first)))
+                left = self.life(cfg, left + burst)
                 self.check(f"after kill {k + 1}")
-            self.drain(cfg)
+            self.drain(cfg, left)
             self.check("at the end")
         finally:
             self.stop()
         self.result.seconds = time.monotonic() - started
         return self.result
 
-    def life(self, cfg: Path, items: list[tuple[Path, bytes]]) -> None:
-        """Start the agent, write one burst, kill at a random moment, cut if powered."""
+    def life(self, cfg: Path, items: list[tuple[Path, bytes]]) -> list[tuple[Path, bytes]]:
+        """Start the agent, write one burst, kill at a random moment; returns the files the
+        device has yet to write. Without power the device writes on while the agent is
+        dead; a cut stops it too (the file it was writing is abandoned)."""
         before = self.runs_started()
         self.start_agent(cfg)
         writer = Writer(items, durable=self.sc.power)
@@ -326,7 +330,8 @@ class Storm:
             wait(lambda: self.runs_started() > before or self.agent_dead(), 120, "the agent")
             time.sleep(self.rng.uniform(0.0, self.sc.kill_window))
         self.kill_agent()
-        writer.stop.set()
+        if self.sc.power:
+            writer.stop.set()
         writer.join()
         self.done.extend(writer.done)
         self.result.written = len(self.done)
@@ -334,6 +339,7 @@ class Storm:
         if self.mount:
             self.result.kept_entries.append(self.mount.cut())
             self.mount.up()
+        return items[len(writer.started_names) :]
 
     def agent_dead(self) -> bool:
         return self.agent is None or self.agent.poll() is not None
@@ -344,10 +350,14 @@ class Storm:
             self.agent.wait()
             self.agent = None
 
-    def drain(self, cfg: Path) -> None:
+    def drain(self, cfg: Path, left: list[tuple[Path, bytes]]) -> None:
         """A last agent delivers what is left; it is stopped with SIGTERM when done."""
         before = self.runs_started()
         self.start_agent(cfg)
+        writer = Writer(left, durable=self.sc.power)
+        writer.run()
+        self.done.extend(writer.done)
+        self.result.written = len(self.done)
         want = set(self.done)
 
         def delivered() -> bool:
@@ -357,7 +367,12 @@ class Storm:
         wait(lambda: self.runs_started() > before, 60, "the last agent to finish starting")
         assert self.agent is not None
         self.agent.terminate()
-        self.agent.wait(30)
+        try:
+            self.agent.wait(60)
+        except subprocess.TimeoutExpired:
+            tail = self.log.read_text(errors="replace").splitlines()[-15:]
+            raise RuntimeError("the last agent did not stop within 60 s of SIGTERM:\n"
+                               + "\n".join(tail)) from None  # fmt: skip
         self.agent = None
         con = sqlite3.connect(self.base / "queue.db")
         try:

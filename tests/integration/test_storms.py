@@ -43,7 +43,7 @@ def test_crash_storm_loses_nothing_and_stores_nothing_twice(tmp_path: Path) -> N
     sc = Scenario(files=600, kills=12, seed=5, fail_rate=0.05, drop_rate=0.02, lose_rate=0.02)
     result = Storm(sc, tmp_path / "storm").run()
     assert result.kills == 12
-    assert result.written >= 300, "the kills came before the device wrote anything"
+    assert result.written == 600  # the device writes on while the agent is dead
     assert result.lost == [] and result.stored_twice == [] and result.integrity == []
     assert result.stored >= result.written
     assert result.rows.get("delivered", 0) >= result.written
@@ -89,6 +89,6 @@ def test_power_cuts_lose_nothing_and_keep_the_queue_sound(tmp_path: Path) -> Non
     sc = Scenario(files=100, kills=5, seed=2, power=True)
     result = Storm(sc, tmp_path / "storm").run()
     assert result.kills == 5
-    assert result.written >= 40, "the cuts came before the device wrote anything"
+    assert result.written >= 95  # a cut abandons at most the file being written
     assert result.lost == [] and result.stored_twice == [] and result.integrity == []
     assert result.rows.get("delivered", 0) >= result.written
