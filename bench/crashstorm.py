@@ -40,6 +40,8 @@ def arguments(files: int, kills: int) -> argparse.ArgumentParser:
     ap.add_argument("--fail-rate", type=float, default=0.05)
     ap.add_argument("--drop-rate", type=float, default=0.02)
     ap.add_argument("--lose-reply-rate", type=float, default=0.02)
+    ap.add_argument("--model", choices=("ext4", "posix"), default="ext4",
+                    help="power cuts: the file system model (see bench/powerfs.py)")  # fmt: skip
     ap.add_argument("--work", type=Path, help="keep the run here (default: a temporary folder)")
     return ap
 
@@ -47,7 +49,7 @@ def arguments(files: int, kills: int) -> argparse.ArgumentParser:
 def scenario(args: argparse.Namespace, *, power: bool) -> Scenario:
     return Scenario(
         files=args.files, kills=args.kills, seed=args.seed, fail_rate=args.fail_rate,
-        drop_rate=args.drop_rate, lose_rate=args.lose_reply_rate, power=power,
+        drop_rate=args.drop_rate, lose_rate=args.lose_reply_rate, power=power, model=args.model,
     )  # fmt: skip
 
 

@@ -1,6 +1,6 @@
 """A FUSE file system that forgets what was not synced when the power is cut.
 
-    python bench/powerfs.py STATE_DIR MOUNTPOINT [--seed N]
+    python bench/powerfs.py STATE_DIR MOUNTPOINT [--seed N] [--model ext4|posix]
 
 Every operation passes through to ``STATE_DIR/live``; what a power cut would keep is
 tracked beside it, modelled on ext4 (``data=ordered``, the default on SD cards):
@@ -13,11 +13,16 @@ tracked beside it, modelled on ext4 (``data=ordered``, the default on SD cards):
   commit of the running transaction does; at a cut, a random prefix of what was not
   committed survives (the journal also commits on its own timer), never a later entry
   without the earlier ones.
+- ``--model posix`` is stricter, what POSIX promises and what file systems without a
+  journal (FAT on an SD card) come close to: a name change is committed only by an
+  ``fsync`` of the folder it is in, and a rename between two folders is two changes (gone
+  from the old folder, present in the new one), each committed by its own folder's sync.
 
 A cut is asked for on the control socket ``STATE_DIR/control.sock`` (the line ``cut``,
-answered ``ok N M``: N of M uncommitted journal entries kept) after the writers were
-killed with SIGKILL; the harness then unmounts. The next mount rebuilds ``live`` from the
-durable state, so it shows exactly what the device would find after the power came back.
+answered ``ok N M``: N of M uncommitted journal entries kept; ``cut none`` keeps none)
+after the writers were killed with SIGKILL; the harness then unmounts. The next mount
+rebuilds ``live`` from the durable state, so it shows exactly what the device would find
+after the power came back.
 SQLite in WAL mode works on it: the kernel's page cache stays on (no ``direct_io``), so
 the ``-shm`` file can be mapped shared.
 """
@@ -89,6 +94,9 @@ class Durable:
             entry, target = self.names[path], live / path.lstrip("/")
             if path == "/":
                 continue
+            if not target.parent.is_dir():  # its folder's name was never committed: lost
+                del self.names[path]
+                continue
             if entry["kind"] == "dir":
                 target.mkdir(exist_ok=True)
             elif entry["kind"] == "link":
@@ -107,7 +115,7 @@ class Durable:
 class PowerFS(Operations):  # type: ignore[misc]
     """Pass-through to ``live`` with the durability bookkeeping of ``Durable``."""
 
-    def __init__(self, root: Path, seed: int | None) -> None:
+    def __init__(self, root: Path, seed: int | None, model: str = "ext4") -> None:
         self.durable = Durable(root)
         self.live = root / "live"
         self.durable.restore(self.live)
@@ -116,6 +124,7 @@ class PowerFS(Operations):  # type: ignore[misc]
         self._mutex = threading.RLock()
         self.rng = random.Random(seed)
         self.fsyncs = 0
+        self.model = model
 
     def _full(self, path: str) -> str:
         return str(self.live / path.lstrip("/"))
@@ -136,15 +145,25 @@ class PowerFS(Operations):  # type: ignore[misc]
             self.names.pop(path, None)
             self.journal.append(("remove", path))
 
-    def _commit(self) -> None:
+    def _commit(self, folder: str | None) -> None:
+        """Apply the journal (``folder`` None) or, in the posix model, the changes of the
+        names in ``folder`` (a rename within it counts; a folder's rename commits whole)."""
+        keep: list[tuple[Any, ...]] = []
         for op in self.journal:
-            self.durable.apply(op)
-        self.journal.clear()
+            touches = {parent(p) for p in op[1:3] if isinstance(p, str)}
+            if folder is None or folder in touches:
+                self.durable.apply(op)
+            else:
+                keep.append(op)
+        self.journal[:] = keep
 
     def _sync(self, path: str, is_dir: bool) -> None:
         with self._mutex:
             self.fsyncs += 1
-            self._commit()
+            if self.model == "ext4":
+                self._commit(None)
+            elif is_dir:
+                self._commit(path)
             entry = self.names.get(path)
             if not is_dir and entry is not None and entry["kind"] == "file":
                 ino = str(entry["ino"])
@@ -152,11 +171,12 @@ class PowerFS(Operations):  # type: ignore[misc]
                 self.durable.mtimes[ino] = os.stat(self._full(path)).st_mtime_ns
             self.durable.save()
 
-    def cut(self) -> str:
-        """The power goes: a random prefix of the uncommitted names survives."""
+    def cut(self, keep_none: bool = False) -> str:
+        """The power goes: a random prefix of the uncommitted names survives (none with
+        ``keep_none``: the worst case, for tests that need it exactly)."""
         with self._mutex:
             total = len(self.journal)
-            kept = self.rng.randint(0, total)
+            kept = 0 if keep_none else self.rng.randint(0, total)
             for op in self.journal[:kept]:
                 self.durable.apply(op)
             self.journal.clear()
@@ -231,7 +251,13 @@ class PowerFS(Operations):  # type: ignore[misc]
                 del self.names[p]
             for p, e in moved.items():
                 self.names[new + p[len(old) :]] = e
-            self.journal.append(("rename", old, new))
+            entry = self.names.get(new)
+            split = self.model == "posix" and parent(old) != parent(new)
+            if split and entry is not None and entry["kind"] != "dir":
+                self.journal.append(("remove", old))  # two folders: two changes
+                self.journal.append(("add", new, dict(entry)))
+            else:
+                self.journal.append(("rename", old, new))
 
     def create(self, path: str, mode: int, fi: Any = None) -> int:
         with self._mutex:
@@ -267,6 +293,11 @@ class PowerFS(Operations):  # type: ignore[misc]
         self._sync(path, is_dir=True)
 
 
+def parent(path: str) -> str:
+    """The folder a path is in: ``/a/b`` -> ``/a``, ``/a`` -> ``/``."""
+    return path.rsplit("/", 1)[0] or "/"
+
+
 def serve_control(fs: PowerFS, sock_path: Path) -> None:
     """Answer ``cut`` and ``stats`` lines on a Unix socket, one connection at a time."""
     sock_path.unlink(missing_ok=True)
@@ -277,8 +308,8 @@ def serve_control(fs: PowerFS, sock_path: Path) -> None:
         conn, _ = srv.accept()
         with conn:
             line = conn.makefile("r").readline().strip()
-            if line == "cut":
-                answer = fs.cut()
+            if line in ("cut", "cut none"):
+                answer = fs.cut(keep_none=line == "cut none")
             elif line == "stats":
                 answer = f"fsyncs {fs.fsyncs} journal {len(fs.journal)}"
             else:
@@ -300,8 +331,9 @@ def main() -> None:
     ap.add_argument("state_dir", type=Path)
     ap.add_argument("mountpoint", type=Path)
     ap.add_argument("--seed", type=int)
+    ap.add_argument("--model", choices=("ext4", "posix"), default="ext4")
     args = ap.parse_args()
-    fs = PowerFS(args.state_dir, args.seed)
+    fs = PowerFS(args.state_dir, args.seed, args.model)
     threading.Thread(
         target=serve_control, args=(fs, args.state_dir / "control.sock"), daemon=True
     ).start()

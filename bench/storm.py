@@ -10,7 +10,9 @@ and each kill is a power cut: the file system forgets whatever was not synced.
 After every kill, and at the end, the invariants are checked:
 
 - **lost**: a file the device finished writing (synced, renamed, folder synced) that is
-  neither on the local disk (its folder or the move target) nor stored at the server;
+  neither on the local disk (its folder or the move target) nor stored at the server, or
+  one of the folders that keep or move it that is not on the local disk at all (a moved
+  file must survive in one of the two places);
 - **stored twice**: a name stored more than once at the server (the agent always asks
   ``x-disallow-duplicates``, so a re-send after a lost reply must be refused);
 - **integrity**: ``PRAGMA integrity_check`` of the queue is not ``ok``.
@@ -35,6 +37,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "ei_storm_key_0000000"
 FOLDERS = ("keep", "del", "mov")
+KEPT_LOCALLY = (".keep.json", ".mov.json")
+"""Names of the files kept or moved after delivery (the folder is in the name)."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,8 @@ class Scenario:
     drop_rate: float = 0.02
     lose_rate: float = 0.02
     power: bool = False
+    model: str = "ext4"
+    """With ``power``: the file system's model (``bench/powerfs.py``), ext4 or posix."""
     kill_window: float = 1.5
     """Seconds after the agent is up within which the kill falls (uniformly)."""
     drain_timeout: float = 600.0
@@ -91,11 +97,19 @@ def wait(cond: Callable[[], object], timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
+def sync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class PowerMount:
     """``bench/powerfs.py`` mounted as a child process; ``cut`` drops the unsynced."""
 
-    def __init__(self, state: Path, mnt: Path, seed: int) -> None:
-        self.state, self.mnt, self.seed = state, mnt, seed
+    def __init__(self, state: Path, mnt: Path, seed: int, model: str = "ext4") -> None:
+        self.state, self.mnt, self.seed, self.model = state, mnt, seed, model
         self.proc: subprocess.Popen[bytes] | None = None
         self.lives = 0
 
@@ -105,7 +119,7 @@ class PowerMount:
         log = open(self.state.parent / "powerfs.log", "ab")  # noqa: SIM115 - child's
         self.proc = subprocess.Popen(
             [sys.executable, str(ROOT / "bench" / "powerfs.py"), str(self.state),
-             str(self.mnt), "--seed", str(self.seed + self.lives)],
+             str(self.mnt), "--seed", str(self.seed + self.lives), "--model", self.model],
             stdout=log, stderr=subprocess.STDOUT, env=env(),
         )  # fmt: skip
         log.close()
@@ -119,8 +133,8 @@ class PowerMount:
             s.sendall(command.encode() + b"\n")
             return s.makefile("r").readline().strip()
 
-    def cut(self) -> str:
-        answer = self.ask("cut")
+    def cut(self, command: str = "cut") -> str:
+        answer = self.ask(command)
         self.down()
         return answer
 
@@ -182,7 +196,7 @@ class Storm:
         self.sc, self.work = scenario, work
         self.rng = random.Random(scenario.seed)
         self.mount = (
-            PowerMount(work / "fs" / "state", work / "fs" / "mnt", scenario.seed)
+            PowerMount(work / "fs" / "state", work / "fs" / "mnt", scenario.seed, scenario.model)
             if scenario.power
             else None
         )
@@ -252,7 +266,7 @@ class Storm:
         items = []
         for i in range(first, first + count):
             folder = self.base / "captures" / FOLDERS[i % 3]
-            name = f"f{i:05d}.json"
+            name = f"f{i:05d}.{FOLDERS[i % 3]}.json"
             body = json.dumps(
                 {"n": name, "r": self.rng.randbytes(self.rng.randint(50, 1500)).hex()}
             )
@@ -273,7 +287,10 @@ class Storm:
         stored = collections.Counter(str(r["fileName"]) for r in self.index())
         here = self.local_names()
         r = self.result
-        r.lost = sorted(n for n in self.done if n not in here and n not in stored)
+        r.lost = sorted(
+            n for n in self.done
+            if n not in here and (n not in stored or n.endswith(KEPT_LOCALLY))
+        )  # fmt: skip
         r.stored_twice = sorted(n for n, c in stored.items() if c > 1)
         r.stored = len(stored)
         queue = self.base / "queue.db"
@@ -301,6 +318,10 @@ class Storm:
                 self.mount.up()
             for name in FOLDERS:
                 (self.base / "captures" / name).mkdir(parents=True, exist_ok=True)
+            for folder in [self.base / "captures" / n for n in FOLDERS]:
+                sync_folder(folder)
+            sync_folder(self.base / "captures")
+            sync_folder(self.base)
             cfg = self.write_config()
             per = -(-self.sc.files // max(1, self.sc.kills))
             left: list[tuple[Path, bytes]] = []

@@ -9,6 +9,7 @@ new capture (queued as its own row), and it and its sidecar are left alone.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -64,13 +65,19 @@ class AfterUpload:
         return True
 
     def _move(self, row: Row, src: Path) -> None:
+        """Move the file and its sidecar. The new names are synced into the target folder
+        (and every folder made for it) and then the old ones out of the source: on a file
+        system that commits names per folder, a power cut could otherwise keep the file
+        gone from its folder but never arrived in the target."""
         dest = self._target(row, src)
         if src.exists():
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(src), str(dest))
+            make_folders(dest.parent)
+            move_file(src, dest)
             side = sidecar_path(src)
             if side.exists():
-                shutil.move(str(side), str(sidecar_path(dest)))
+                move_file(side, sidecar_path(dest))
+            sync_folder(dest.parent)
+            sync_folder(src.parent)
             log.info("moved %s to %s after delivery", src, dest)
 
     def _target(self, row: Row, src: Path) -> Path:
@@ -86,3 +93,40 @@ class AfterUpload:
             dest = dest.with_name(f"{src.stem}.{n}{src.suffix}")
             n += 1
         return dest
+
+
+def sync_folder(folder: Path) -> None:
+    """fsync a folder: the names created in, renamed into or removed from it are durable."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def make_folders(folder: Path) -> None:
+    """``mkdir -p`` with each new folder's name synced into its parent."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for new in reversed(missing):
+        new.mkdir(exist_ok=True)
+        sync_folder(new.parent)
+
+
+def move_file(src: Path, dest: Path) -> None:
+    """Rename; across file systems, copy with the copy synced before the source goes."""
+    try:
+        src.rename(dest)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        shutil.copy2(src, dest)
+        fd = os.open(dest, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        sync_folder(dest.parent)
+        src.unlink()

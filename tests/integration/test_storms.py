@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.storm import ROOT, PowerMount, Scenario, Storm
+from bench.storm import ROOT, PowerMount, Scenario, Storm, sync_folder
 
 
 def fuse_missing() -> str | None:
@@ -92,3 +92,47 @@ def test_power_cuts_lose_nothing_and_keep_the_queue_sound(tmp_path: Path) -> Non
     assert result.written >= 95  # a cut abandons at most the file being written
     assert result.lost == [] and result.stored_twice == [] and result.integrity == []
     assert result.rows.get("delivered", 0) >= result.written
+
+
+@pytest.mark.root
+@needs_fuse
+def test_a_moved_file_survives_a_cut_on_a_file_system_that_syncs_per_folder(
+    tmp_path: Path,
+) -> None:
+    """The power-cut finding: after ``after_upload = "move"`` the device syncs its capture
+    folder (a new capture arrives), the power goes, and the file must be in one of the
+    two places. Before the move synced the target folder it was in neither."""
+    from edge_uploader.core.after_upload import AfterUpload
+    from edge_uploader.store.queue import NewFile, Queue, Result, State
+
+    fs = PowerMount(tmp_path / "state", tmp_path / "mnt", seed=0, model="posix")
+    fs.up()
+    try:
+        watch = fs.mnt / "captures"
+        watch.mkdir()
+        sync_folder(fs.mnt)
+        src = watch / "a.json"
+        with open(src, "wb") as fh:
+            fh.write(b'{"a": 1}')
+            fh.flush()
+            os.fsync(fh.fileno())
+        sync_folder(watch)
+        queue = Queue(tmp_path / "queue.db")  # off the mount: only the move is on trial
+        st = src.stat()
+        new = NewFile(str(src), st.st_size, st.st_mtime_ns, "watch:c", None, "training", {},
+                      after_upload="move", move_to=str(fs.mnt / "done"))  # fmt: skip
+        (rid,) = queue.enqueue_many([new])
+        queue.lease(1)
+        queue.settle([Result(rid, State.DELIVERED, sample_id=1)], durable=True)
+        (row,) = queue.unfinished_local_actions()
+        queue.close()
+        assert AfterUpload({"watch:c": watch}).finish(row)
+        (watch / "b.json").write_bytes(b"next capture")
+        sync_folder(watch)
+        fs.cut("cut none")
+        fs.up()
+        survivors = [p.relative_to(fs.mnt).as_posix() for p in fs.mnt.rglob("a.json")]
+        assert survivors == ["done/a.json"]
+        assert (fs.mnt / "done" / "a.json").read_bytes() == b'{"a": 1}'
+    finally:
+        fs.down()
