@@ -82,3 +82,26 @@ def test_move_across_file_systems_syncs_the_copy_before_the_source_goes(
     assert (done / "b.wav").read_bytes() == b"b" * 100 and not src.exists()
     assert (str(done), ["b.wav"]) == synced[0]  # the copy, before the source was unlinked
     assert synced[-1] == (str(watch), [])
+
+
+def test_a_round_of_moves_syncs_each_folder_once(
+    tmp_path: Path, synced: list[tuple[str, list[str]]]
+) -> None:
+    """Two syncs per file would cost two journal commits each on an SD card."""
+    watch, done = tmp_path / "in", tmp_path / "done"
+    watch.mkdir()
+    done.mkdir()
+    queue = Queue(tmp_path / "queue.db")
+    news = []
+    for name in ("a.wav", "b.wav", "c.wav"):
+        (watch / name).write_bytes(name.encode() * 10)
+        st = (watch / name).stat()
+        news.append(NewFile(str(watch / name), st.st_size, st.st_mtime_ns, "watch:in", None,
+                            "training", {}, after_upload="move", move_to=str(done)))  # fmt: skip
+    ids = queue.enqueue_many(news)
+    queue.lease(3)
+    queue.settle([Result(i, State.DELIVERED, sample_id=i) for i in ids], durable=True)
+    rows = queue.unfinished_local_actions()
+    queue.close()
+    assert sorted(AfterUpload({"watch:in": watch}).finish_all(rows)) == sorted(ids)
+    assert synced == [(str(done), ["a.wav", "b.wav", "c.wav"]), (str(watch), [])]
