@@ -85,8 +85,9 @@ def test_powerfs_keeps_only_what_was_synced(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.root
 @needs_fuse
-def test_power_cuts_lose_nothing_and_keep_the_queue_sound(tmp_path: Path) -> None:
-    sc = Scenario(files=100, kills=5, seed=2, power=True)
+@pytest.mark.parametrize("model", ["ext4", "posix"])
+def test_power_cuts_lose_nothing_and_keep_the_queue_sound(tmp_path: Path, model: str) -> None:
+    sc = Scenario(files=100, kills=5, seed=2, power=True, model=model)
     result = Storm(sc, tmp_path / "storm").run()
     assert result.kills == 5
     assert result.written >= 95  # a cut abandons at most the file being written
