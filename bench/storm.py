@@ -257,10 +257,17 @@ class Storm:
         return self.log.read_text(errors="replace").count("edge-uploader running")
 
     def index(self) -> list[dict[str, object]]:
+        """The server's stored samples; a line it is still writing is waited for."""
         path = self.server_dir / "index.jsonl"
         if not path.exists():
             return []
-        return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        text = path.read_text()
+        for _ in range(100):
+            if not text or text.endswith("\n"):
+                break
+            time.sleep(0.02)
+            text = path.read_text()
+        return [json.loads(x) for x in text.splitlines() if x.strip()]
 
     def batch(self, first: int, count: int) -> list[tuple[Path, bytes]]:
         items = []
