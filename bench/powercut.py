@@ -28,7 +28,7 @@ def main() -> int:
     sc = scenario(args, power=True)
     with tempfile.TemporaryDirectory(prefix="powercut-") as tmp:
         result = Storm(sc, args.work or Path(tmp)).run()
-    report("power cuts", sc, result)
+    report(f"power cuts ({sc.model} model)", sc, result)
     kept = [e.split() for e in result.kept_entries if e.startswith("ok")]
     print(
         f"  uncommitted names at the cuts: {sum(int(t) for _, _, t in kept)}, "
