@@ -401,7 +401,7 @@ class Delivery(Loop):
         for d in settled:
             self._report(d)
         if local:
-            self.queue.mark_local_done(r.id for r in local if self.after_upload.finish(r))
+            self.queue.mark_local_done(self.after_upload.finish_all(local))
         if requeue:
             self.queue.requeue(requeue)
             for row_id in requeue:

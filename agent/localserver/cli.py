@@ -58,6 +58,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--drop-rate", type=float, default=0.0, help="fraction of uploads closed with no response"
     )
     parser.add_argument(
+        "--lose-reply-rate",
+        type=float,
+        default=0.0,
+        help="fraction of uploads stored, then closed with no response",
+    )
+    parser.add_argument(
         "--overload-above",
         type=int,
         default=0,
@@ -115,6 +121,7 @@ def build_server(args: argparse.Namespace) -> LocalIngestionServer:
             fail_status=args.fail_status,
             latency_ms=args.latency_ms,
             drop_rate=args.drop_rate,
+            lose_rate=args.lose_reply_rate,
             seed=args.seed,
             overload_above=args.overload_above,
         )

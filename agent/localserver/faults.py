@@ -1,4 +1,4 @@
-"""Fault injection for upload requests: failures, dropped connections and latency.
+"""Fault injection for upload requests: failures, dropped connections, lost replies, latency.
 
 None of this is vendor behaviour; it exists so the agent's retry, backoff and
 dead-letter paths can be exercised against a real socket. Decisions come from a seeded
@@ -25,6 +25,7 @@ class FaultAction(enum.Enum):
     OK = "ok"  # handle normally
     FAIL = "fail"  # answer FaultConfig.fail_status after reading the body
     DROP = "drop"  # read the body, then close the connection with no response
+    LOSE = "lose"  # store the upload as usual, then close the connection with no response
     OVERLOAD = "overload"  # more requests in flight than overload_above: 503, Retry-After
 
 
@@ -37,17 +38,20 @@ class FaultConfig:
     latency_ms: int = 0
     drop_rate: float = 0.0
     seed: int | None = None
+    lose_rate: float = 0.0
+    """Uploads stored, then answered with nothing (the reply lost on the way back): the
+    client cannot know its sample arrived, and its retry meets a duplicate."""
     overload_above: int = 0
     """Answer 503 to an upload request that arrives while this many are already being
     handled (an overloaded service); 0: never."""
 
     def __post_init__(self) -> None:
-        for name in ("fail_rate", "drop_rate"):
+        for name in ("fail_rate", "drop_rate", "lose_rate"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, got {value}")
-        if self.fail_rate + self.drop_rate > 1.0:
-            raise ValueError("fail_rate + drop_rate must not exceed 1")
+        if self.fail_rate + self.drop_rate + self.lose_rate > 1.0:
+            raise ValueError("fail_rate + drop_rate + lose_rate must not exceed 1")
         if not 400 <= self.fail_status <= 599:
             raise ValueError(f"fail_status must be a 4xx or 5xx code, got {self.fail_status}")
         if self.latency_ms < 0:
@@ -123,13 +127,15 @@ class FaultInjector:
             latency = cfg.latency_ms / 1000.0
             if self._script:
                 return FaultDecision(self._script.popleft(), cfg.fail_status, latency)
-            if cfg.fail_rate == 0.0 and cfg.drop_rate == 0.0:
+            if cfg.fail_rate == 0.0 and cfg.drop_rate == 0.0 and cfg.lose_rate == 0.0:
                 return FaultDecision(FaultAction.OK, cfg.fail_status, latency)
             draw = self._rng.random()
         if draw < cfg.drop_rate:
             action = FaultAction.DROP
         elif draw < cfg.drop_rate + cfg.fail_rate:
             action = FaultAction.FAIL
+        elif draw < cfg.drop_rate + cfg.fail_rate + cfg.lose_rate:
+            action = FaultAction.LOSE
         else:
             action = FaultAction.OK
         return FaultDecision(action, cfg.fail_status, latency)

@@ -150,6 +150,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     _status: int = 0
 
+    _lose_reply: bool = False
+
     def _send(
         self,
         status: int,
@@ -159,6 +161,10 @@ class _Handler(BaseHTTPRequestHandler):
         close: bool = False,
         extra: dict[str, str] | None = None,
     ) -> None:
+        if self._lose_reply:  # the injected fault: done, but the answer never leaves
+            self._lose_reply = False
+            self.close_connection = True
+            return
         self._status = status
         self.send_response(status)
         self.send_header("Content-Type", content_type)
@@ -306,6 +312,7 @@ class _Handler(BaseHTTPRequestHandler):
             if not drained:
                 self._linger_close()
             return
+        self._lose_reply = decision.action is FaultAction.LOSE
         if not app.keys.accepts(self.headers.get("x-api-key")):
             self._refuse(reader, 401, {"success": False, "error": "Invalid API key"})
             return

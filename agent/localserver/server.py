@@ -179,7 +179,7 @@ class LocalIngestionServer:
         self.faults.configure(config)
 
     def script_faults(self, actions: Iterable[FaultAction | str]) -> None:
-        """Fix the fate of the next upload requests: "pass", "fail" or "drop"."""
+        """Fix the fate of the next upload requests: "ok", "fail", "drop" or "lose"."""
         self.faults.script(actions)
 
     @property

@@ -80,3 +80,31 @@ def test_fault_config_validation() -> None:
     with pytest.raises(ValueError, match="fail_status"):
         FaultConfig(fail_status=200)
     assert FaultInjector().decide().action is FaultAction.OK
+
+
+def test_lost_reply_stores_the_sample_and_answers_nothing(
+    client: httpx.Client, server: LocalIngestionServer
+) -> None:
+    """The fault the agent's duplicate refusal exists for: stored, but the client cannot
+    know it; its retry (with ``x-disallow-duplicates``) is refused, never stored twice."""
+    server.script_faults(["lose"])
+    refuse = {"x-disallow-duplicates": "1"}
+    with pytest.raises(httpx.TransportError):
+        upload(client, "lost.01.wav", b"lost reply body", headers=refuse)
+    assert [s.original_filename for s in server.samples()] == ["lost.01.wav"]
+    again = upload(client, "lost.01.wav", b"lost reply body", headers=refuse)
+    assert again.status_code == 200
+    assert again.json()["files"][0]["success"] is False
+    assert len(server.samples()) == 1
+
+
+def test_lose_rate_is_drawn_after_drop_and_fail() -> None:
+    """Adding ``lose_rate`` leaves the replay of existing seeds as it was."""
+    faults = FaultInjector(FaultConfig(fail_rate=0.3, drop_rate=0.2, lose_rate=0.25, seed=42))
+    rng = random.Random(42)
+    for _ in range(50):
+        d = rng.random()
+        want = "drop" if d < 0.2 else "fail" if d < 0.5 else "lose" if d < 0.75 else "ok"
+        assert faults.decide().action.value == want
+    with pytest.raises(ValueError, match="lose_rate"):
+        FaultConfig(fail_rate=0.5, drop_rate=0.3, lose_rate=0.3)
