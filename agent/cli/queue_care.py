@@ -17,6 +17,7 @@ from ..config import load_config
 from ..daemon.wake import wake_daemon
 from ..store.queue import Queue, Row, State
 from ..store.status import OVERRIDE_KEY
+from ..text import shown
 from .options import add_config_option, open_queue, positive_int
 
 DEAD_FORMAT_VERSION = 1
@@ -83,7 +84,7 @@ def dead_rows(queue: Queue, args: argparse.Namespace) -> Iterator[Row]:
 def dead_json(row: Row) -> dict[str, Any]:
     return {
         "id": row.id,
-        "path": row.path,
+        "path": shown(row.path),
         "file_name": row.file_name,
         "size": row.size,
         "mtime_ns": row.mtime_ns,
@@ -92,7 +93,7 @@ def dead_json(row: Row) -> dict[str, Any]:
         "category": row.category,
         "label": row.label,
         "metadata": row.metadata,
-        "reason": row.last_error,
+        "reason": None if row.last_error is None else shown(row.last_error),
         "attempts": row.attempts,
         "enqueued_at": row.enqueued_at,
         "sha256": row.sha256,
@@ -121,8 +122,8 @@ def write_dead_list(queue: Queue, args: argparse.Namespace, out: TextIO) -> int:
         return n
     for row in dead_rows(queue, args):
         batch = f", batch {row.batch}" if row.batch else ""
-        out.write(f"#{row.id}  {row.path}  ({row.attempts} attempt(s){batch})\n"
-                  f"      {row.last_error}\n")  # fmt: skip
+        out.write(f"#{row.id}  {shown(row.path)}  ({row.attempts} attempt(s){batch})\n"
+                  f"      {shown(row.last_error or '')}\n")  # fmt: skip
         n += 1
     out.write(f"{n} dead letter(s)\n")
     return n

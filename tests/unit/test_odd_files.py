@@ -5,6 +5,7 @@ that overflows. Real SQLite, real files, real inotify."""
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import threading
@@ -171,3 +172,16 @@ def test_a_name_that_is_not_utf8_gives_sendable_metadata(tmp_path: Path) -> None
     tagged = tag(folder / BAD, config, mtime=0.0, watch=config.watches[0])
     assert tagged.metadata["session"] == "run-_"
     assert tagged.metadata["take"] == "bad__ name_with _[2J"
+
+
+def test_a_dead_letter_with_such_a_name_is_listed_escaped(q: Queue) -> None:
+    from edge_uploader.cli.queue_care import dead_json
+
+    (rid,) = q.enqueue_many([new_file(f"/cap/{BAD}")])
+    row = q.get(rid)
+    assert row is not None
+    doc = dead_json(row)
+    assert doc["path"] == "/cap/bad\\xff\\xfe name\\nwith \\x1b[2J.wav"
+    assert doc["file_name"] == "bad__ name_with _[2J.wav"
+    doc_text = json.dumps(doc, ensure_ascii=False)
+    assert doc_text.encode("utf-8")  # strict UTF-8: no lone surrogates left
