@@ -12,3 +12,33 @@ def one_line(text: str, limit: int) -> str:
     """``text`` on one line, control characters as spaces, at most ``limit`` characters."""
     text = " ".join("".join(c if c.isprintable() else " " for c in text).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def safe_name(name: str) -> str:
+    """A file name fit for the wire (the multipart filename, the service's sample name):
+    valid UTF-8 without control characters. Bytes that are not UTF-8 (decoded with
+    ``surrogateescape``) and control characters become ``_``, so the name never grows
+    past the file system's 255 bytes."""
+    return "".join("_" if _unsafe(c) else c for c in name)
+
+
+def shown(text: str) -> str:
+    """``text`` for a log line or a terminal, one line, reversible by eye: control
+    characters and undecodable bytes escaped as ``\\n``, ``\\x1b``, ``\\xff``."""
+    if not any(_unsafe(c) or c == "\\" for c in text):
+        return text
+    out = []
+    for c in text:
+        if "\udc80" <= c <= "\udcff":
+            out.append(f"\\x{ord(c) - 0xDC00:02x}")
+        elif c == "\\":
+            out.append("\\\\")
+        elif _unsafe(c):
+            out.append(c.encode("unicode_escape", "backslashreplace").decode("ascii"))
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+def _unsafe(c: str) -> bool:
+    return not c.isprintable()  # also a lone surrogate: a byte that was not UTF-8

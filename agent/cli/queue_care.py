@@ -16,6 +16,7 @@ from typing import Any, TextIO
 from ..daemon.wake import wake_daemon
 from ..store.queue import Queue, Row, State
 from ..store.status import OVERRIDE_KEY
+from ..text import shown
 from .options import add_config_option, load, open_queue, positive_int
 from .parser import QUEUE_CONFIG, USAGE, exit_statuses
 
@@ -99,7 +100,7 @@ def dead_rows(queue: Queue, args: argparse.Namespace) -> Iterator[Row]:
 def dead_json(row: Row) -> dict[str, Any]:
     return {
         "id": row.id,
-        "path": row.path,
+        "path": shown(row.path),
         "file_name": row.file_name,
         "size": row.size,
         "mtime_ns": row.mtime_ns,
@@ -108,7 +109,7 @@ def dead_json(row: Row) -> dict[str, Any]:
         "category": row.category,
         "label": row.label,
         "metadata": row.metadata,
-        "reason": row.last_error,
+        "reason": None if row.last_error is None else shown(row.last_error),
         "attempts": row.attempts,
         "enqueued_at": row.enqueued_at,
         "sha256": row.sha256,
@@ -137,8 +138,8 @@ def write_dead_list(queue: Queue, args: argparse.Namespace, out: TextIO) -> int:
         return n
     for row in dead_rows(queue, args):
         batch = f", batch {row.batch}" if row.batch else ""
-        out.write(f"#{row.id}  {row.path}  ({row.attempts} attempt(s){batch})\n"
-                  f"      {row.last_error}\n")  # fmt: skip
+        out.write(f"#{row.id}  {shown(row.path)}  ({row.attempts} attempt(s){batch})\n"
+                  f"      {shown(row.last_error or '')}\n")  # fmt: skip
         n += 1
     out.write(f"{n} dead letter(s)\n")
     return n

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
+from ..text import safe_name
 
 FIELDS = ("dir", "stem", "name", "ext", "device_id", "hostname")
 """Placeholders besides ``{env:NAME}``; ``name`` and ``ext`` are extensions of the contract."""
@@ -51,17 +52,21 @@ class Template:
 
 
 def _field(name: str, path: Path, device_id: str, hostname: str) -> str:
+    if name == "device_id":
+        return device_id
+    if name == "hostname":
+        return hostname
+    return safe_name(_path_field(name, path))  # from the file system: any bytes but "/"
+
+
+def _path_field(name: str, path: Path) -> str:
     if name == "dir":
         return path.parent.name
     if name == "stem":
         return path.name.split(".", 1)[0] if path.name.startswith(".") else path.stem
     if name == "name":
         return path.name
-    if name == "ext":
-        return path.suffix.lstrip(".")
-    if name == "device_id":
-        return device_id
-    return hostname
+    return path.suffix.lstrip(".")
 
 
 def parse_template(text: str, field: str) -> Template:

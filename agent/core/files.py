@@ -50,26 +50,40 @@ def wanted(path: Path, watch: WatchConfig) -> bool:
 
 
 def walk(root: Path, recursive: bool) -> Iterator[Path]:
-    """Regular files under ``root`` (no symlinked folders), skipping hidden folders."""
+    """Regular files under ``root`` in name order (no symlinked folders), skipping hidden
+    folders. Only the names of one folder are held at a time (about 60 bytes a file, not
+    the 300 of a directory entry): 20,000 files dropped into one folder cost a megabyte."""
     stack = [root]
     while stack:
         folder = stack.pop()
-        try:
-            entries = list(os.scandir(folder))
-        except OSError as exc:
-            log.warning("cannot list %s: %s", folder, exc.strerror or exc)
-            continue
-        for entry in sorted(entries, key=lambda e: e.name):
-            if entry.name.startswith("."):
-                continue
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    if recursive:
-                        stack.append(Path(entry.path))
-                elif entry.is_file(follow_symlinks=False):
-                    yield Path(entry.path)
-            except OSError:
-                continue
+        files, folders = _listing(folder)
+        for name in files:
+            yield folder / name
+        if recursive:
+            stack.extend(folder / name for name in folders)
+
+
+def _listing(folder: Path) -> tuple[list[str], list[str]]:
+    """The sorted names of the regular files and of the folders (not links) in ``folder``."""
+    files: list[str] = []
+    folders: list[str] = []
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        folders.append(entry.name)
+                    elif entry.is_file(follow_symlinks=False):
+                        files.append(entry.name)
+                except OSError:
+                    continue
+    except OSError as exc:
+        log.warning("cannot list %s: %s", folder, exc.strerror or exc)
+    files.sort()
+    folders.sort(reverse=True)  # popped from the stack in name order
+    return files, folders
 
 
 def stat_sample(path: Path) -> os.stat_result | str:

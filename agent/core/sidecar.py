@@ -14,6 +14,7 @@ read; one that cannot be used holds its data file back with the reason.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -83,6 +84,8 @@ def read_sidecar(path: Path) -> Context | None:
     except FileNotFoundError:
         return None
     except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            return None  # a 255-byte file name: no sidecar name can exist beside it
         raise SidecarError(str(side), f"cannot read: {exc.strerror or exc}") from None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):

@@ -140,7 +140,8 @@ class Daemon:
         intake.start()
         delivery.start()
         if cfg.watches:
-            self.watcher = Watcher(cfg.watches, intake.submit, self.stats)
+            self.watcher = Watcher(cfg.watches, intake.submit, self.stats,
+                                   on_overflow=self._rescan)  # fmt: skip
             self.watcher.start()
         self.scanner = Scanner(cfg.watches, queue, intake.submit, cfg.queue.scan_interval_seconds)
         self.scanner.start()
@@ -154,6 +155,13 @@ class Daemon:
                 if not tolerant:
                     raise
                 log.error("%s did not start again: %s", component.name, exc)
+
+    def _rescan(self) -> None:
+        """inotify lost events: scan now rather than at the next interval."""
+        scanner = self.scanner
+        if scanner is not None:
+            log.warning("inotify lost events (queue overflow): scanning the watch folders now")
+            scanner.wake()
 
     def _stop_stages(self, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
         """Stop everything but the queue within ``timeout`` in all (systemd and the

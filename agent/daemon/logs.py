@@ -13,6 +13,8 @@ import os
 import sys
 import time
 
+from ..text import shown
+
 _PRIORITY = {
     logging.CRITICAL: 2,
     logging.ERROR: 3,
@@ -22,7 +24,29 @@ _PRIORITY = {
 }
 
 
-class JournalFormatter(logging.Formatter):
+class SafeFormatter(logging.Formatter):
+    """Values on one line: a file name (or any text argument) with a newline, an escape
+    sequence or bytes that are not UTF-8 is shown escaped (``\\n``, ``\\x1b``,
+    ``\\xff``) instead of breaking the line or the terminal. The message's own lines and
+    tracebacks are kept."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        args = record.args
+        if isinstance(args, tuple) and args:
+            record.args = tuple(_safe_arg(a) for a in args)
+        try:
+            return super().format(record)
+        finally:
+            record.args = args
+
+
+def _safe_arg(value: object) -> object:
+    if isinstance(value, str | os.PathLike):
+        return shown(str(value))
+    return value
+
+
+class JournalFormatter(SafeFormatter):
     def format(self, record: logging.LogRecord) -> str:
         prio = _PRIORITY.get(record.levelno, 6)
         text = super().format(record)
@@ -49,7 +73,7 @@ def setup_logging(level: str = "info") -> None:
     if under_journald():
         handler.setFormatter(JournalFormatter("%(name)s: %(message)s"))
     else:
-        fmt = logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        fmt = SafeFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s",
                                 "%Y-%m-%dT%H:%M:%SZ")  # fmt: skip
         fmt.converter = time.gmtime
         handler.setFormatter(fmt)

@@ -291,13 +291,17 @@ class Uploader:
                 if isinstance(got, Answer):
                     answers[i] = got
                     continue
-                fd, size = got
+                fd, st = got
+                size = st.st_size
                 try:
-                    content, sha = _body(fd, size, opened)
+                    body = _body(fd, st, opened)
                 except OSError as exc:
                     answers[i] = _unreadable(exc)
                     continue
-                parts.append((i, content, sha, size))
+                if isinstance(body, Answer):
+                    answers[i] = body
+                    continue
+                parts.append((i, *body, size))
             if parts:
                 sent = self._send([samples[i] for i, *_ in parts], [c for _, c, _, _ in parts])
                 for (i, _, sha, size), answer in zip(parts, sent, strict=True):
@@ -347,22 +351,51 @@ def _unreadable(exc: OSError) -> Answer:
     return Answer(Outcome.DEAD, f"cannot read the file: {exc.strerror or exc}")
 
 
-def _body(fd: int, size: int, opened: list[IO[bytes]]) -> tuple[IO[bytes] | bytes, str]:
+def _body(
+    fd: int, before: os.stat_result, opened: list[IO[bytes]]
+) -> tuple[IO[bytes] | bytes, str] | Answer:
     """What is sent and its SHA-256: a small file's bytes, read once (and ``fd`` closed);
-    a larger file's handle, streamed (hashed first, then rewound; added to ``opened``)."""
+    a larger file's handle, streamed (hashed first, then rewound; added to ``opened``).
+
+    Exactly the ``size`` bytes of the version that was checked are read, and the file
+    must be unchanged after the read: a writer still appending or rewriting it is never
+    sent half-done (its next version is queued when it is complete)."""
+    size = before.st_size
     if size <= SMALL_BODY_BYTES:
         try:
-            content = os.read(fd, SMALL_BODY_BYTES + 1)
+            content = _read_exactly(fd, size)
+            changed = _changed(before, os.fstat(fd)) or len(content) != size
         finally:
             os.close(fd)
+        if changed:
+            return Answer(Outcome.GONE, CHANGED_WHILE_READ)
         return content, hashlib.sha256(content).hexdigest()
     handle = os.fdopen(fd, "rb")
     opened.append(handle)
-    return handle, file_sha256(handle)
+    sha = file_sha256(handle)
+    if _changed(before, os.fstat(fd)):
+        return Answer(Outcome.GONE, CHANGED_WHILE_READ)
+    return handle, sha
 
 
-def _open(sample: Sample) -> tuple[int, int] | Answer:
-    """The file, open (a descriptor), and its size; or why it cannot be sent (it vanished
+CHANGED_WHILE_READ = "the file changed while it was read (its next version is queued)"
+
+
+def _read_exactly(fd: int, size: int) -> bytes:
+    chunks: list[bytes] = []
+    left = size
+    while left > 0 and (chunk := os.read(fd, left)):
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def _changed(before: os.stat_result, after: os.stat_result) -> bool:
+    return (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns)
+
+
+def _open(sample: Sample) -> tuple[int, os.stat_result] | Answer:
+    """The file, open (a descriptor), and its status; or why it cannot be sent (it vanished
     or changed)."""
     try:
         # non-blocking and no symlinks: a FIFO or a link swapped in after the file was
@@ -383,4 +416,4 @@ def _open(sample: Sample) -> tuple[int, int] | Answer:
     ):  # fmt: skip
         os.close(fd)
         return Answer(Outcome.GONE, "the file changed after it was queued")
-    return fd, st.st_size
+    return fd, st

@@ -18,7 +18,15 @@ A source that renames a file into a watched folder and queues it itself (the dae
 captures) ``claim``s the path first, so the file is submitted once, not twice.
 
 The reconciliation scan (``sources.scan``) catches everything events missed: files
-written while the agent was down, or during a crash.
+written while the agent was down, or during a crash. When the kernel's inotify queue
+overflows (``IN_Q_OVERFLOW``: more events than ``fs.inotify.max_queued_events``, e.g.
+20,000 files dropped at once), events are lost: watchdog rebuilds its watches and logs
+it, and the watcher calls ``on_overflow`` so the daemon scans at once instead of at the
+next ``scan_interval_seconds``.
+
+Symbolic links are never followed: a link in a watched folder (to a file or a folder) is
+not a sample, its target is not watched and the scan does not walk into it; a file is
+opened with ``O_NOFOLLOW`` when it is sent.
 """
 
 from __future__ import annotations
@@ -58,6 +66,25 @@ log = logging.getLogger(__name__)
 Submit = Callable[[Item], None]
 CLAIM_SECONDS = 60.0
 MAX_CLAIMS = 1024
+OVERFLOW_LOGGER = "watchdog.observers.inotify_c"
+OVERFLOW_MARK = "queue overflowed"
+"""watchdog reports ``IN_Q_OVERFLOW`` only by this warning of its inotify module."""
+
+
+class _OverflowAlarm(logging.Filter):
+    """Hears watchdog's overflow warning (and lets it through to the log)."""
+
+    def __init__(self, on_overflow: Callable[[], None]) -> None:
+        super().__init__()
+        self.on_overflow = on_overflow
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if OVERFLOW_MARK in record.getMessage():
+            try:
+                self.on_overflow()
+            except Exception:  # the alarm must never break watchdog's reading thread
+                log.exception("while reacting to an inotify overflow")
+        return True
 
 
 class _Handler(FileSystemEventHandler):
@@ -105,10 +132,12 @@ class Watcher:
 
     def __init__(
         self, watches: tuple[WatchConfig, ...], submit: Submit, stats: Stats | None = None,
+        on_overflow: Callable[[], None] | None = None,
     ) -> None:  # fmt: skip
         self.watches = watches
         self.submit = submit
         self.stats = stats
+        self._alarm = _OverflowAlarm(on_overflow) if on_overflow is not None else None
         self._observers: list[BaseObserver] = []
         self._settler = _Settler(self)
         self._claims: dict[Path, float] = {}
@@ -146,9 +175,15 @@ class Watcher:
         except OSError as exc:  # e.g. fs.inotify.max_user_watches reached
             return str(exc)
         self._observers.append(inotify)
+        if self._alarm is not None:
+            overflow_log = logging.getLogger(OVERFLOW_LOGGER)
+            overflow_log.setLevel(min(overflow_log.getEffectiveLevel(), logging.WARNING))
+            overflow_log.addFilter(self._alarm)
         return None
 
     def stop(self) -> None:
+        if self._alarm is not None:
+            logging.getLogger(OVERFLOW_LOGGER).removeFilter(self._alarm)
         self._settler.stop()
         for obs in self._observers:
             obs.stop()

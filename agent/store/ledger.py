@@ -23,6 +23,7 @@ from enum import IntEnum
 from typing import Any
 
 from .queue import Queue, State
+from .rows import db_path, path_from_db
 
 PAGE = 500
 BLOCKED_KEY = "remote_delete_blocked"
@@ -87,7 +88,7 @@ _DELETE_COLUMNS = (
 
 def _delete(r: tuple[Any, ...]) -> Delete:
     return Delete(
-        row_id=r[0], sample_id=r[1], path=r[2], sha256=r[3], state=DeleteState(r[4]),
+        row_id=r[0], sample_id=r[1], path=path_from_db(r[2]), sha256=r[3], state=DeleteState(r[4]),
         noticed_at=r[5], due_at=r[6], confirmed=bool(r[7]), attempts=r[8], last_error=r[9],
         done_at=r[10],
     )  # fmt: skip
@@ -149,12 +150,16 @@ class Ledger:
             sql += " AND NOT EXISTS (SELECT 1 FROM remote_deletes d WHERE d.row_id=f.id)"
         sql += " ORDER BY f.id LIMIT ?"
         for r in self._pages(sql, (State.DELIVERED,)):
-            yield Candidate(int(r[0]), r[1], int(r[2]), r[3], r[4])
+            yield Candidate(int(r[0]), path_from_db(r[1]), int(r[2]), r[3], r[4])
 
     def candidate_for_path(self, path: str) -> Candidate | None:
         with self.queue.reading() as db:
-            r = db.execute(_CANDIDATE_SQL + " AND f.path=?", (State.DELIVERED, path)).fetchone()
-        return None if r is None else Candidate(int(r[0]), r[1], int(r[2]), r[3], r[4])
+            r = db.execute(
+                _CANDIDATE_SQL + " AND f.path=?", (State.DELIVERED, db_path(path))
+            ).fetchone()
+        return (
+            None if r is None else Candidate(int(r[0]), path_from_db(r[1]), int(r[2]), r[3], r[4])
+        )
 
     def kept_locally(self, row_id: int) -> bool:
         """Is this row still a delivered file kept locally (not pruned by the disk guard)?"""
@@ -172,7 +177,7 @@ class Ledger:
                 "SELECT DISTINCT path FROM files WHERE sha256=? AND id!=? LIMIT 20",
                 (sha256, exclude_row),
             ).fetchall()
-        return [str(r[0]) for r in rows]
+        return [path_from_db(r[0]) for r in rows]
 
     def adopt_sample(self, sha256: str, sample_id: int) -> int:
         """Give delivered rows of these bytes that lack a sample id (the service had them
@@ -193,7 +198,15 @@ class Ledger:
                 n += db.execute(
                     "INSERT OR IGNORE INTO remote_deletes (row_id, sample_id, path, sha256,"
                     " state, noticed_at, due_at) VALUES (?,?,?,?,?,?,?)",
-                    (c.row_id, c.sample_id, c.path, c.sha256, DeleteState.SCHEDULED, now, due),
+                    (
+                        c.row_id,
+                        c.sample_id,
+                        db_path(c.path),
+                        c.sha256,
+                        DeleteState.SCHEDULED,
+                        now,
+                        due,
+                    ),
                 ).rowcount
         return n
 

@@ -25,7 +25,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-from .rows import ROW_COLUMNS, NewFile, Recorded, Result, Row, State, to_row
+from .rows import ROW_COLUMNS, NewFile, Recorded, Result, Row, State, db_path, db_text, to_row
 from .schema import SCHEMA_VERSION, migrate
 from .sqlite import Database
 
@@ -110,7 +110,7 @@ class Queue:
     def known(self, path: str, size: int, mtime_ns: int) -> bool:
         with self.db.reading() as db:
             cur = db.execute("SELECT 1 FROM files WHERE path=? AND size=? AND mtime_ns=?",
-                             (path, size, mtime_ns))  # fmt: skip
+                             (db_path(path), size, mtime_ns))  # fmt: skip
             return cur.fetchone() is not None
 
     def record(self, files: Sequence[NewFile]) -> list[Recorded]:
@@ -131,11 +131,11 @@ class Queue:
                     continue
                 rid, state = db.execute(
                     "SELECT id, state FROM files WHERE path=? AND size=? AND mtime_ns=?",
-                    (f.path, f.size, f.mtime_ns),
+                    (db_path(f.path), f.size, f.mtime_ns),
                 ).fetchone()
                 released = joined = False
                 if f.batch is not None:
-                    adopt = (f.batch, f.path, f.size, f.mtime_ns, f.batch)
+                    adopt = (f.batch, db_path(f.path), f.size, f.mtime_ns, f.batch)
                     joined = db.execute(_ADOPT, adopt).rowcount > 0
                     if state == State.HELD and f.state is State.PENDING:
                         self._retag(db, rid, f, now)
@@ -150,16 +150,16 @@ class Queue:
     @staticmethod
     def _insert(db: sqlite3.Connection, f: NewFile, now: float) -> int | None:
         cur = db.execute(_INSERT, (
-            f.path, f.size, f.mtime_ns, int(f.state), f.source, f.label, f.category,
+            db_path(f.path), f.size, f.mtime_ns, int(f.state), f.source, f.label, f.category,
             json.dumps(f.metadata, ensure_ascii=False), f.upload_name,
             json.dumps(f.extra) if f.extra else None, f.after_upload, f.move_to,
-            int(f.allow_duplicates), f.batch, f.last_error, now, now, f.priority,
+            int(f.allow_duplicates), f.batch, db_text(f.last_error), now, now, f.priority,
         ))  # fmt: skip
         if not cur.rowcount:
             return None
         row_id = int(cur.lastrowid or 0)
         db.execute("UPDATE files SET state=?, last_error=? WHERE path=? AND state=? AND id<?",
-                   (State.GONE, "superseded by a newer version of the file", f.path,
+                   (State.GONE, "superseded by a newer version of the file", db_path(f.path),
                     State.HELD, row_id))  # fmt: skip
         return row_id
 
@@ -174,7 +174,7 @@ class Queue:
             "UPDATE files SET state=?, label=?, category=?, metadata=?, last_error=?,"
             " next_attempt_at=? WHERE id=? AND state=?",
             (int(f.state), f.label, f.category, json.dumps(f.metadata, ensure_ascii=False),
-             f.last_error, now, row_id, State.HELD),
+             db_text(f.last_error), now, row_id, State.HELD),
         )  # fmt: skip
 
     def adopt(self, files: Sequence[tuple[str, int, int]], batch: str) -> int:
@@ -183,10 +183,12 @@ class Queue:
         if not files:
             return 0
         with self.db.writing() as db:
-            return db.executemany(_ADOPT, [(batch, p, s, m, batch) for p, s, m in files]).rowcount
+            return db.executemany(
+                _ADOPT, [(batch, db_path(p), s, m, batch) for p, s, m in files]
+            ).rowcount
 
     def held_for(self, path: str) -> list[Row]:
-        return self._select_rows("path=? AND state=?", (path, State.HELD))
+        return self._select_rows("path=? AND state=?", (db_path(path), State.HELD))
 
     # -- delivery ------------------------------------------------------------------------
     def lease(self, limit: int, now: float | None = None, *, batch: str | None = None,
@@ -223,7 +225,7 @@ class Queue:
         now = self._clock()
         with self.db.writing(durable=durable) as db:
             db.executemany(_SETTLE, [
-                (int(r.state), int(r.count_attempt), r.error, r.next_attempt_at, r.sha256,
+                (int(r.state), int(r.count_attempt), db_text(r.error), r.next_attempt_at, r.sha256,
                  r.sample_id, r.state == State.DELIVERED, now, r.state == State.DELIVERED,
                  r.bytes_sent, r.row_id)
                 for r in results
@@ -338,7 +340,7 @@ class Queue:
         return found[0] if found else None
 
     def latest_for_path(self, path: str) -> Row | None:
-        found = self._select_rows("path=? ORDER BY id DESC LIMIT 1", (path,))
+        found = self._select_rows("path=? ORDER BY id DESC LIMIT 1", (db_path(path),))
         return found[0] if found else None
 
     def _select_rows(self, where: str, args: tuple[Any, ...]) -> list[Row]:

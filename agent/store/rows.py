@@ -7,11 +7,41 @@ queues a known file twice, and a file rewritten in place is a new row.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
 from typing import Any
+
+from ..text import safe_name, shown
+
+
+def db_path(path: str) -> str | bytes:
+    """How a path is stored: as text, or, for a name that is not valid UTF-8 (its bytes
+    decoded with ``surrogateescape``), as its raw bytes. SQLite cannot store such a string
+    as text, and one such name must not stop the batch it arrives in."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(path)
+    return path
+
+
+def db_text(text: str | None) -> str | None:
+    """A reason as stored: one naming such a path has its undecodable bytes escaped."""
+    if text is None:
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return shown(text)
+    return text
+
+
+def path_from_db(value: str | bytes) -> str:
+    """The path ``db_path`` stored, as the ``str`` the rest of the agent uses."""
+    return os.fsdecode(value) if isinstance(value, bytes) else value
 
 
 class State(IntEnum):
@@ -78,7 +108,8 @@ class Row:
 
     @property
     def file_name(self) -> str:
-        return self.upload_name or Path(self.path).name
+        """The name sent to the service: valid UTF-8, no control characters."""
+        return safe_name(self.upload_name or Path(self.path).name)
 
 
 ROW_COLUMNS = (
@@ -90,7 +121,7 @@ ROW_COLUMNS = (
 
 def to_row(r: sqlite3.Row | tuple[Any, ...]) -> Row:
     return Row(
-        id=r[0], path=r[1], size=r[2], mtime_ns=r[3], state=State(r[4]), source=r[5],
+        id=r[0], path=path_from_db(r[1]), size=r[2], mtime_ns=r[3], state=State(r[4]), source=r[5],
         label=r[6], category=r[7], metadata=json.loads(r[8]), upload_name=r[9],
         extra=json.loads(r[10]) if r[10] else None, after_upload=r[11], move_to=r[12],
         allow_duplicates=bool(r[13]), batch=r[14], attempts=r[15], next_attempt_at=r[16],

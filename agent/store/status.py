@@ -11,8 +11,9 @@ from datetime import tzinfo
 from typing import Any
 
 from ..config.link import LinkConfig, local_day, next_midnight, window_state
+from ..text import shown
 from .ledger import BLOCKED_KEY, Ledger
-from .queue import Queue, State
+from .queue import Queue, Row, State
 
 STATUS_FORMAT_VERSION = 1
 THROUGHPUT_WINDOWS = (60, 300, 900)
@@ -39,11 +40,11 @@ def gather(queue: Queue, *, dead_limit: int = 20, now: float | None = None,
     oldest = queue.oldest_pending()
     state = queue.get_state()
     dead = [
-        {"id": r.id, "path": r.path, "reason": r.last_error, "attempts": r.attempts}
+        {"id": r.id, "path": shown(r.path), "reason": _reason(r), "attempts": r.attempts}
         for r in queue.rows(State.DEAD, limit=dead_limit)
     ]
     held = [
-        {"id": r.id, "path": r.path, "reason": r.last_error}
+        {"id": r.id, "path": shown(r.path), "reason": _reason(r)}
         for r in queue.rows(State.HELD, limit=dead_limit)
     ]
     throughput = {}
@@ -97,3 +98,8 @@ def _link(queue: Queue, link: LinkConfig, state: dict[str, Any], now: float,
                   or state.get(BUDGET_FULL_KEY) == today}  # fmt: skip
     return {"window": window, "budget": budget,
             "max_bytes_per_second": link.max_bytes_per_second}  # fmt: skip
+
+
+def _reason(row: Row) -> str | None:
+    """A row's reason as shown: a file name in it cannot break a line or a terminal."""
+    return None if row.last_error is None else shown(row.last_error)

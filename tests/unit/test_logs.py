@@ -77,3 +77,15 @@ def test_setup_replaces_handlers_and_quiets_libraries(capsys: pytest.CaptureFixt
 def test_unknown_level_falls_back_to_info() -> None:
     setup_logging("chatty")
     assert logging.getLogger().level == logging.INFO
+
+
+def test_a_file_name_cannot_break_a_line_or_a_terminal() -> None:
+    """Names come from the field: a newline, an escape sequence or bytes that are not
+    UTF-8 (surrogate-escaped) in one must stay inside its own log line."""
+    from pathlib import Path
+
+    fmt = JournalFormatter("%(name)s: %(message)s")
+    bad = "/cap/new\nline \x1b[2J \udcff.wav"
+    want = "<6>agent.test: queued /cap/new\\nline \\x1b[2J \\xff.wav"
+    assert fmt.format(record(logging.INFO, "queued %s", bad)) == want
+    assert fmt.format(record(logging.INFO, "queued %s", Path(bad))) == want
