@@ -42,3 +42,14 @@ def shown(text: str) -> str:
 
 def _unsafe(c: str) -> bool:
     return not c.isprintable()  # also a lone surrogate: a byte that was not UTF-8
+
+
+def age(seconds: float) -> str:
+    """A duration as a person reads it at a glance: seconds, minutes, hours, then days."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,6 +24,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from studio import run  # noqa: E402  (bench/studio.py: one command, its wall time and peak RSS)
 
 from edge_uploader.localserver import LocalIngestionServer, SeedSample  # noqa: E402
 
@@ -40,26 +41,6 @@ def project(n: int, session_size: int) -> Iterator[SeedSample]:
         if i % 500 != 499:
             meta["session"] = f"run-{session}"
         yield SeedSample("testing" if testing else "training", f"s{i:07d}.csv", "idle", meta)
-
-
-def run(argv: list[str], tmp: Path) -> tuple[float, int, int, str]:
-    """Wall seconds, peak RSS in KiB, exit status and stdout of one edge-uploader command."""
-    started = time.monotonic()
-    with open(tmp / "out.txt", "w+") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "edge_uploader", *argv], cwd=ROOT,
-                                stdout=out, stderr=subprocess.DEVNULL)  # fmt: skip
-        peak = 0
-        while proc.poll() is None:
-            try:
-                for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
-                    if line.startswith("VmHWM:"):
-                        peak = max(peak, int(line.split()[1]))
-            except OSError:
-                pass
-            time.sleep(0.05)
-        out.seek(0)
-        text = out.read()
-    return time.monotonic() - started, peak, proc.returncode, text
 
 
 def bench(n: int, args: argparse.Namespace, tmp: Path) -> None:

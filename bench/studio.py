@@ -50,8 +50,9 @@ def populate(server: LocalIngestionServer, queue: Queue, captures: Path, n: int)
         queue.settle([Result(r, State.DELIVERED, sample_id=s) for r, s in pairs])
 
 
-def run(argv: list[str], tmp: Path) -> tuple[float, int, str]:
-    """Wall seconds, peak RSS in KiB and stdout of one edge-uploader command."""
+def run(argv: list[str], tmp: Path) -> tuple[float, int, int, str]:
+    """Wall seconds, peak RSS in KiB, exit status and stdout of one edge-uploader command
+    (bench/audit.py uses it too)."""
     started = time.monotonic()
     with open(tmp / "out.txt", "w+") as out:
         proc = subprocess.Popen([sys.executable, "-m", "edge_uploader", *argv], cwd=ROOT,
@@ -67,7 +68,7 @@ def run(argv: list[str], tmp: Path) -> tuple[float, int, str]:
             time.sleep(0.05)
         out.seek(0)
         text = out.read()
-    return time.monotonic() - started, peak, text.splitlines()[-1] if text else ""
+    return time.monotonic() - started, peak, proc.returncode, text
 
 
 def main() -> None:
@@ -101,12 +102,13 @@ def main() -> None:
             ("sync --dry-run (metadata check)", ["sync", *c, "--dry-run"]),
         ]  # fmt: skip
         for title, argv in steps:
-            secs, rss, _ = run(argv, tmp)
+            secs, rss, _, _ = run(argv, tmp)
             print(f"{title:34s} {secs:6.2f} s  {args.samples / secs:7.0f} samples/s"
                   f"  peak RSS {rss / 1024:5.1f} MiB")  # fmt: skip
         for f in (tmp / "captures").iterdir():  # the files go; the watched folder stays
             f.unlink()
-        secs, rss, out = run(["sync", *c], tmp)
+        secs, rss, _, text = run(["sync", *c], tmp)
+        out = text.splitlines()[-1] if text else ""
         print(f"{'sync: delete every sample':34s} {secs:6.2f} s  {args.samples / secs:7.0f}"
               f" samples/s  peak RSS {rss / 1024:5.1f} MiB  ({out.strip()})")  # fmt: skip
         server.stop()

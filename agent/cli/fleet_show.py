@@ -11,21 +11,14 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from ..sources.mqtt.fleet import CommandFollow, DeviceProgress, Heartbeat, parse_at
+from ..text import age
 
 STATUS_COLUMNS = ("device", "site", "online", "backlog", "oldest pending", "last delivery",
                   "dead letters", "free disk", "version", "heartbeat age")  # fmt: skip
 
 
 def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} d"
+    return "-" if seconds is None else age(seconds)
 
 
 def size(n: object) -> str:

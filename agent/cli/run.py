@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from ..store.status import gather
+from ..text import age
 from . import local_ingestion
 from .options import add_config_option, config_path, load, open_queue, positive_int
 from .parser import CONFIG, QUEUE_CONFIG, USAGE, exit_statuses
@@ -69,10 +70,10 @@ def render_text(info: dict[str, Any]) -> str:
         f"queue: {info['queue']}",
         "files: " + ", ".join(f"{k} {v}" for k, v in c.items()),
     ]
-    age = info["oldest_pending_age_seconds"]
-    lines.append(f"oldest pending: {_age(age)}" if age is not None else "oldest pending: none")
+    oldest = info["oldest_pending_age_seconds"]
+    lines.append(f"oldest pending: {age(oldest)}" if oldest is not None else "oldest pending: none")
     if info["last_delivery_at"]:
-        lines.append(f"last delivery: {_age(time.time() - info['last_delivery_at'])} ago")
+        lines.append(f"last delivery: {age(time.time() - info['last_delivery_at'])} ago")
     t = info["throughput"]
     lines.append(
         "delivered: "
@@ -160,16 +161,6 @@ def _remote_deletes(rd: dict[str, Any]) -> list[str]:
             f" If intended: {blocked['confirm']}"
         )
     return lines
-
-
-def _age(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"
 
 
 def to_json(info: dict[str, Any]) -> str:

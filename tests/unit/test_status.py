@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 
 from edge_uploader import cli
-from edge_uploader.cli.run import _age, render_text, to_json
+from edge_uploader.cli.run import render_text, to_json
 from edge_uploader.store.queue import Queue, Result, State
 from edge_uploader.store.status import gather
+from edge_uploader.text import age
 from tests.fakes import FakeClock
 from tests.unit.helpers import new_file
 
@@ -185,7 +186,7 @@ def test_render_text_of_an_empty_queue(tmp_path: Path) -> None:
      (172799, "48.0 h"), (172800, "2.0 days"), (10 * 86400, "10.0 days")],
 )  # fmt: skip
 def test_age(seconds: float, text: str) -> None:
-    assert _age(seconds) == text
+    assert age(seconds) == text
 
 
 def test_status_command_json(tmp_path: Path, q: Queue, capsys: pytest.CaptureFixture[str]) -> None:
