@@ -9,8 +9,8 @@ file or command travels, and prints:
 
 - the walk: each stage module (``sources``, ``core``, ``store``, ``remote``, ``daemon``,
   ...) the file's handling enters, in the order of its first entry, with the thread, the
-  function, and the helpers it used (the leaf modules and ``config``: values and rules,
-  not stages). A hop is one line. Left out: the ``loop`` module (every thread's
+  function, and the helpers it used (the leaf modules, ``config`` and delivery's own
+  parts: values and rules, not stages). A hop is one line. Left out: the ``loop`` module (every thread's
   start/step/stop pattern), the listeners an event fans out to (calls made by
   ``events``: counters, systemd's status, the MQTT status document), and the store's own
   internals (``store.sqlite``, ``store.rows``);
@@ -40,11 +40,16 @@ PLUMBING = ("edge_uploader.loop", "edge_uploader.store.sqlite", "edge_uploader.s
 SIDE = ("edge_uploader.events", "edge_uploader.sources.mqtt.status", "edge_uploader.daemon.systemd")
 """Side channels: notified on the way (counters, status documents), not on the path."""
 LEAVES = ("clock", "errors", "events", "loop", "metadata", "secrets", "text")
+DELIVERY_PARTS = ("core.batching", "core.concurrency", "core.inflight", "core.metering",
+                  "core.verdicts", "remote.throttle")  # fmt: skip
+"""Delivery's own parts (the pure rules of which rows share a request, how many go at once,
+what an answer means; the hand-over to its workers; the link's budget): helpers of the
+delivery stage, not stages of their own."""
 
 
 def helper(module: str) -> bool:
     name = module.removeprefix("edge_uploader.")
-    return name in LEAVES or name.startswith("config.")
+    return name in LEAVES or name in DELIVERY_PARTS or name.startswith("config.")
 
 
 class Trace:
