@@ -10,8 +10,8 @@ file or command travels, and prints:
 - the walk: each stage module (``sources``, ``core``, ``store``, ``remote``, ``daemon``,
   ...) the file's handling enters, in the order of its first entry, with the thread, the
   function, and the helpers it used (the leaf modules, ``config`` and delivery's own
-  parts: values and rules, not stages). A hop is one line. Left out: the ``loop`` module (every thread's
-  start/step/stop pattern), the listeners an event fans out to (calls made by
+  parts: values and rules, not stages). A hop is one line. Left out: the ``loop``
+  module (every thread's start/step/stop pattern), the listeners an event fans out to (calls made by
   ``events``: counters, systemd's status, the MQTT status document), and the store's own
   internals (``store.sqlite``, ``store.rows``);
 - the raw figures: cross-module calls in all, and how often each stage was re-entered
