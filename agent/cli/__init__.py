@@ -83,8 +83,8 @@ def _run(argv: Sequence[str] | None) -> int:
         return func(args)
     except ConfigError as exc:
         for problem in getattr(exc, "problems", (exc,)):
-            text = str(problem)  # an option's value may be a key pasted in the wrong place
-            text = redact(text) if problem.source == "command line" else text
+            # a key pasted in the wrong place (an option's value, --config's path) never prints
+            text = redact(str(problem))
             print(f"edge-uploader: config error: {text}", file=sys.stderr)
         return EX_CONFIG
     except QueueDamaged as exc:

@@ -251,6 +251,8 @@ def _json_metadata(text: str, option: str) -> dict[str, str]:
         return check_metadata(json.loads(text), option)
     except json.JSONDecodeError as exc:
         raise ConfigError(SOURCE, option, f"not valid JSON: {exc.msg}") from None
+    except (ValueError, RecursionError) as exc:  # a 5,000-digit number, nesting too deep
+        raise ConfigError(SOURCE, option, f"not valid JSON: {exc}") from None
     except InputError as exc:
         raise ConfigError(SOURCE, exc.field, exc.message) from None
 

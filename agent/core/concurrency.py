@@ -93,9 +93,10 @@ class Concurrency:
     def rtt(self) -> float | None:
         """The running mean round-trip time in seconds (None before the first answer; the
         open window's mean until a window has closed, so two quick uploads show one)."""
-        if self._mean is None and self._window_count and not self._window_pushback:
-            return self._window_sum / self._window_count
-        return self._mean
+        with self._lock:  # read by /metrics and status while workers close windows
+            if self._mean is None and self._window_count and not self._window_pushback:
+                return self._window_sum / self._window_count
+            return self._mean
 
     def started(self, in_flight: int) -> None:
         """A request went out; ``in_flight`` counts it."""

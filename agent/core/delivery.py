@@ -198,9 +198,9 @@ class Delivery(Loop):
             outage = self._failure_run.add(answers, self.concurrency.at_floor)
             alarm = outage or any(a.outcome is Outcome.PAUSE for a in answers)
             if alarm:
-                with self._alarm_lock:
-                    self._alarms += 1
-                self._caution.set()  # before the answer is seen: no other worker starts more
+                with self._alarm_lock:  # counted and set together: the dispatcher's check
+                    self._alarms += 1  # and clear cannot fall between the two
+                    self._caution.set()  # before the answer is seen: no worker starts more
             self._done.put(Sent(rows, answers, latency, alarm))
             self.wake()
 
@@ -281,8 +281,9 @@ class Delivery(Loop):
                 return None  # enough requests wait for the workers: lease in batches
             asked = min(MAX_LEASE, wanted * self._rows_per_request)
         rows = self.queue.lease(asked, now, batch=self.batch)
-        if self._alarms_read == self._alarms:  # the hold is over: what is leased may go out
-            self._caution.clear()
+        with self._alarm_lock:  # the hold is over: what is leased may go out
+            if self._alarms_read == self._alarms:
+                self._caution.clear()
         if rows:
             self._queue_requests(rows, full=len(rows) == asked)
         closes = self.meter.closes_at(now) if self.meter.active else None

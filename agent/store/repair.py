@@ -91,12 +91,14 @@ def _copy_delivered(aside: Path, queue: Queue) -> tuple[int, str]:
         wanted = [c for c in columns if c in have]
         cursor = old.execute(f"SELECT {', '.join(wanted)} FROM files WHERE state=? ORDER BY id",
                              (int(State.DELIVERED),))  # fmt: skip
-        insert = f"INSERT INTO files ({', '.join(wanted)}) VALUES ({', '.join('?' * len(wanted))})"
+        # OR IGNORE: a damaged file may hold the same file twice; one bad row must not
+        # undo the copy of every other
+        insert = (f"INSERT OR IGNORE INTO files ({', '.join(wanted)})"
+                  f" VALUES ({', '.join('?' * len(wanted))})")  # fmt: skip
         with queue.transaction() as db:
             for row in readable(cursor):
-                db.execute(insert, row)
-                kept += 1
-    except sqlite3.Error as exc:
+                kept += db.execute(insert, row).rowcount
+    except (sqlite3.Error, QueueError) as exc:
         stopped[0] = str(exc)
     finally:
         with contextlib.suppress(sqlite3.Error):

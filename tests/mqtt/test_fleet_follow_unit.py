@@ -44,3 +44,11 @@ def test_a_heartbeat_without_a_device_id_or_a_time() -> None:
     assert heartbeat_of(b'{"status": "online"}', 0.0) is None
     beat = heartbeat_of(b'{"status": "online", "device_id": "d", "at": "garbage"}', 0.0)
     assert beat is not None and beat.age_seconds is None and not beat.fresh(1e9)
+
+
+def test_hostile_payloads_on_the_fleet_topics_are_ignored() -> None:
+    deep = b"[" * 200_000  # deeper than the JSON parser's recursion: RecursionError
+    huge = b'{"device_id": "d", "n": ' + b"9" * 5000 + b"}"
+    assert heartbeat_of(deep, 0.0) is None and heartbeat_of(huge, 0.0) is None
+    follow = CommandFollow("c1", ["d"])
+    assert follow.on_event(deep) is None and follow.on_event(huge) is None

@@ -68,7 +68,7 @@ def test_api_key_option_is_refused_without_echo(argv: list[str], tmp_path: Path)
 @pytest.mark.parametrize(
     ("flag", "advice"),
     [
-        ("--hmac-key", "use EI_HMAC_KEY or --hmac-key-file"),
+        ("--hmac-key", "use EI_HMAC_KEY or [ingestion] hmac_key_file"),
         ("--mqtt-password", "use EI_MQTT_PASSWORD or [mqtt] password_file"),
         ("--password", "use EI_MQTT_PASSWORD or [mqtt] password_file"),
         ("--token", "use EI_API_KEY or --api-key-file"),
@@ -107,6 +107,19 @@ def test_option_value_that_looks_like_a_key_is_not_echoed(tmp_path: Path) -> Non
     assert p.returncode == 78
     assert "--concurrency" in p.stderr
     assert SECRET not in p.stdout + p.stderr
+
+
+def test_key_given_as_the_config_path_is_not_echoed(tmp_path: Path) -> None:
+    p = run(["status", "--config", SECRET], tmp_path)
+    assert p.returncode == 78
+    assert SECRET not in p.stdout + p.stderr
+
+
+def test_metadata_json_with_a_huge_number_is_a_config_error(tmp_path: Path) -> None:
+    p = run(["upload", "--metadata", '{"a": ' + "9" * 5000 + "}", str(tmp_path)], tmp_path)
+    assert p.returncode == 78, p.stderr
+    assert "--metadata" in p.stderr and "not valid JSON" in p.stderr
+    assert "Traceback" not in p.stderr
 
 
 # -- item 4: a reader that goes away ---------------------------------------------------------

@@ -158,7 +158,7 @@ class Heartbeat:
 def heartbeat_of(payload: bytes, now: float) -> Heartbeat | None:
     try:
         doc = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     if not isinstance(doc, dict) or not isinstance(doc.get("device_id"), str):
         return None
@@ -216,7 +216,7 @@ class CommandFollow:
         """Apply one event; the device's progress if it moved forward, else None."""
         try:
             doc = json.loads(payload)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             return None
         if not isinstance(doc, dict) or doc.get("id") != self.command_id:
             return None
