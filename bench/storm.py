@@ -34,6 +34,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edge_uploader.core.files import sync_folder
+
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "ei_storm_key_0000000"
 FOLDERS = ("keep", "del", "mov")
@@ -95,14 +97,6 @@ def wait(cond: Callable[[], object], timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(0.05)
-
-
-def sync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class PowerMount:

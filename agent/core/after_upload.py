@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from ..store.queue import Queue, Row
+from .files import sync_folder
 from .sidecar import sidecar_path
 
 log = logging.getLogger(__name__)
@@ -118,15 +119,6 @@ class AfterUpload:
             dest = dest.with_name(f"{src.stem}.{n}{src.suffix}")
             n += 1
         return dest
-
-
-def sync_folder(folder: Path) -> None:
-    """fsync a folder: the names created in, renamed into or removed from it are durable."""
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def make_folders(folder: Path) -> None:

@@ -23,6 +23,15 @@ TEMP_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp", "~")
 VANISHED = "vanished before it could be queued"
 
 
+def sync_folder(folder: Path) -> None:
+    """fsync a folder: the names created in, renamed into or removed from it are durable."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def ignored_name(name: str) -> bool:
     """Hidden and temporary names are never samples (writers rename them into place)."""
     low = name.lower()

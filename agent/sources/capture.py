@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import CaptureConfig, CaptureSource, CommandSource, Config, SerialSource
+from ..core.files import sync_folder
 from ..core.sidecar import SIDECAR_SUFFIX, encode_sidecar, sidecar_path
 from ..core.tagger import Context, Tagged, iso_utc, tag
 from ..errors import CaptureError, InputError
@@ -86,7 +87,7 @@ class Captured:
             _write_synced(side_tmp, encode_sidecar(**self.sidecar))
             side_tmp.replace(side)
             self.temp.replace(self.path)
-            _sync_dir(self.path.parent)
+            sync_folder(self.path.parent)
         except OSError as exc:
             for p in (side_tmp, side, self.temp):
                 with contextlib.suppress(OSError):
@@ -104,14 +105,6 @@ def _write_synced(path: Path, data: bytes) -> None:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _sync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
         os.fsync(fd)
     finally:
         os.close(fd)
