@@ -3,10 +3,11 @@
 The service takes up to 1,000 files per request, all with the request's headers, so files
 may share a request only when they agree on what the headers say: category, label (an
 unset label is fine: the service names each file's label from its own file name),
-metadata and duplicate handling. Only small files (read whole into memory) are grouped,
-within ``max_files`` and ``max_bytes``; a file with side parts (bounding boxes, an
-info file's labels), a file whose last batch was refused as a whole, and every large file
-go alone. The derived ``captured_at`` makes every file's metadata unique: with it on
+metadata and duplicate handling. Files are grouped within ``max_files`` and ``max_bytes``,
+whatever their size (a large file is streamed from disk inside the shared body, so memory
+does not grow with it); a file with side parts (bounding boxes, an info file's labels), a
+file whose last batch was refused as a whole, and a file over ``max_bytes`` go alone. The
+derived ``captured_at`` makes every file's metadata unique: with it on
 (``[tagging] captured_at``, the default) files group only when a layer sets it.
 """
 
@@ -15,7 +16,6 @@ from __future__ import annotations
 import json
 from collections.abc import Collection, Sequence
 
-from ..remote.ingestion import SMALL_BODY_BYTES
 from ..store.queue import Row
 
 Key = tuple[str, str | None, str, bool]
@@ -32,8 +32,7 @@ def requests(rows: Sequence[Row], max_files: int, max_bytes: int,
     out: list[list[Row]] = []
     open_: dict[Key, tuple[list[Row], int]] = {}
     for row in rows:
-        if (max_files <= 1 or row.size > SMALL_BODY_BYTES or row.extra or row.id in alone
-                or row.size > max_bytes):  # fmt: skip
+        if max_files <= 1 or row.extra or row.id in alone or row.size > max_bytes:
             out.append([row])
             continue
         key = _key(row)

@@ -73,9 +73,10 @@ MAX_FILE_BYTES = 100_000_000
 """The ingestion service's documented limit per file (100 MB)."""
 SMALL_BODY_BYTES = 64 * 1024
 """Files up to this size are read once and sent in one write (hash and body from the same
-bytes); larger files are streamed from disk, so memory stays bounded by
-``concurrency * SMALL_BODY_BYTES``. Sending a small multipart body piece by piece costs a
-system call per piece on both ends: about 15% of the CPU per file on a loopback bench."""
+bytes); larger files are streamed from disk, also inside a body shared with other files,
+so the bytes held stay under ``max_request_bytes`` per request in flight.
+Sending a small multipart body piece by piece costs a system call per piece on both ends:
+about 15% of the CPU per file on a loopback bench."""
 DUPLICATE_MARK = "already exists"
 
 CONTENT_TYPES = {

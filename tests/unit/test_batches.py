@@ -51,9 +51,15 @@ def test_rows_that_differ_do_not_share() -> None:
     assert ids(requests(rows, 10, 10_000)) == [[0, 5], [1], [2], [3], [4], [6, 7]]
 
 
-def test_large_files_side_parts_and_lone_rows_go_alone() -> None:
-    rows = [row(0), row(1, size=10_000_000), row(2, extra={"parts": []}), row(3), row(4)]
-    assert ids(requests(rows, 10, 100_000_000, alone={3})) == [[0, 4], [1], [2], [3]]
+def test_side_parts_lone_rows_and_files_over_the_byte_limit_go_alone() -> None:
+    rows = [row(0), row(1, size=2_000_000), row(2, extra={"parts": []}), row(3), row(4)]
+    assert ids(requests(rows, 10, 1_000_000, alone={3})) == [[0, 4], [1], [2], [3]]
+
+
+def test_large_files_share_up_to_the_byte_limit() -> None:
+    """A large file is streamed inside the shared body: only the byte limit splits."""
+    rows = [row(0), row(1, size=400_000), row(2, size=400_000), row(3, size=400_000), row(4)]
+    assert ids(requests(rows, 10, 1_000_000)) == [[0, 1, 2], [3, 4]]
 
 
 @pytest.fixture
