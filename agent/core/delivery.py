@@ -74,6 +74,8 @@ class Delivery(Loop):
         """Deliver only this batch's rows (the ``upload`` command); None: every row (daemon)."""
         self.prefetch = prefetch
         """Requests kept ready beyond the limit (bulk mode); 0: one per free slot."""
+        self.more_coming: Callable[[], bool] = lambda: False
+        """Whether intake holds files it has not recorded yet (set by the daemon)."""
         fixed = None if config.concurrency == "auto" else config.concurrency
         self.concurrency = Concurrency(fixed, config.max_concurrency)
         self.state = ServiceState(config, rng)
@@ -105,6 +107,9 @@ class Delivery(Loop):
         self._rows_per_request = 1 if config.max_files_per_request == 1 else 2
         """Rows leased per request wanted: doubles while every request fills, follows what
         the grouping achieved otherwise (at least 2, so that sharing is always tried)."""
+        self._min_lease = config.max_files_per_request
+        """Rows a lease asks for at least: leased a few at a time, a backlog goes in small ones."""
+        self._dry = False  # the last lease found fewer rows than it asked for
         self._alone: set[int] = set()
         self._queue_error: str | None = None
         self._workers: list[threading.Thread] = []
@@ -279,8 +284,12 @@ class Delivery(Loop):
             if wanted <= 0 or (self._requests_out > limit and wanted < self.prefetch // 4):
                 self._lease_urgent(now, limit)
                 return None  # enough requests wait for the workers: lease in batches
-            asked = min(MAX_LEASE, wanted * self._rows_per_request)
+            if self._dry and self._requests_out and self.more_coming():
+                return None  # a request is out and intake is recording more: lease them
+                # together when it is done or an answer comes, not a few rows at each wake
+            asked = min(MAX_LEASE, max(wanted * self._rows_per_request, self._min_lease))
         rows = self.queue.lease(asked, now, batch=self.batch)
+        self._dry = len(rows) < asked
         with self._alarm_lock:  # the hold is over: what is leased may go out
             if self._alarms_read == self._alarms:
                 self._caution.clear()

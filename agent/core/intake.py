@@ -117,6 +117,10 @@ class Intake(Loop):
             self._idle.clear()
         self._items.put(item)
 
+    def more_coming(self) -> bool:
+        """Files wait behind the batch being recorded (a scan is handing over a backlog)."""
+        return self._items.qsize() > 0
+
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until every submitted item is decided (for scans and tests)."""
         return self._idle.wait(timeout)

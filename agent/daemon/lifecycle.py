@@ -132,6 +132,7 @@ class Daemon:
         delivery.after_upload.finish_pending(queue)
         self.intake = intake = Intake(queue, cfg, self.stats, on_queued=delivery.queued,
                                       on_missed=self._missed)  # fmt: skip
+        delivery.more_coming = intake.more_coming
         self.disk = disk = DiskGuard(cfg.disk, [w.path for w in cfg.watches], cfg.queue.path,
                                      queue=queue, on_change=self.reporter.poke,
                                      on_recover=self._space_back)  # fmt: skip
