@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 
 from ..config import WatchConfig
 from ..core.files import ignored_name, matches, walk
-from ..core.intake import Item
+from ..core.intake import BATCH, Item
 from ..loop import Loop
 from ..store.queue import Queue
 
@@ -69,8 +69,12 @@ class Scanner(Loop):
         return self.interval
 
     def scan(self) -> int:
-        """Hand every unknown, settled file to intake; how many were handed."""
+        """Hand every unknown, settled file to intake; how many were handed.
+
+        Files are handed ``BATCH`` at a time: handed one by one as the walk finds them,
+        intake would wake for each and record a backlog one file per transaction."""
         handed = 0
+        found: list[Item] = []
         self._recent = False
         now = time.time()
         for w in self.watches:
@@ -88,6 +92,14 @@ class Scanner(Loop):
                 if now - st.st_mtime < w.settle_seconds:
                     self._recent = True
                     continue
-                self.submit(Item(path=path, watch=w))
-                handed += 1
-        return handed
+                found.append(Item(path=path, watch=w))
+                if len(found) >= BATCH:
+                    handed += self._hand(found)
+        return handed + self._hand(found)
+
+    def _hand(self, found: list[Item]) -> int:
+        for item in found:
+            self.submit(item)
+        n = len(found)
+        found.clear()
+        return n
