@@ -9,6 +9,7 @@ The capture is written into ``[capture] dir`` with its sidecar, exactly like an 
 capture. The command does not write to the queue itself: a running daemon watches that
 folder and queues the file within moments (this command waits a few seconds to say so);
 without a running daemon, the next ``edge-uploader run`` finds and queues it at start-up.
+The capture code (pyserial with it) is imported by the command, not by every command.
 """
 
 from __future__ import annotations
@@ -21,10 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import CONFIG_CATEGORIES, Config
-from ..daemon.disk import DiskGuard
 from ..errors import CaptureError, ConfigError, InputError
-from ..sources.capture import Capturer
-from ..sources.command import validate_object
 from .options import add_config_option, load, open_queue
 from .parser import CONFIG, USAGE, exit_statuses
 
@@ -59,6 +57,10 @@ def register(sub: Any) -> None:
 
 
 def cmd_capture(args: argparse.Namespace) -> int:
+    from ..daemon.disk import DiskGuard
+    from ..sources.capture import Capturer
+    from ..sources.command import validate_object
+
     config = load(args)
     if config.capture is None:
         raise ConfigError(config.source, "capture", "no [capture] section: nothing to capture with")

@@ -11,7 +11,8 @@ agent config: host, TLS, ``username`` / ``password_file``, the topic prefixes)::
 than ``--stale-seconds`` marked stale. ``capture`` publishes one command (on the site
 topic, the fleet topic, or each named device's topic), follows every device's events and
 exits 0 only when every targeted device delivered. For ``--site`` and ``--all`` the
-targets are the devices whose retained heartbeat is online and fresh.
+targets are the devices whose retained heartbeat is online and fresh. The MQTT client
+(paho) is imported by these commands, not by every command.
 """
 
 from __future__ import annotations
@@ -21,22 +22,17 @@ import json
 import secrets
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import CONFIG_CATEGORIES, Config, MqttConfig
 from ..config.mqtt import topic_ok
 from ..errors import ConfigError, InputError
 from ..sources.command import ID_RE, safe_text
-from ..sources.mqtt.fleet import (
-    CommandFollow,
-    FleetClient,
-    Heartbeat,
-    device_topic,
-    read_heartbeats,
-)
-from .fleet_show import Progress, print_status, status_row, summary
 from .options import add_config_option, load, positive_int
 from .parser import CONFIG, INTERRUPTED, USAGE, exit_statuses
+
+if TYPE_CHECKING:
+    from ..sources.mqtt.fleet import CommandFollow, FleetClient, Heartbeat
 
 READ_SECONDS = 3.0
 CAPTURE_WAIT_SECONDS = 120
@@ -111,10 +107,15 @@ def _stale(args: argparse.Namespace, mqtt: MqttConfig) -> float:
 
 
 def _connect(mqtt: MqttConfig) -> FleetClient:
+    from ..sources.mqtt.fleet import FleetClient
+
     return FleetClient(mqtt, mqtt.password.load_optional()).connect()
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from ..sources.mqtt.fleet import read_heartbeats
+    from .fleet_show import print_status, status_row
+
     _, mqtt = _mqtt(args)
     stale = _stale(args, mqtt)
     client = _connect(mqtt)
@@ -157,6 +158,8 @@ def _targets(
     args: argparse.Namespace, mqtt: MqttConfig, beats: dict[str, Heartbeat], stale: float
 ) -> tuple[list[str], list[str]]:
     """The targeted device ids and the topics to publish on."""
+    from ..sources.mqtt.fleet import device_topic
+
     if args.device:
         topics = [device_topic(mqtt, d, "capture") for d in args.device]
         bad = next((d for d, t in zip(args.device, topics, strict=True) if not topic_ok(t)
@@ -181,6 +184,8 @@ def _targets(
 
 
 def cmd_capture(args: argparse.Namespace) -> int:
+    from ..sources.mqtt.fleet import CommandFollow, read_heartbeats
+
     _, mqtt = _mqtt(args)
     stale = _stale(args, mqtt)
     cmd = _command(args)
@@ -205,6 +210,8 @@ def cmd_capture(args: argparse.Namespace) -> int:
 
 
 def _follow(client: FleetClient, follow: CommandFollow, args: argparse.Namespace) -> None:
+    from .fleet_show import Progress
+
     out = sys.stderr if args.json else sys.stdout
     progress = Progress(follow, out, out.isatty())
     if not args.json:
@@ -223,6 +230,8 @@ def _follow(client: FleetClient, follow: CommandFollow, args: argparse.Namespace
 def _report(
     follow: CommandFollow, cmd: dict[str, Any], topics: list[str], args: argparse.Namespace
 ) -> int:
+    from .fleet_show import summary
+
     ok = follow.succeeded
     if args.json:
         doc = {"id": cmd["id"], "session": cmd["session"], "topics": topics, "delivered": ok,

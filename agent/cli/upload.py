@@ -174,7 +174,9 @@ def cmd_upload(args: argparse.Namespace) -> int:
 
     from ..bulk.progress import Progress, render_summary, summary_document
     from ..bulk.run import BulkUpload
+    from ..daemon.memory import limit_malloc_arenas
 
+    limit_malloc_arenas()
     progress = Progress(sys.stderr, enabled=not args.no_progress)
     run = BulkUpload(config, request, progress, verbose=args.verbose)
     run.install_signals()

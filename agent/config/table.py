@@ -14,7 +14,6 @@ file works whatever the current directory is (systemd starts services in ``/``).
 
 from __future__ import annotations
 
-import difflib
 import os
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
@@ -62,6 +61,8 @@ class Problems:
 
 def did_you_mean(name: str, known: Iterable[str]) -> str:
     """The unknown-key message, with the closest known key when one is close."""
+    import difflib  # only a config with a mistake pays for it
+
     close = difflib.get_close_matches(name, sorted(known), n=1)
     return f"unknown key; did you mean {close[0]!r}?" if close else "unknown key"
 
