@@ -377,7 +377,8 @@ class Delivery(Loop):
             self._usage += went
             self.meter.settled(sum(r.size for r in sent.rows), went, self.clock())
             pairs = zip(sent.rows, sent.answers, strict=True)
-            self._unsettled.extend(Done(r, a, sent.latency) for r, a in pairs)
+            request = next(self._seq)  # any number that names this request once
+            self._unsettled.extend(Done(r, a, sent.latency, request=request) for r, a in pairs)
 
     def _settle_done(self) -> None:
         """Write the finished uploads back. Rows stay in flight until the write commits:
@@ -419,7 +420,7 @@ class Delivery(Loop):
             self._unsettled = []
 
     def _verdict(self, d: Done, now: float) -> Result | None:
-        verdict = self.state.verdict(d.row, d.answer, now, self.concurrency.at_floor)
+        verdict = self.state.verdict(d.row, d.answer, now, self.concurrency.at_floor, d.request)
         if verdict.alone:
             self._alone.add(d.row.id)
         if self.state.newly_paused:

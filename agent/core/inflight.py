@@ -40,6 +40,8 @@ class Done:
     decided: bool = False
     result: Result | None = None
     """What the queue records (None: requeue), decided once even if the write is retried."""
+    request: int | None = None
+    """Which request the answer came in (the files of one count as one failure)."""
 
 
 def row_sample(row: Row) -> Sample:

@@ -2,7 +2,8 @@
 
 Per file: delivered and duplicate rows are delivered, refused ones dead, vanished ones gone,
 and a transient failure backs off *that file only* (exponential backoff with full jitter,
-``Retry-After`` honoured). Sporadic errors therefore cost a retry each, not a stall.
+``Retry-After`` honoured; the first ``QUICK_RETRIES`` waits stay within the base). Sporadic
+errors therefore cost a retry each, not a stall.
 
 For the whole service, three states, decided here and nowhere else:
 
@@ -40,8 +41,14 @@ from ..store.queue import Result, Row, State
 log = logging.getLogger(__name__)
 
 OUTAGE_AFTER = 8
-"""Consecutive failures that open the breaker (5 % random errors reach 8 in a row about
-once in 25 billion requests; an outage, at once)."""
+"""Consecutive failed requests that open the breaker (5 % random errors reach 8 in a row
+about once in 25 billion requests; an outage, at once). Requests, not files: one failed
+request of 20 files is one failure, or 5 % errors would open it every few requests."""
+QUICK_RETRIES = 2
+"""A file's first retries all wait within ``retry_base_seconds``; the backoff doubles from
+the one after. At a 5 % error rate one file in 400 fails twice in a row, and a doubled
+second wait was the tail of a whole bulk upload; a file that keeps failing still backs
+off, and a service that fails every request opens the breaker after ``OUTAGE_AFTER``."""
 URL_STATUSES = (404, 405)
 WRONG_URL = "wrong URL"
 """How the reason of a pause for the URL begins (in the log, ``status`` and ``upload``)."""
@@ -92,11 +99,11 @@ class FailureRun:
     def add(self, answers: list[Answer], at_floor: bool) -> bool:
         """Count one request's answers; True when the run reaches ``OUTAGE_AFTER``."""
         with self._lock:
-            for a in answers:
-                if a.outcome in (Outcome.DELIVERED, Outcome.DUPLICATE, Outcome.DEAD):
-                    self._count = 0
-                elif failure(a, at_floor):
-                    self._count += 1
+            if any(a.outcome in (Outcome.DELIVERED, Outcome.DUPLICATE, Outcome.DEAD)
+                   for a in answers):  # fmt: skip
+                self._count = 0
+            elif any(failure(a, at_floor) for a in answers):
+                self._count += 1
             return self._count >= OUTAGE_AFTER
 
 
@@ -112,6 +119,7 @@ class ServiceState:
         self.probe = False
         """One request at a time: the breaker is open, or an answer is suspect."""
         self._failures = 0
+        self._failed_request: int | None = None
         self._outages = 0
         self.outages_seen = 0
         """How often the breaker opened (since start)."""
@@ -122,7 +130,12 @@ class ServiceState:
         self.resumed = False
         """Set by ``verdict`` when the pause began or ended with this answer (for events)."""
 
-    def verdict(self, row: Row, answer: Answer, now: float, at_floor: bool = True) -> Verdict:
+    def verdict(
+        self, row: Row, answer: Answer, now: float, at_floor: bool = True,
+        request: int | None = None,
+    ) -> Verdict:  # fmt: skip
+        """``request`` names the request the answer came in: its files' answers count as
+        one failure (None: every answer counts)."""
         a = answer
         self.newly_paused, self.resumed = None, False
         if a.outcome in (Outcome.DELIVERED, Outcome.DUPLICATE):
@@ -140,7 +153,7 @@ class ServiceState:
             return self._refused(row, a, now)
         if a.alone:
             return Verdict(None, alone=True)
-        return Verdict(self._retry(row, a, now, at_floor))
+        return Verdict(self._retry(row, a, now, at_floor, request))
 
     def _working(self) -> None:
         if self._failures >= OUTAGE_AFTER:
@@ -166,11 +179,15 @@ class ServiceState:
         self._failures = 0  # the service answered: it works, this file is refused
         return Verdict(Result(row.id, State.DEAD, a.reason, 0.0, a.sha256))
 
-    def _retry(self, row: Row, a: Answer, now: float, at_floor: bool) -> Result:
+    def _retry(
+        self, row: Row, a: Answer, now: float, at_floor: bool, request: int | None
+    ) -> Result:
         cfg = self.config
-        delay = retry_delay(row.attempts, cfg.retry_base_seconds, cfg.retry_max_seconds,
+        step = max(0, row.attempts + 1 - QUICK_RETRIES)
+        delay = retry_delay(step, cfg.retry_base_seconds, cfg.retry_max_seconds,
                             a.retry_after, self.rng)  # fmt: skip
-        if failure(a, at_floor):
+        if failure(a, at_floor) and (request is None or request != self._failed_request):
+            self._failed_request = request
             self._failures += 1
             if self._failures == OUTAGE_AFTER:
                 self.outages_seen += 1

@@ -4,7 +4,13 @@ an outage opens the breaker, a wrong key or URL pauses. Pure: no I/O, an injecte
 from __future__ import annotations
 
 from edge_uploader.config import IngestionConfig
-from edge_uploader.core.verdicts import OUTAGE_AFTER, ServiceState, pause_cause
+from edge_uploader.core.verdicts import (
+    OUTAGE_AFTER,
+    QUICK_RETRIES,
+    FailureRun,
+    ServiceState,
+    pause_cause,
+)
 from edge_uploader.errors import Outcome
 from edge_uploader.remote.ingestion import Answer
 from edge_uploader.store.queue import Row, State
@@ -37,6 +43,38 @@ def test_a_sporadic_error_backs_off_its_file_only() -> None:
     assert v.result is not None and v.result.state is State.PENDING
     assert v.result.next_attempt_at > T0
     assert not s.probe and s.hold_until <= T0 and not s.outage
+
+
+def test_a_failed_request_of_many_files_is_one_failure() -> None:
+    s, run = state(), FailureRun()
+    for request in range(OUTAGE_AFTER - 1):  # 7 failed requests of 20 files each
+        for i in range(20):
+            s.verdict(row(request * 20 + i), BOOM, T0, request=request)
+        assert not run.add([BOOM] * 20, at_floor=True)
+    assert not s.outage and not s.probe and s.outages_seen == 0
+    for i in range(20):  # the eighth
+        s.verdict(row(1000 + i), BOOM, T0, request=OUTAGE_AFTER)
+    assert run.add([BOOM] * 20, at_floor=True)
+    assert s.outage and s.probe and s.outages_seen == 1
+
+
+def test_a_request_with_one_file_delivered_shows_the_service_working() -> None:
+    run = FailureRun()
+    for _ in range(OUTAGE_AFTER - 1):
+        run.add([BOOM], at_floor=True)
+    assert not run.add([BOOM, OK, BOOM], at_floor=True)
+    assert not run.add([BOOM], at_floor=True)
+
+
+def test_the_first_retries_of_a_file_are_quick_then_the_wait_doubles() -> None:
+    s = state()  # base 1 s, jitter fixed at half the ceiling
+    waits = []
+    for attempts in range(QUICK_RETRIES + 3):
+        v = s.verdict(row(1, attempts), BOOM, T0)
+        s.verdict(row(2), OK, T0)  # sporadic: the service keeps working in between
+        assert v.result is not None
+        waits.append(v.result.next_attempt_at - T0)
+    assert waits == [0.5] * QUICK_RETRIES + [1.0, 2.0, 4.0]
 
 
 def test_five_percent_errors_never_open_the_breaker() -> None:
