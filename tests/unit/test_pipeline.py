@@ -354,9 +354,10 @@ def test_stop_returns_leased_rows_to_pending(rig: Rig) -> None:
 
 
 def test_stop_lets_quick_uploads_finish(rig: Rig) -> None:
-    gate = threading.Event()
+    gate, arrived = threading.Event(), threading.Event()
 
     def slow(request: httpx.Request) -> httpx.Response:
+        arrived.set()
         gate.wait(10)
         return httpx.Response(
             200, json={"success": True, "files": [{"success": True, "sampleId": 9}]}
@@ -365,7 +366,8 @@ def test_stop_lets_quick_uploads_finish(rig: Rig) -> None:
     rig.server.script = slow
     rid = rig.add("a.wav")
     rig.start()
-    wait_for(lambda: rig.pipeline.inflight == 1)
+    # leased is not sent: a request no worker has started yet stays queued at a stop
+    assert arrived.wait(10)
     threading.Timer(0.2, gate.set).start()
     rig.pipeline.stop(3.0)
     rig.started = False
