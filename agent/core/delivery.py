@@ -175,12 +175,8 @@ class Delivery(Loop):
     # -- workers -------------------------------------------------------------------------
     def _worker(self) -> None:
         while (rows := self._work.get()[2]) is not None:
-            if self._caution.is_set():
-                self._done.put(Sent(rows, [NOT_SENT] * len(rows), 0.0))
-                self.wake()
-                continue
-            in_flight = self._gate.enter()
-            if in_flight is None:  # stopping: back to pending, no attempt
+            in_flight = None if self._caution.is_set() else self._gate.enter()
+            if in_flight is None:  # trouble, or stopping: back to pending, no attempt
                 self._done.put(Sent(rows, [NOT_SENT] * len(rows), 0.0))
                 self.wake()
                 continue
@@ -195,19 +191,28 @@ class Delivery(Loop):
             finally:
                 self._gate.leave()
             latency = time.monotonic() - started
-            if self.uploader.throttle is not None:
-                latency = max(0.0, latency - self.uploader.throttle.waited())
-            refused_at_once = all(a.status is None and not a.timed_out for a in answers)
-            self.concurrency.finished(None if refused_at_once else latency,
-                                      pushback=any(pushback(a) for a in answers))  # fmt: skip
-            outage = self._failure_run.add(answers, self.concurrency.at_floor)
-            alarm = outage or any(a.outcome is Outcome.PAUSE for a in answers)
-            if alarm:
-                with self._alarm_lock:  # counted and set together: the dispatcher's check
-                    self._alarms += 1  # and clear cannot fall between the two
-                    self._caution.set()  # before the answer is seen: no worker starts more
+            alarm = False
+            try:
+                latency, alarm = self._account(answers, latency)
+            except Exception:  # the answers must still reach the dispatcher, or rows hang
+                log.exception("accounting for an answer failed")
             self._done.put(Sent(rows, answers, latency, alarm))
             self.wake()
+
+    def _account(self, answers: list[Answer], latency: float) -> tuple[float, bool]:
+        """Feed one request's answers to the limit and the breaker's early count."""
+        if self.uploader.throttle is not None:
+            latency = max(0.0, latency - self.uploader.throttle.waited())
+        refused_at_once = all(a.status is None and not a.timed_out for a in answers)
+        self.concurrency.finished(None if refused_at_once else latency,
+                                  pushback=any(pushback(a) for a in answers))  # fmt: skip
+        outage = self._failure_run.add(answers, self.concurrency.at_floor)
+        alarm = outage or any(a.outcome is Outcome.PAUSE for a in answers)
+        if alarm:
+            with self._alarm_lock:  # counted and set together: the dispatcher's check
+                self._alarms += 1  # and clear cannot fall between the two
+                self._caution.set()  # before the answer is seen: no worker starts more
+        return latency, alarm
 
     # -- the dispatcher --------------------------------------------------------------------
     def step(self) -> float | None:
