@@ -10,13 +10,16 @@ request concurrency and Netflix's concurrency-limits):
   to ``DECREASE_RATIO`` of itself (and by one request at least); so does a window whose
   mean round-trip time rose clearly above the link's floor (the least window mean of the
   last ``FLOOR_WINDOWS`` windows, times ``1 + RISE_TOLERANCE``, plus
-  ``RISE_SLACK_SECONDS``). Comparing with the floor, not with a
-  running mean, matters: a running mean follows a slow climb and never sees the queue
-  it builds. The floor forgets old windows, so a link whose latency really grew is
-  relearned within ``FLOOR_WINDOWS`` round trips;
-- a window in which the limit was used (requests in flight reached it) and latency stayed
-  level raises it by one; until the first cut it doubles instead ("slow start", as TCP
-  does), so a 200 ms link reaches 32 requests in flight within a second, not in six.
+  ``RISE_SLACK_SECONDS``). The first pushback of all halves it (``SLOW_START_DECREASE``,
+  as TCP leaves slow start). Comparing with the floor, not with a running mean, matters:
+  a running mean follows a slow climb and never sees the queue it builds. The floor
+  forgets old windows, so a link whose latency really grew is relearned within
+  ``FLOOR_WINDOWS`` round trips;
+- a window in which the limit was used (requests in flight reached it), latency stayed
+  level and an answer came from a request sent once the limit was reached raises it by
+  one (the first answers after a rise are of requests sent below it: they say nothing);
+  until the first cut it doubles instead ("slow start", as TCP does), so a 200 ms link
+  reaches 32 requests in flight within a second, not in six.
   Just below the level refused last it rises only every ``CEILING_WINDOWS`` windows (as
   CUBIC lingers near its last loss), so an overloaded service sees few refused probes.
 
@@ -34,6 +37,11 @@ from collections import deque
 from collections.abc import Callable
 
 DECREASE_RATIO = 0.9
+SLOW_START_DECREASE = 0.5
+"""The cut of the first pushback: slow start doubled the limit every round trip, and the
+answers that say "too many" arrive a round trip late, after one more doubling. Cut by
+a tenth, a service that takes 6 saw 16 in flight for nine round trips (a quarter of all
+requests refused)."""
 EWMA_ALPHA = 0.4
 """Weight of the newest window in the reported round-trip time."""
 RISE_TOLERANCE = 0.5
@@ -68,12 +76,17 @@ class Concurrency:
         self._window_sum = 0.0
         self._window_count = 0
         self._window_full = False
+        self._window_judged = False
+        """An answer in this window came from a request sent once the current limit was
+        reached: only such an answer says how the service takes that many in flight."""
         self._window_pushback = False
         self._slow_start = True
         self._ceiling: int | None = None
         """The level refused last (pushback or a rising round trip)."""
         self._calm = 0
         self._cut_at = -math.inf
+        self._full_since: float | None = None
+        """When requests in flight first reached the current limit (None: not yet)."""
 
     @property
     def limit(self) -> int:
@@ -103,19 +116,23 @@ class Concurrency:
         if in_flight >= self.limit:
             with self._lock:
                 self._window_full = True
+                if self._full_since is None:
+                    self._full_since = self._clock()
 
     def finished(self, rtt: float | None, *, pushback: bool = False) -> None:
         """A request came back after ``rtt`` seconds (None: no useful timing, e.g. a
         connection refused at once); ``pushback``: the service or the link said "slower"."""
         with self._lock:
+            now = self._clock()
             if rtt is not None:
                 self._window_sum += rtt
                 self._window_count += 1
-            now = self._clock()
+                full = self._full_since
+                self._window_judged |= full is not None and now - rtt >= full
             if pushback and (rtt is None or now - rtt >= self._cut_at):
                 # At once (a fast 503 frees its slot for another 503 at once), and once per
                 # level: only a request sent after the last cut says the new level is too high.
-                self._cut()
+                self._cut(now, SLOW_START_DECREASE if self._slow_start else DECREASE_RATIO)
                 self._cut_at = now
             self._window_pushback = self._window_pushback or pushback
             window = min(MAX_WINDOW_SECONDS, max(MIN_WINDOW_SECONDS, self._mean or 0.0))
@@ -127,33 +144,35 @@ class Concurrency:
         if self.fixed is not None or self._window_pushback:
             pass  # fixed: only the round trip is followed; pushback: already cut
         elif mean is not None and self._rising(mean):
-            self._cut()
-        elif self._window_full and self._limit < self.maximum:
-            self._grow()
+            self._cut(now)
+        elif self._window_full and self._window_judged and self._limit < self.maximum:
+            self._grow(now)  # only answers of requests sent at this limit say it is safe
         if mean is not None and not self._window_pushback:
             self._mean = mean if self._mean is None else self._mean + EWMA_ALPHA * (
                 mean - self._mean)  # fmt: skip
             self._floors.append(mean)
         self._window_start = now
         self._window_sum, self._window_count = 0.0, 0
-        self._window_full = self._window_pushback = False
+        self._window_full = self._window_pushback = self._window_judged = False
 
-    def _cut(self) -> None:
-        """Down by ``DECREASE_RATIO``, and by at least one request: 5.9 * 0.9 is still 5
-        requests in flight, the level that was just refused."""
+    def _cut(self, now: float, ratio: float = DECREASE_RATIO) -> None:
+        """Down by ``ratio``, and by at least one request: 5.9 * 0.9 is still 5 requests
+        in flight, the level that was just refused."""
         if self.fixed is not None:
             return
         self._ceiling = math.floor(self._limit)
-        self._limit = max(1.0, min(self._limit * DECREASE_RATIO, self._ceiling - 1.0))
+        self._limit = max(1.0, min(self._limit * ratio, self._ceiling - 1.0))
         self._slow_start = False
         self._calm = 0
+        self._full_since = None
 
-    def _grow(self) -> None:
+    def _grow(self, now: float) -> None:
         """Double in slow start, else one more; just below the level that was refused
         last, one more only every ``CEILING_WINDOWS`` windows (each probe of it costs a
         few refused requests)."""
         if self._slow_start:
             self._limit = min(float(self.maximum), self._limit * 2)
+            self._full_since = None
             return
         nearing = self._ceiling is not None and math.floor(self._limit) + 1 >= self._ceiling
         self._calm += 1
@@ -161,6 +180,7 @@ class Concurrency:
             return
         self._calm = 0
         self._limit = min(float(self.maximum), math.floor(self._limit) + 1.0)
+        self._full_since = None
 
     def _rising(self, mean: float) -> bool:
         if not self._floors:

@@ -6,6 +6,7 @@ whether it was pushed back. Nothing sleeps: the clock moves by the round trip.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable
 
 import pytest
@@ -57,6 +58,37 @@ def test_an_overloaded_service_is_met_just_below_its_capacity(clock: FakeClock) 
     settled = limits[50:]
     assert max(settled) <= 8 and min(settled) >= 4
     assert refused / sent < 0.15
+
+
+def pipelined(c: Concurrency, clock: FakeClock, capacity: int, rtt: float, n: int) -> int:
+    """Send ``n`` requests as a worker pool does, a new one as each answer arrives, each
+    taking 2 ms to send; a request sent while ``capacity`` are in progress is refused after
+    the round trip (so the answers that say "too many" come a round trip late, after those
+    of the requests sent before them, as on a real link). Requests refused."""
+    out: list[tuple[float, int, bool]] = []  # (answered at, order, refused)
+    sent = refused = 0
+    while sent < n or out:
+        while len(out) < c.limit and sent < n:
+            clock.advance(0.002)
+            c.started(len(out) + 1)
+            heapq.heappush(out, (clock() + rtt, sent, len(out) >= capacity))
+            sent += 1
+        at, _, pushed = heapq.heappop(out)
+        clock.advance(max(0.0, at - clock()))
+        c.finished(rtt, pushback=pushed)
+        refused += pushed
+    return refused
+
+
+def test_leaving_slow_start_into_an_overloaded_service_refuses_few(clock: FakeClock) -> None:
+    """The limit doubles only on answers of requests sent once it was reached (the first
+    answers after a doubling are of requests the service could take), and the first cut
+    halves it: otherwise it doubled to 16 against a service that takes 6, and cut by a
+    tenth per round trip, refused about half of the first 150 requests."""
+    c = Concurrency(None, 32, clock=clock)
+    refused = pipelined(c, clock, capacity=6, rtt=0.05, n=150)
+    assert refused / 150 < 0.10
+    assert 4 <= c.limit <= 7
 
 
 def test_rising_round_trips_stop_the_climb(clock: FakeClock) -> None:
