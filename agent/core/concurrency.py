@@ -136,7 +136,11 @@ class Concurrency:
                 self._cut_at = now
             self._window_pushback = self._window_pushback or pushback
             window = min(MAX_WINDOW_SECONDS, max(MIN_WINDOW_SECONDS, self._mean or 0.0))
-            if now - self._window_start >= window:
+            elapsed = now - self._window_start
+            # a used window waits (up to twice its length) for the answer that judges the
+            # limit: closed without it, every doubling of slow start would take two
+            waiting = self._window_full and not self._window_judged and elapsed < 2 * window
+            if elapsed >= window and not waiting:
                 self._close_window(now)
 
     def _close_window(self, now: float) -> None:

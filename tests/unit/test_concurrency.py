@@ -91,6 +91,17 @@ def test_leaving_slow_start_into_an_overloaded_service_refuses_few(clock: FakeCl
     assert 4 <= c.limit <= 7
 
 
+def test_slow_start_doubles_once_per_round_trip(clock: FakeClock) -> None:
+    """Sending takes time, so the limit is reached a little after it rose, and the answer
+    that judges it comes a round trip later: the window waits for it rather than closing
+    without a verdict (which made every doubling take two round trips)."""
+    c = Concurrency(None, 32, clock=clock)
+    start = clock()
+    pipelined(c, clock, capacity=1000, rtt=0.2, n=4 + 8 + 16 + 32 + 32)
+    assert c.limit == 32
+    assert clock() - start < 7 * 0.2  # 5 round trips and the sending; two per step: 8
+
+
 def test_rising_round_trips_stop_the_climb(clock: FakeClock) -> None:
     """A service that queues above 8 in flight: no 503, but the round trip grows."""
     c = Concurrency(None, 32, clock=clock)
