@@ -11,7 +11,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from ..errors import Outcome
 from ..remote.ingestion import Answer, Sample
@@ -51,7 +50,7 @@ def row_sample(row: Row) -> Sample:
         for p in extra.get("parts", [])
     )
     return Sample(
-        path=Path(row.path), file_name=row.file_name, category=row.category, label=row.label,
+        path=row.path, file_name=row.file_name, category=row.category, label=row.label,
         metadata=row.metadata, allow_duplicates=row.allow_duplicates, extra_parts=parts,
         expect_size=row.size, expect_mtime_ns=row.mtime_ns,
     )  # fmt: skip

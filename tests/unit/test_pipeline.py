@@ -383,7 +383,7 @@ def test_row_sample() -> None:
               delivered_at=None)  # fmt: skip
     s = row_sample(row)
     assert (s.path, s.file_name, s.category, s.label, dict(s.metadata)) == (
-        Path("/d/a.wav"),
+        "/d/a.wav",
         "b.wav",
         "testing",
         "",
