@@ -47,9 +47,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from ..config.preflight import prepare
     from ..daemon.lifecycle import Daemon  # the whole agent: imported only to run it
-    from ..daemon.memory import limit_malloc_arenas
+    from ..daemon.memory import tune_malloc
 
-    limit_malloc_arenas()
+    tune_malloc()
     path = config_path(args, daemon=True)
     config = prepare(path)  # a missing key is a config error before anything starts
     return Daemon(config, config_path=path).run_forever()

@@ -174,9 +174,9 @@ def cmd_upload(args: argparse.Namespace) -> int:
 
     from ..bulk.progress import Progress, render_summary, summary_document
     from ..bulk.run import BulkUpload
-    from ..daemon.memory import limit_malloc_arenas
+    from ..daemon.memory import tune_malloc
 
-    limit_malloc_arenas()
+    tune_malloc()
     progress = Progress(sys.stderr, enabled=not args.no_progress)
     run = BulkUpload(config, request, progress, verbose=args.verbose)
     run.install_signals()

@@ -1,5 +1,5 @@
-"""What the upload commands load and hold: the malloc arena cap, and no optional library
-imported by a command that does not use it."""
+"""What the upload commands load and hold: the C allocator's tuning, and no optional
+library imported by a command that does not use it."""
 
 from __future__ import annotations
 
@@ -9,22 +9,24 @@ import textwrap
 
 import pytest
 
-from edge_uploader.daemon.memory import limit_malloc_arenas
+from edge_uploader.daemon.memory import tune_malloc
 
 
-def test_the_users_own_arena_setting_stands(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MALLOC_ARENA_MAX", "8")
-    assert limit_malloc_arenas() is False
+@pytest.mark.parametrize("name", ["MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_"])
+def test_the_users_own_malloc_setting_stands(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    monkeypatch.setenv(name, "8")
+    assert tune_malloc() is False
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
-def test_arenas_are_capped_on_glibc(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_malloc_is_tuned_on_glibc(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
     import platform
 
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("not glibc")
-    assert limit_malloc_arenas() is True
+    assert tune_malloc() is True
 
 
 def loaded_after(*modules: str) -> set[str]:
