@@ -10,11 +10,11 @@ request concurrency and Netflix's concurrency-limits):
   to ``DECREASE_RATIO`` of itself (and by one request at least); so does a window whose
   mean round-trip time rose clearly above the link's floor (the least window mean of the
   last ``FLOOR_WINDOWS`` windows, times ``1 + RISE_TOLERANCE``, plus
-  ``RISE_SLACK_SECONDS``). The first pushback of all halves it (``SLOW_START_DECREASE``,
-  as TCP leaves slow start). Comparing with the floor, not with a running mean, matters:
-  a running mean follows a slow climb and never sees the queue it builds. The floor
-  forgets old windows, so a link whose latency really grew is relearned within
-  ``FLOOR_WINDOWS`` round trips;
+  ``RISE_SLACK_SECONDS``), though not below ``RISE_FLOOR``. The first pushback of all
+  halves it (``SLOW_START_DECREASE``, as TCP leaves slow start). Comparing with the
+  floor, not with a running mean, matters: a running mean follows a slow climb and never
+  sees the queue it builds. The floor forgets old windows, so a link whose latency really
+  grew is relearned within ``FLOOR_WINDOWS`` round trips;
 - a window in which the limit was used (requests in flight reached it), latency stayed
   level and an answer came from a request sent once the limit was reached raises it by
   one (the first answers after a rise are of requests sent below it: they say nothing);
@@ -51,6 +51,11 @@ millisecond on loopback jitter by more than themselves), before it counts as a r
 FLOOR_WINDOWS = 100
 INITIAL_LIMIT = 4
 """Where "auto" starts: the old fixed default, safe for any service."""
+RISE_FLOOR = INITIAL_LIMIT
+"""A rising round trip alone cuts no lower: with a few requests in flight it is as often
+the agent's own CPU as the service (on a fast link each answer waits for the interpreter
+lock), and one request at a time then halves what a CPU-bound agent sends. A service in
+real trouble says so (429, 503, timeouts), and those cut down to one."""
 CEILING_WINDOWS = 10
 """Full windows without trouble before the limit probes the level refused last again."""
 MIN_WINDOW_SECONDS = 0.05
@@ -148,7 +153,8 @@ class Concurrency:
         if self.fixed is not None or self._window_pushback:
             pass  # fixed: only the round trip is followed; pushback: already cut
         elif mean is not None and self._rising(mean):
-            self._cut(now)
+            if self._limit > RISE_FLOOR:
+                self._cut(now, floor=RISE_FLOOR)
         elif self._window_full and self._window_judged and self._limit < self.maximum:
             self._grow(now)  # only answers of requests sent at this limit say it is safe
         if mean is not None and not self._window_pushback:
@@ -159,13 +165,13 @@ class Concurrency:
         self._window_sum, self._window_count = 0.0, 0
         self._window_full = self._window_pushback = self._window_judged = False
 
-    def _cut(self, now: float, ratio: float = DECREASE_RATIO) -> None:
-        """Down by ``ratio``, and by at least one request: 5.9 * 0.9 is still 5 requests
-        in flight, the level that was just refused."""
+    def _cut(self, now: float, ratio: float = DECREASE_RATIO, floor: float = 1.0) -> None:
+        """Down by ``ratio``, and by at least one request (5.9 * 0.9 is still 5 requests
+        in flight, the level that was just refused), to ``floor`` at the lowest."""
         if self.fixed is not None:
             return
         self._ceiling = math.floor(self._limit)
-        self._limit = max(1.0, min(self._limit * ratio, self._ceiling - 1.0))
+        self._limit = max(floor, min(self._limit * ratio, self._ceiling - 1.0))
         self._slow_start = False
         self._calm = 0
         self._full_since = None

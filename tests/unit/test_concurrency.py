@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
-from edge_uploader.core.concurrency import INITIAL_LIMIT, Concurrency
+from edge_uploader.core.concurrency import INITIAL_LIMIT, RISE_FLOOR, Concurrency
 from tests.fakes import FakeClock
 
 Link = Callable[[int], tuple[float, int]]
@@ -108,6 +108,23 @@ def test_rising_round_trips_stop_the_climb(clock: FakeClock) -> None:
     limits, _, refused = drive(c, clock, lambda n: (0.02 * max(1.0, n / 8), 0), rounds=90)
     assert refused == 0
     assert max(limits[20:]) <= 16  # the round trip may grow by half (12 in flight), not double
+
+
+def test_a_rising_round_trip_alone_keeps_a_few_requests_in_flight(clock: FakeClock) -> None:
+    """A CPU-bound agent on a loopback link: each answer waits for the interpreter, so the
+    round trip jitters by more than itself (one quick window sets a floor the others all
+    "rise" above) and says nothing about the service."""
+    c = Concurrency(None, 32, clock=clock)
+    rounds = iter(range(10**6))
+
+    def jittery(n: int) -> tuple[float, int]:
+        quick = next(rounds) % 600 < 150  # 75 ms of 0.5 ms round trips: a window's worth
+        return (0.0005 if quick else 0.003 + 0.0005 * n), 0
+
+    limits, _, _ = drive(c, clock, jittery, rounds=3000)
+    assert min(limits[200:]) == RISE_FLOOR
+    drive(c, clock, lambda n: (0.001 * n, n), rounds=30)  # and now the service refuses
+    assert c.limit == 1
 
 
 def test_the_limit_rises_only_when_it_was_used(clock: FakeClock) -> None:
