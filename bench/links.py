@@ -13,8 +13,11 @@ alike. Each client is its own process, with a fresh queue. Every figure is count
 server or read from the kernel, never taken from a client's own report.
 
 The data: ``--files`` distinct files (default 2,200), every 11th one 200 KiB and the others
-2 KB, 100 to a folder (``session-NN``), generated once. A situation that uses fewer files
-takes a prefix, so the mix of sizes stays the same.
+2 KB, 100 to a folder (``session-NN``), generated once. Each file has its own modification
+time, 0.1 s after the one before, as captures have: with ``captured_at`` on (the agent's
+default) every file's metadata differs and every file is its own request, as in the
+field; only the ``-multi`` clients let a session's files share a request. A situation that
+uses fewer files takes a prefix, so the mix of sizes stays the same.
 
 The situations (``--situations`` takes their names):
 
@@ -234,7 +237,8 @@ class Context:
 
 
 def make_data(folder: Path, n: int, seed: int) -> int:
-    """``n`` distinct files, every 11th large, 100 to a session folder; bytes written."""
+    """``n`` distinct files, every 11th large, 100 to a session folder, 0.1 s apart in
+    modification time (an hour ago); bytes written."""
     rng = random.Random(seed)
     old = time.time() - 3600
     total = 0
@@ -244,7 +248,8 @@ def make_data(folder: Path, n: int, seed: int) -> int:
         sub.mkdir(parents=True, exist_ok=True)
         path = sub / f"{('idle', 'wave', 'snake')[i % 3]}.{i:05d}.wav"
         path.write_bytes(rng.randbytes(size))
-        os.utime(path, (old, old))
+        at = old + i * 0.1
+        os.utime(path, (at, at))
         total += size
     return total
 
