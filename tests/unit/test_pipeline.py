@@ -258,6 +258,19 @@ def test_file_gone_before_upload(rig: Rig) -> None:
     assert rig.server.requests == []
 
 
+def test_a_failure_in_the_bookkeeping_of_an_answer_loses_no_row(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug in the limit")
+
+    monkeypatch.setattr(rig.pipeline.concurrency, "finished", broken)
+    ids = [rig.add(f"f{i}.wav") for i in range(3)]
+    rig.start()
+    for rid in ids:  # the workers live on and their answers are written back
+        rig.wait_state(rid, State.DELIVERED)
+
+
 # -- after_upload -------------------------------------------------------------------------
 
 
