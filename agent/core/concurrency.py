@@ -38,10 +38,10 @@ from collections.abc import Callable
 
 DECREASE_RATIO = 0.9
 SLOW_START_DECREASE = 0.5
-"""The cut of the first pushback: slow start doubled the limit every round trip, and the
-answers that say "too many" arrive a round trip late, after one more doubling. Cut by
-a tenth, a service that takes 6 saw 16 in flight for nine round trips (a quarter of all
-requests refused)."""
+"""The cut of the first pushback: slow start doubles the limit each round trip, so the
+level refused first can be up to twice what the service takes; half of it is the last
+level that worked, as TCP does. Cut by a tenth, a service that takes 6 saw 16 in flight
+for nine round trips (a quarter of all requests refused)."""
 EWMA_ALPHA = 0.4
 """Weight of the newest window in the reported round-trip time."""
 RISE_TOLERANCE = 0.5
@@ -137,7 +137,7 @@ class Concurrency:
             if pushback and (rtt is None or now - rtt >= self._cut_at):
                 # At once (a fast 503 frees its slot for another 503 at once), and once per
                 # level: only a request sent after the last cut says the new level is too high.
-                self._cut(now, SLOW_START_DECREASE if self._slow_start else DECREASE_RATIO)
+                self._cut(SLOW_START_DECREASE if self._slow_start else DECREASE_RATIO)
                 self._cut_at = now
             self._window_pushback = self._window_pushback or pushback
             window = min(MAX_WINDOW_SECONDS, max(MIN_WINDOW_SECONDS, self._mean or 0.0))
@@ -154,9 +154,9 @@ class Concurrency:
             pass  # fixed: only the round trip is followed; pushback: already cut
         elif mean is not None and self._rising(mean):
             if self._limit > RISE_FLOOR:
-                self._cut(now, floor=RISE_FLOOR)
+                self._cut(floor=RISE_FLOOR)
         elif self._window_full and self._window_judged and self._limit < self.maximum:
-            self._grow(now)  # only answers of requests sent at this limit say it is safe
+            self._grow()  # only answers of requests sent at this limit say it is safe
         if mean is not None and not self._window_pushback:
             self._mean = mean if self._mean is None else self._mean + EWMA_ALPHA * (
                 mean - self._mean)  # fmt: skip
@@ -165,7 +165,7 @@ class Concurrency:
         self._window_sum, self._window_count = 0.0, 0
         self._window_full = self._window_pushback = self._window_judged = False
 
-    def _cut(self, now: float, ratio: float = DECREASE_RATIO, floor: float = 1.0) -> None:
+    def _cut(self, ratio: float = DECREASE_RATIO, floor: float = 1.0) -> None:
         """Down by ``ratio``, and by at least one request (5.9 * 0.9 is still 5 requests
         in flight, the level that was just refused), to ``floor`` at the lowest."""
         if self.fixed is not None:
@@ -176,7 +176,7 @@ class Concurrency:
         self._calm = 0
         self._full_since = None
 
-    def _grow(self, now: float) -> None:
+    def _grow(self) -> None:
         """Double in slow start, else one more; just below the level that was refused
         last, one more only every ``CEILING_WINDOWS`` windows (each probe of it costs a
         few refused requests)."""
