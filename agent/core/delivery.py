@@ -107,8 +107,6 @@ class Delivery(Loop):
         self._rows_per_request = 1 if config.max_files_per_request == 1 else 2
         """Rows leased per request wanted: doubles while every request fills, follows what
         the grouping achieved otherwise (at least 2, so that sharing is always tried)."""
-        self._min_lease = config.max_files_per_request
-        """Rows a lease asks for at least: leased a few at a time, a backlog goes in small ones."""
         self._dry = False  # the last lease found fewer rows than it asked for
         self._alone: set[int] = set()
         self._queue_error: str | None = None
@@ -292,7 +290,8 @@ class Delivery(Loop):
             if self._dry and self._requests_out and self.more_coming():
                 return None  # a request is out and intake is recording more: lease them
                 # together when it is done or an answer comes, not a few rows at each wake
-            asked = min(MAX_LEASE, max(wanted * self._rows_per_request, self._min_lease))
+            full = self.config.max_files_per_request  # or a backlog goes in small requests
+            asked = min(MAX_LEASE, max(wanted * self._rows_per_request, full))
         rows = self.queue.lease(asked, now, batch=self.batch)
         self._dry = len(rows) < asked
         with self._alarm_lock:  # the hold is over: what is leased may go out

@@ -232,8 +232,8 @@ HASH_CHUNK_BYTES = 64 * 1024
 
 
 def file_sha256(handle: io.BufferedIOBase) -> str:
-    """Read into one 64 KiB buffer: with 32 requests in flight, a fresh megabyte per read
-    (freed, then kept by the C allocator for the next) held several MB of peak memory."""
+    """Read into one 64 KiB buffer, not a fresh megabyte per read: up to 32 requests in
+    flight hash at once, and the C allocator keeps what they free."""
     digest = hashlib.sha256()
     buf = bytearray(HASH_CHUNK_BYTES)
     view = memoryview(buf)
