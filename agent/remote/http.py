@@ -7,7 +7,8 @@ written once:
 
 - ``make_client``: one ``httpx.Client`` per use with keep-alive, a bounded pool, no
   redirects (a redirect is a wrong URL, and the API key must not follow it elsewhere), TLS
-  verified against the system store or ``ca_file``;
+  verified against the system store or ``ca_file``; ``make_transport``: its connection
+  pool, which the uploader sends on directly;
 - ``read_limited``: an answer is read up to a limit, never whole into memory, and within a
   deadline for the whole body (a server dripping a byte a second is cut);
 - ``error_text``: the service's ``error`` field (or the start of the body), on one clean line;
@@ -41,10 +42,25 @@ from .. import __version__
 from ..errors import AuthError, PermanentError, RemoteError, TransientError, UrlError
 from ..text import one_line
 from .proxy import proxy_for as proxy_for  # its home before; kept for importers
+from .proxy import proxy_url
 
 USER_AGENT = f"edge-uploader/{__version__}"
 MAX_ERROR_CHARS = 300
 PROGRESS_MIN_INTERVAL_SECONDS = 0.5
+
+
+def make_transport(
+    *, url: str, concurrency: int, ca_file: Path | None = None
+) -> httpx.HTTPTransport:
+    """The connection pool for one service at ``url``, through the proxy the environment
+    names for it (``proxy_url``, as httpx would pick it). The uploader sends on it directly:
+    ``httpx.Client.send``'s auth, redirect, cookie and response-wrapping layers do nothing
+    for it and cost about a third of the CPU of a small upload."""
+    return httpx.HTTPTransport(
+        verify=str(ca_file) if ca_file is not None else True,
+        limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+        proxy=proxy_url(url),
+    )
 
 
 def make_client(
@@ -52,7 +68,9 @@ def make_client(
     transport: httpx.BaseTransport | None = None, on_progress: Callable[[], None] | None = None,
 ) -> httpx.Client:  # fmt: skip
     """A client for one service; ``on_progress`` is called while request bodies stream out
-    (at most every half second: the health check's proof that a long upload is not hung)."""
+    (at most every half second: the health check's proof that a long upload is not hung).
+    A ``transport`` given is the whole link (its own proxy, if any): the environment's
+    proxies are not mounted over it."""
     client = httpx.Client(
         timeout=httpx.Timeout(timeout, connect=connect_timeout),
         limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
@@ -60,6 +78,7 @@ def make_client(
         follow_redirects=False,
         verify=str(ca_file) if ca_file is not None else True,
         transport=transport,
+        trust_env=transport is None,
     )
     if on_progress is not None:
         _count_body_progress(client, on_progress)

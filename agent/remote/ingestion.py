@@ -52,6 +52,7 @@ from .http import (
     clean,
     error_text,
     make_client,
+    make_transport,
     parse_json,
     parse_retry_after,
     proxy_for,
@@ -250,12 +251,14 @@ def build_uploader(
     """The uploader for ``config``; ``on_progress`` is called while request bodies stream
     (the health check's proof that a long upload is not hung)."""
     ing = config.ingestion
+    if transport is None:
+        transport = make_transport(url=ing.url, concurrency=ing.workers, ca_file=ing.ca_file)
     client = make_client(
         concurrency=ing.workers, timeout=ing.timeout_seconds,
         connect_timeout=ing.connect_timeout_seconds, ca_file=ing.ca_file, transport=transport,
         on_progress=on_progress,
     )  # fmt: skip
-    uploader = Uploader(client, ing.url, ing.api_key.load(), clock=clock)
+    uploader = Uploader(client, ing.url, ing.api_key.load(), clock=clock, transport=transport)
     if ing.link.max_bytes_per_second:
         uploader.throttle = Throttle(ing.link.max_bytes_per_second)
         pace_bodies(client, uploader.throttle)
@@ -263,15 +266,21 @@ def build_uploader(
 
 
 class Uploader:
-    """Sends one sample per request; never raises for what the service or network did."""
+    """Sends one request of samples at a time; never raises for what the service or network
+    did. ``transport``: the ``client``'s own, sent on directly (``make_transport``); without
+    it requests go through ``client.send``."""
 
     def __init__(
-        self, client: httpx.Client, url: str, api_key: Secret, *, clock: Any = time.time
-    ) -> None:
+        self, client: httpx.Client, url: str, api_key: Secret, *, clock: Any = time.time,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:  # fmt: skip
         self.client = client
         self.url = url.rstrip("/")
         self.api_key = api_key
         self.clock = clock
+        self.transport = transport
+        self._headers = dict(client.headers)
+        self._urls: dict[str, httpx.URL] = {}
         self.throttle: Throttle | None = None
         """The bandwidth cap on request bodies, if any."""
         self.proxy = proxy_for(self.url)
@@ -331,13 +340,10 @@ class Uploader:
             files.extend(("data", part) for part in sample.extra_parts)
         n = len(samples)
         try:
-            request = self.client.build_request(
-                "POST", self.endpoint(samples[0].category),
-                headers=build_headers(samples[0], self.api_key), files=files,
-            )  # fmt: skip
+            request = self._request(samples[0], files)
             if all(isinstance(c, bytes) for c in contents):
                 request.read()  # one write for the whole body, not one per multipart piece
-            response = self.client.send(request, stream=True)
+            response = self._exchange(request)
             try:
                 body, cut = read_limited(response, MAX_RESPONSE_BYTES,
                                          within=self.client.timeout.read)  # fmt: skip
@@ -355,6 +361,27 @@ class Uploader:
             why = f"the service's answer was over {MAX_RESPONSE_BYTES // 1024} KiB: not read"
             return [Answer(Outcome.RETRY, why, status=200)] * n
         return classify_many(response.status_code, response.headers, body, self.clock(), n)
+
+    def _request(
+        self, first: Sample, files: list[tuple[str, tuple[str, Any, str]]]
+    ) -> httpx.Request:
+        """The request ``client.build_request`` would make, without re-parsing the URL and
+        re-merging the client's cookies and settings for every file."""
+        url = self._urls.get(first.category)
+        if url is None:
+            url = self._urls[first.category] = httpx.URL(self.endpoint(first.category))
+        headers = {**self._headers, **build_headers(first, self.api_key)}
+        return httpx.Request("POST", url, headers=headers, files=files,
+                             extensions={"timeout": self.client.timeout.as_dict()})  # fmt: skip
+
+    def _exchange(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request``; the answer's body is left to stream. On the transport directly,
+        the client's request hooks (progress, the bandwidth cap) are run here."""
+        if self.transport is None:
+            return self.client.send(request, stream=True)
+        for hook in self.client.event_hooks["request"]:
+            hook(request)
+        return self.transport.handle_request(request)
 
 
 def _unreadable(exc: OSError) -> Answer:

@@ -13,15 +13,25 @@ MAX_SHOWN = 300
 """A proxy URL is shown on one line of at most this many characters."""
 
 
-def proxy_for(url: str) -> str | None:
+def proxy_url(url: str) -> str | None:
     """The proxy the environment names for ``url`` (``HTTPS_PROXY``, ``HTTP_PROXY``,
-    ``ALL_PROXY``, minus ``NO_PROXY``), as httpx uses it; its password hidden. None: direct."""
+    ``ALL_PROXY``, minus ``NO_PROXY``), as httpx picks it, password and all: for the
+    connection pool only, never for a message (``proxy_for`` is the one to show). None:
+    direct."""
     parts = urllib.parse.urlsplit(url)
     proxies = urllib.request.getproxies_environment()
     proxy = proxies.get(parts.scheme) or proxies.get("all")
     if not proxy or _bypassed(parts.hostname or "", proxies.get("no", "")):
         return None
-    p = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    return proxy if "://" in proxy else f"http://{proxy}"
+
+
+def proxy_for(url: str) -> str | None:
+    """``proxy_url`` as it may be shown: its password hidden, on one line. None: direct."""
+    proxy = proxy_url(url)
+    if proxy is None:
+        return None
+    p = urllib.parse.urlsplit(proxy)
     if p.password is not None:
         netloc = f"{p.username}:***@{p.hostname}" + (f":{p.port}" if p.port else "")
         p = p._replace(netloc=netloc)
