@@ -18,8 +18,9 @@ request concurrency and Netflix's concurrency-limits):
 - a window in which the limit was used (requests in flight reached it), latency stayed
   level and an answer came from a request sent once the limit was reached raises it by
   one (the first answers after a rise are of requests sent below it: they say nothing);
-  until the first cut it doubles instead ("slow start", as TCP does), so a 200 ms link
-  reaches 32 requests in flight within a second, not in six.
+  until the first cut it doubles instead ("slow start", as TCP does), at once on that
+  answer rather than at the window's end, so a 200 ms link reaches 32 requests in flight
+  in three round trips, not in six seconds.
   Just below the level refused last it rises only every ``CEILING_WINDOWS`` windows (as
   CUBIC lingers near its last loss), so an overloaded service sees few refused probes.
 
@@ -145,7 +146,11 @@ class Concurrency:
             # a used window waits (up to twice its length) for the answer that judges the
             # limit: closed without it, every doubling of slow start would take two
             waiting = self._window_full and not self._window_judged and elapsed < 2 * window
-            if elapsed >= window and not waiting:
+            # in slow start the answer that judges the limit closes its window at once: the
+            # window opened before the first answers is a round trip long, and waiting for
+            # its end would cost slow start a round trip per doubling
+            judged = self._slow_start and self._window_full and self._window_judged
+            if (elapsed >= window and not waiting) or judged:
                 self._close_window(now)
 
     def _close_window(self, now: float) -> None:

@@ -102,6 +102,25 @@ def test_slow_start_doubles_once_per_round_trip(clock: FakeClock) -> None:
     assert clock() - start < 7 * 0.2  # 5 round trips and the sending; two per step: 8
 
 
+def test_slow_start_doubles_on_the_answer_that_judges_the_limit(clock: FakeClock) -> None:
+    """The first window opens when the agent starts, before its first request: waiting for
+    that window's end after the judging answer cost one round trip (32 in flight after four
+    round trips of a 200 ms link instead of three)."""
+    c = Concurrency(None, 32, clock=clock)
+    clock.advance(0.3)  # start-up: the first request leaves a while after the limit is made
+    start, out, sent = clock(), list[tuple[float, int]](), 0
+    while c.limit < 32:
+        while len(out) < c.limit:
+            clock.advance(0.0005)
+            c.started(len(out) + 1)
+            heapq.heappush(out, (clock() + 0.2, sent))
+            sent += 1
+        at, _ = heapq.heappop(out)
+        clock.advance(max(0.0, at - clock()))
+        c.finished(0.2)
+    assert clock() - start < 3.5 * 0.2  # 4 -> 8 -> 16 -> 32: three round trips
+
+
 def test_rising_round_trips_stop_the_climb(clock: FakeClock) -> None:
     """A service that queues above 8 in flight: no 503, but the round trip grows."""
     c = Concurrency(None, 32, clock=clock)
