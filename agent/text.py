@@ -19,6 +19,8 @@ def safe_name(name: str) -> str:
     valid UTF-8 without control characters. Bytes that are not UTF-8 (decoded with
     ``surrogateescape``) and control characters become ``_``, so the name never grows
     past the file system's 255 bytes."""
+    if name.isprintable():  # nearly every name: one C pass, not a generator per character
+        return name
     return "".join("_" if _unsafe(c) else c for c in name)
 
 

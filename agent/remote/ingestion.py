@@ -127,7 +127,10 @@ def encode_label(label: str) -> str:
 
 
 def content_type(name: str) -> str:
-    return CONTENT_TYPES.get(Path(name).suffix.lower(), "application/octet-stream")
+    """By the name's suffix, as ``Path.suffix`` reads it (no ``Path`` per file sent)."""
+    i = name.rfind(".")
+    suffix = name[i:] if 0 < i < len(name) - 1 else ""
+    return CONTENT_TYPES.get(suffix.lower(), "application/octet-stream")
 
 
 def build_headers(sample: Sample, api_key: Secret) -> dict[str, str]:

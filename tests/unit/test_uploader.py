@@ -166,6 +166,13 @@ def test_content_type_by_extension(name: str, ctype: str) -> None:
     assert content_type(name) == ctype
 
 
+@pytest.mark.parametrize("name", [".wav", "a.", "a..wav", "a.tar.wav", "..", ".a.wav", "wav"])
+def test_content_type_reads_the_suffix_as_pathlib_does(name: str) -> None:
+    """A dot file has no suffix, the last dot counts, a trailing dot gives none."""
+    expected = {".wav": "audio/wav"}.get(Path(name).suffix, "application/octet-stream")
+    assert content_type(name) == expected
+
+
 def test_content_type_on_the_wire(uploader: Uploader, rec: Recorder, tmp_path: Path) -> None:
     img = tmp_path / "frame.PNG"
     img.write_bytes(b"\x89PNG....")
