@@ -34,7 +34,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
@@ -346,6 +346,8 @@ class Uploader:
             request = self._request(samples[0], files)
             if all(isinstance(c, bytes) for c in contents):
                 request.read()  # one write for the whole body, not one per multipart piece
+            elif isinstance(request.stream, httpx.SyncByteStream):
+                request.stream = _Coalesced(request.stream)  # a large file streams
             response = self._exchange(request)
             try:
                 body, cut = read_limited(response, MAX_RESPONSE_BYTES,
@@ -385,6 +387,41 @@ class Uploader:
         for hook in self.client.event_hooks["request"]:
             hook(request)
         return self.transport.handle_request(request)
+
+
+COALESCE_BYTES = 16 * 1024
+"""Pieces of a streamed body smaller than this are joined before they are written."""
+
+
+class _Coalesced(httpx.SyncByteStream):
+    """A streamed multipart body in few writes: httpx yields every part's headers, every
+    small file and every boundary as a piece of its own (about 70 system calls, and as
+    many reads at the service, for a request of 20 files); pieces below
+    ``COALESCE_BYTES`` are joined, a large file's chunks pass as they are (no copy)."""
+
+    def __init__(self, inner: httpx.SyncByteStream) -> None:
+        self.inner = inner
+
+    def __iter__(self) -> Iterator[bytes]:
+        small: list[bytes] = []
+        held = 0
+        for chunk in self.inner:
+            if len(chunk) >= COALESCE_BYTES:
+                if small:
+                    yield b"".join(small)
+                    small, held = [], 0
+                yield chunk
+                continue
+            small.append(chunk)
+            held += len(chunk)
+            if held >= COALESCE_BYTES:
+                yield b"".join(small)
+                small, held = [], 0
+        if small:
+            yield b"".join(small)
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 def _unreadable(exc: OSError) -> Answer:

@@ -8,6 +8,7 @@ proxy is named). The bandwidth cap's figure belongs to ``bench/bandwidth.py``.
 
 from __future__ import annotations
 
+import base64
 import http.server
 import json
 import socket
@@ -177,6 +178,7 @@ def test_a_sensor_capture_does_not_wait_behind_a_video_backlog(
 class _Proxy(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
     seen: list[str]
+    credentials: list[str | None]
 
 
 class _ProxyHandler(http.server.BaseHTTPRequestHandler):
@@ -186,10 +188,13 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         self.server.seen.append(self.path)  # type: ignore[attr-defined]
+        self.server.credentials.append(  # type: ignore[attr-defined]
+            self.headers.get("proxy-authorization")
+        )
         length = int(self.headers.get("content-length", "0"))
         body = self.rfile.read(length)
-        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("proxy-connection",
-                                                                               "connection")}  # fmt: skip
+        hop = ("proxy-connection", "connection", "proxy-authorization")
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in hop}
         request = urllib.request.Request(self.path, data=body, headers=headers, method="POST")
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         with opener.open(request, timeout=10) as answer:
@@ -210,6 +215,7 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
 def proxy() -> Iterator[_Proxy]:
     srv = _Proxy(("127.0.0.1", 0), _ProxyHandler)
     srv.seen = []
+    srv.credentials = []
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     yield srv
     srv.shutdown()
@@ -238,6 +244,22 @@ def test_uploads_go_through_the_proxy_the_environment_names(
     assert proxy.seen == []
     assert "through the proxy" not in direct.output()
     assert direct.terminate() == 0
+
+
+def test_a_proxy_password_from_the_environment_is_sent_to_the_proxy_alone(
+    tmp_path: Path, server: LocalServer, key_file: Path, agents: list[Agent], proxy: _Proxy
+) -> None:
+    cfg = config(tmp_path, server.url, key_file)
+    port = proxy.server_address[1]
+    env = {"HTTP_PROXY": f"http://field:s3cret@127.0.0.1:{port}"}
+    agents.append(agent := Agent(cfg, tmp_path / "agent.log").start(**env))
+    wait_for(lambda: "edge-uploader running" in agent.output())
+    assert f"through the proxy http://field:***@127.0.0.1:{port}" in agent.output()
+    drop(tmp_path / "captures", 2)
+    wait_for(lambda: len(server.index()) == 2)
+    assert proxy.credentials == ["Basic " + base64.b64encode(b"field:s3cret").decode()] * 2
+    assert agent.terminate() == 0
+    assert "s3cret" not in agent.output()
 
 
 def test_a_dead_proxy_is_named_in_the_reason(

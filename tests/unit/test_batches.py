@@ -149,3 +149,42 @@ def test_a_timeout_is_back_pressure_for_every_file(files: list[Sample]) -> None:
 
     answers, _ = send(files, slow)
     assert all(a.outcome is Outcome.RETRY and a.timed_out for a in answers)
+
+
+class _Writes(httpx.BaseTransport):
+    """Records the body as the pieces a connection would write, then answers 200."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.writes = list(request.stream)  # type: ignore[arg-type]
+        n = request.headers["content-length"]
+        assert int(n) == sum(map(len, self.writes))
+        ok = {"success": True, "files": [{"success": True, "sampleId": i + 1} for i in range(21)]}
+        return httpx.Response(200, json=ok)
+
+
+def test_a_streamed_body_goes_out_in_few_writes_and_whole(tmp_path: Path) -> None:
+    """20 small files and one of 200 KiB: the large file streams from disk, and the small
+    pieces around it (each part's headers, each small file, the boundaries) are joined,
+    not written one system call each."""
+    samples = []
+    for i in range(21):
+        p = tmp_path / f"f{i:02d}.wav"
+        p.write_bytes(bytes([i]) * (200 * 1024 if i == 10 else 2000))
+        samples.append(Sample(path=p, file_name=p.name, category="training", label="idle",
+                              metadata={"s": "1"}))  # fmt: skip
+    transport = _Writes()
+    client = make_client(concurrency=1, timeout=5, connect_timeout=5, transport=transport)
+    with client:
+        uploader = Uploader(client, "http://ingest.test", Secret(KEY), transport=transport)
+        answers = uploader.upload_many(samples)
+    assert [a.outcome for a in answers] == [Outcome.DELIVERED] * 21
+    assert len(transport.writes) <= 10  # was one per piece: over 80
+    body = b"".join(transport.writes)
+    boundary = body.split(b"\r\n", 1)[0][2:].decode()  # the body opens with --boundary
+    kind = {"content-type": f"multipart/form-data; boundary={boundary}"}
+    parts = read_parts(httpx.Request("POST", "http://ingest.test", content=body, headers=kind))
+    assert [p.filename for p in parts] == [s.file_name for s in samples]
+    assert [len(p.body) for p in parts] == [200 * 1024 if i == 10 else 2000 for i in range(21)]
