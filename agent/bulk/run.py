@@ -38,7 +38,7 @@ import httpx
 
 from ..config import Config
 from ..core.delivery import PREFETCH, Delivery
-from ..core.intake import BATCH, Intake, Item
+from ..core.intake import BATCH, FIRST_BATCH, Intake, Item
 from ..core.verdicts import pause_cause
 from ..errors import InputError
 from ..events import Event, Stats
@@ -160,7 +160,7 @@ class BulkUpload:
         """Queue every candidate in chunks; returns early when the run must stop."""
         items = candidates(self.request, self.config, self.batch, self._refused)
         try:
-            for chunk in _chunks(items, BATCH):
+            for chunk in _chunks(items, BATCH, first=FIRST_BATCH):
                 intake.process(chunk)
                 outcome = self._should_stop()
                 if outcome:
@@ -296,14 +296,17 @@ def _paused_outcome(reason: str) -> str:
     return "wrong-url" if pause_cause(reason) == "url" else "refused"
 
 
-def _chunks(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
+def _chunks(items: Iterable[Item], size: int, *, first: int | None = None) -> Iterator[list[Item]]:
+    """``items`` in lists of ``size``; from ``first`` doubling up to ``size``, if given."""
     chunk: list[Item] = []
+    want = min(first or size, size)
     try:
         for item in items:
             chunk.append(item)
-            if len(chunk) >= size:
+            if len(chunk) >= want:
                 yield chunk
                 chunk = []
+                want = min(2 * want, size)
     except InputError:  # the reading ended: the items read before it still go
         if chunk:
             yield chunk

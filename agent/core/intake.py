@@ -34,6 +34,10 @@ from .tagger import Context, Tagged, tag
 log = logging.getLogger(__name__)
 
 BATCH = 256
+FIRST_BATCH = 32
+"""The first batch after intake was idle: its files can be sent once it is recorded, so a
+backlog's first upload does not wait for 256 files (about 70 ms); batches then double
+to ``BATCH`` while files keep waiting (few, large transactions on a long backlog)."""
 MAX_WAITING = 4 * BATCH
 """Items waiting for intake; a scan of 100,000 files blocks here instead of buffering them."""
 
@@ -109,6 +113,7 @@ class Intake(Loop):
         self._pending = 0
         self._lock = threading.Lock()
         self._drained = False
+        self._batch = FIRST_BATCH
 
     def submit(self, item: Item) -> None:
         """Hand a file to intake; blocks while ``MAX_WAITING`` items wait (backpressure)."""
@@ -140,7 +145,7 @@ class Intake(Loop):
         first = self._items.get()
         items = [] if first is None else [first]
         self._drained = first is None
-        while not self._drained and len(items) < BATCH:
+        while not self._drained and len(items) < self._batch:
             try:
                 nxt = self._items.get_nowait()
             except stdqueue.Empty:
@@ -149,6 +154,9 @@ class Intake(Loop):
                 self._drained = True
             else:
                 items.append(nxt)
+        # a full batch with more waiting: a backlog, take more at once; else start small
+        full = len(items) >= self._batch and self._items.qsize() > 0
+        self._batch = min(2 * self._batch, BATCH) if full else FIRST_BATCH
         try:
             self.process(items)
         except QueueError as exc:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -56,11 +57,28 @@ def make_transport(
     names for it (``proxy_url``, as httpx would pick it). The uploader sends on it directly:
     ``httpx.Client.send``'s auth, redirect, cookie and response-wrapping layers do nothing
     for it and cost about a third of the CPU of a small upload."""
+    proxy = proxy_url(url)
     return httpx.HTTPTransport(
-        verify=str(ca_file) if ca_file is not None else True,
+        verify=tls_verify(ca_file, needed=_uses_tls(url) or _uses_tls(proxy or "")),
         limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
-        proxy=proxy_url(url),
+        proxy=proxy,
     )
+
+
+def tls_verify(ca_file: Path | None, *, needed: bool = True) -> ssl.SSLContext | bool:
+    """How TLS is verified: against ``ca_file``, or the default store (True). A link that
+    carries no TLS (an ``http://`` service, direct or through an ``http://`` proxy) gets a
+    context with no authority loaded: reading the default store costs about 35 ms of a
+    start-up, and a TLS handshake on that context could only fail, never pass unverified."""
+    if not needed:
+        return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies, and trusts no one
+    if ca_file is not None:
+        return ssl.create_default_context(cafile=str(ca_file))
+    return True
+
+
+def _uses_tls(url: str) -> bool:
+    return url[:8].lower() == "https://"
 
 
 def make_client(
@@ -76,7 +94,7 @@ def make_client(
         limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
         headers={"user-agent": USER_AGENT, "accept-encoding": "identity"},
         follow_redirects=False,
-        verify=str(ca_file) if ca_file is not None else True,
+        verify=tls_verify(ca_file),
         transport=transport,
         trust_env=transport is None,
     )

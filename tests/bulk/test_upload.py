@@ -413,3 +413,24 @@ def test_a_truncated_info_file_delivers_what_was_read_and_reports_the_rest(
     assert f"{info}: not valid JSON" in text
     assert "NOT everything" in captured.out
     assert set(_by_name(index(server.data_dir))) == {"good.1.wav", "good.2.wav"}
+
+
+def test_the_first_files_are_recorded_in_a_small_chunk_then_chunks_double() -> None:
+    """The first upload waits for the first chunk to be recorded: it is small, and the
+    chunks then double to the intake's batch (few transactions over a long run)."""
+    from edge_uploader.bulk.run import _chunks
+    from edge_uploader.errors import InputError
+
+    sizes = [len(c) for c in _chunks(iter(range(1000)), 256, first=32)]  # type: ignore[arg-type]
+    assert sizes == [32, 64, 128, 256, 256, 256, 8]
+    assert [len(c) for c in _chunks(iter(range(600)), 256)] == [256, 256, 88]  # type: ignore[arg-type]
+
+    def broken() -> Any:
+        yield from range(40)
+        raise InputError("info.csv", "line 41: bad")
+
+    got: list[int] = []
+    with pytest.raises(InputError):
+        for chunk in _chunks(broken(), 256, first=32):
+            got.append(len(chunk))
+    assert got == [32, 8]  # what was read before the error still goes

@@ -165,6 +165,11 @@ class HostileServer(ThreadingHTTPServer):
 def wrong_host_certificate(folder: Path) -> tuple[Path, ssl.SSLContext]:
     """A CA (``ca.crt``, for the client to trust) and a server context whose certificate
     that CA signed for ``wrong.example``, not for 127.0.0.1."""
+    return signed_certificate(folder, "wrong.example", "DNS:wrong.example")
+
+
+def signed_certificate(folder: Path, name: str, san: str) -> tuple[Path, ssl.SSLContext]:
+    """A CA (``ca.crt``) and a server context whose certificate it signed for ``san``."""
 
     def openssl(*args: str) -> None:
         subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
@@ -172,8 +177,8 @@ def wrong_host_certificate(folder: Path) -> tuple[Path, ssl.SSLContext]:
     openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
             "ca.crt", "-days", "2", "-subj", "/CN=hostile-test-ca")  # fmt: skip
     openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out",
-            "server.csr", "-subj", "/CN=wrong.example")  # fmt: skip
-    (folder / "san.ext").write_text("subjectAltName=DNS:wrong.example\n")
+            "server.csr", "-subj", f"/CN={name}")  # fmt: skip
+    (folder / "san.ext").write_text(f"subjectAltName={san}\n")
     openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
             "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "san.ext")  # fmt: skip
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

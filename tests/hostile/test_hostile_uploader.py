@@ -23,7 +23,7 @@ from edge_uploader.remote.ingestion import (
 )
 from edge_uploader.secrets import Secret
 
-from .server import Hostile, HostileServer, wrong_host_certificate
+from .server import Hostile, HostileServer, signed_certificate, wrong_host_certificate
 
 KEY = "ei_hostile_test_key_0123456789"
 TIMEOUT = 2.0
@@ -162,3 +162,13 @@ def test_a_wrong_certificate_is_refused_and_named(
     assert "CERTIFICATE_VERIFY_FAILED" in answer.reason
     assert "127.0.0.1" in answer.reason  # the mismatch names the host
     assert srv.state.requests == 0 and elapsed < TIMEOUT
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
+def test_a_certificate_signed_by_the_configured_ca_file_is_trusted(
+    serve: Callable[..., HostileServer], sample: Sample, tmp_path: Path
+) -> None:
+    ca, context = signed_certificate(tmp_path, "127.0.0.1", "IP:127.0.0.1")
+    srv = serve("ok", tls=context)
+    answer, _ = upload(srv.url, sample, ca_file=ca)
+    assert answer.outcome is Outcome.DELIVERED and srv.state.requests == 1

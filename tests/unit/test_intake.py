@@ -303,6 +303,26 @@ def test_submit_and_wait_idle(rig: Rig) -> None:
         rig.intake.stop()
 
 
+def test_a_backlog_is_recorded_first_in_a_small_batch_then_in_doubling_ones(rig: Rig) -> None:
+    """The first files of a backlog can be sent once their batch is recorded: it is small;
+    while files keep waiting the batches double (few transactions on a long backlog)."""
+    sizes: list[int] = []
+    process = rig.intake.process
+    rig.intake.process = lambda items: sizes.append(len(items)) or process(items)  # type: ignore[method-assign]
+    for i in range(700):  # all waiting before intake starts: a scan's backlog
+        rig.intake.submit(Item(path=rig.file(f"s/{i}.wav", str(i).encode()), watch=rig.watch))
+    rig.intake.start()
+    try:
+        assert rig.intake.wait_idle(10)
+        assert sizes == [32, 64, 128, 256, 220]
+        rig.intake.submit(Item(path=rig.file("late.wav"), watch=rig.watch))
+        assert rig.intake.wait_idle(10)
+        assert sizes[-1] == 1 and rig.intake._batch == intake_mod.FIRST_BATCH
+        assert rig.queue.counts()["pending"] == 701
+    finally:
+        rig.intake.stop()
+
+
 def test_walk_skips_hidden_folders_and_symlinked_folders(tmp_path: Path) -> None:
     (tmp_path / "a" / "b").mkdir(parents=True)
     (tmp_path / ".hidden").mkdir()

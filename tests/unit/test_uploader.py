@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import ssl
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -459,3 +460,25 @@ def test_retry_after_date_without_zone_is_gmt() -> None:
     when = datetime.fromtimestamp(NOW + 30, UTC).strftime("%a, %d %b %Y %H:%M:%S")
     a = classify(503, {"retry-after": when}, b"", NOW)
     assert a.retry_after == pytest.approx(30, abs=1)
+
+
+def test_a_link_without_tls_loads_no_certificate_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reading the default store is a good part of a start-up: an http:// service, direct
+    or through an http:// proxy, never needs it; https:// anywhere on the link does."""
+    from edge_uploader.remote.http import make_transport, tls_verify
+
+    bare = tls_verify(None, needed=False)
+    assert isinstance(bare, ssl.SSLContext)
+    assert bare.verify_mode is ssl.CERT_REQUIRED and bare.check_hostname
+    assert bare.cert_store_stats()["x509_ca"] == 0  # a TLS handshake could only fail
+    assert tls_verify(None) is True
+    seen: list[object] = []
+    monkeypatch.setattr(httpx, "HTTPTransport", lambda **kw: seen.append(kw["verify"]))
+    for key in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(key, raising=False)
+        monkeypatch.delenv(key.lower(), raising=False)
+    make_transport(url="http://127.0.0.1:4810", concurrency=4)
+    make_transport(url="https://ingestion.example", concurrency=4)
+    monkeypatch.setenv("HTTP_PROXY", "https://proxy.example:3128")
+    make_transport(url="http://10.0.0.5:4810", concurrency=4)
+    assert [v if v is True else "bare" for v in seen] == ["bare", True, True]
