@@ -20,7 +20,7 @@ request concurrency and Netflix's concurrency-limits):
   one (the first answers after a rise are of requests sent below it: they say nothing);
   until the first cut it doubles instead ("slow start", as TCP does), at once on that
   answer rather than at the window's end, so a 200 ms link reaches 32 requests in flight
-  in three round trips, not in six seconds.
+  in two round trips, not in six seconds.
   Just below the level refused last it rises only every ``CEILING_WINDOWS`` windows (as
   CUBIC lingers near its last loss), so an overloaded service sees few refused probes.
 
@@ -50,9 +50,12 @@ RISE_SLACK_SECONDS = 0.002
 """A window's mean may exceed the floor by half of it, and by 2 ms (round trips of a
 millisecond on loopback jitter by more than themselves), before it counts as a rise."""
 FLOOR_WINDOWS = 100
-INITIAL_LIMIT = 4
-"""Where "auto" starts: the old fixed default, safe for any service."""
-RISE_FLOOR = INITIAL_LIMIT
+INITIAL_LIMIT = 8
+"""Where "auto" starts, as TCP starts with ten segments (RFC 6928), not one: a browser
+opens six connections to a host, and a service that takes fewer refuses two or three
+requests once (those files back off alone; the first pushback halves the limit). From 8,
+a 200 ms link has 32 in flight after two round trips, not three."""
+RISE_FLOOR = 4
 """A rising round trip alone cuts no lower: with a few requests in flight it is as often
 the agent's own CPU as the service (on a fast link each answer waits for the interpreter
 lock), and one request at a time then halves what a CPU-bound agent sends. A service in

@@ -34,7 +34,7 @@ from .. import __version__
 from ..config import SPLIT_BY_GROUP, Config, WatchConfig
 from ..config.templates import render_all
 from ..errors import InputError
-from ..metadata import check_metadata, check_size
+from ..metadata import check_metadata
 
 MAX_LABEL_CHARS = 256
 
@@ -126,8 +126,7 @@ def tag(
     if config.tagging.captured_at:
         metadata.setdefault("captured_at", iso_utc(mtime))
     metadata["agent_version"] = __version__
-    metadata = check_metadata(metadata)
-    check_size(metadata)
+    metadata = check_metadata(metadata)  # its size too
     if label is not None:
         label = check_label(label, "label")
     if category == SPLIT_BY_GROUP:

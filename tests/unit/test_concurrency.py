@@ -95,7 +95,7 @@ def test_slow_start_doubles_once_per_round_trip(clock: FakeClock) -> None:
     """Sending takes time, so the limit is reached a little after it rose, and the answer
     that judges it comes a round trip later: the window waits for it rather than closing
     without a verdict (which made every doubling take two round trips)."""
-    c = Concurrency(None, 32, clock=clock)
+    c = Concurrency(None, 32, initial=4, clock=clock)
     start = clock()
     pipelined(c, clock, capacity=1000, rtt=0.2, n=4 + 8 + 16 + 32 + 32)
     assert c.limit == 32
@@ -106,7 +106,14 @@ def test_slow_start_doubles_on_the_answer_that_judges_the_limit(clock: FakeClock
     """The first window opens when the agent starts, before its first request: waiting for
     that window's end after the judging answer cost one round trip (32 in flight after four
     round trips of a 200 ms link instead of three)."""
-    c = Concurrency(None, 32, clock=clock)
+    assert climb_to_32(Concurrency(None, 32, initial=4, clock=clock), clock) < 3.5 * 0.2
+    # 4 -> 8 -> 16 -> 32: three round trips; from where "auto" starts (8), two
+    assert INITIAL_LIMIT == Concurrency(None, 32).limit == 8
+    assert climb_to_32(Concurrency(None, 32, clock=clock), clock) < 2.5 * 0.2
+
+
+def climb_to_32(c: Concurrency, clock: FakeClock) -> float:
+    """Seconds from the first request to 32 in flight on a 200 ms link with room for more."""
     clock.advance(0.3)  # start-up: the first request leaves a while after the limit is made
     start, out, sent = clock(), list[tuple[float, int]](), 0
     while c.limit < 32:
@@ -118,7 +125,7 @@ def test_slow_start_doubles_on_the_answer_that_judges_the_limit(clock: FakeClock
         at, _ = heapq.heappop(out)
         clock.advance(max(0.0, at - clock()))
         c.finished(0.2)
-    assert clock() - start < 3.5 * 0.2  # 4 -> 8 -> 16 -> 32: three round trips
+    return clock() - start
 
 
 def test_rising_round_trips_stop_the_climb(clock: FakeClock) -> None:
