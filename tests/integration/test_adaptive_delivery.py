@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from edge_uploader.config import IngestionConfig
+from edge_uploader.core.concurrency import INITIAL_LIMIT
 from edge_uploader.core.delivery import Delivery
 from edge_uploader.events import Event, Stats
 from edge_uploader.localserver import FaultConfig, LocalIngestionServer
@@ -125,14 +126,14 @@ def once_each(rig: Rig, n: int) -> None:
 
 def test_the_limit_rises_to_hide_latency(make_rig: Any) -> None:
     rig = make_rig(FaultConfig(latency_ms=100), max_files_per_request=1)
-    assert rig.delivery.concurrency.limit == 4
+    assert rig.delivery.concurrency.limit == INITIAL_LIMIT == 8
     rig.add(400)
     rig.delivery.start()
     assert wait_for(lambda: rig.delivered() == 400, 60)
-    assert rig.delivery.concurrency.limit > 8  # climbed past the start
+    assert rig.delivery.concurrency.limit > 16  # climbed past the start
     once_each(rig, 400)
     facts = gather(rig.queue)["concurrency"]
-    assert facts["adaptive"] and facts["maximum"] == 32 and facts["limit"] > 4
+    assert facts["adaptive"] and facts["maximum"] == 32 and facts["limit"] > 16
     assert facts["rtt_ms"] >= 100
 
 
