@@ -32,9 +32,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from types import FrameType
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from ..config import Config
 from ..core.delivery import PREFETCH, Delivery
@@ -47,6 +45,9 @@ from ..store.queue import Queue, State
 from .inputs import UploadRequest, batch_id, candidates, run_config
 from .progress import Progress
 from .tracker import Summary, Tracker
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +138,7 @@ class BulkUpload:
         finally:
             if delivery is not None:
                 delivery.stop(STOP_TIMEOUT_SECONDS)
-            uploader.client.close()
+            uploader.close()
             self.progress.stop()
             self._restore_signals()
             for name, level in levels.items():

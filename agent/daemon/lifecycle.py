@@ -31,8 +31,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-
-import httpx
+from typing import TYPE_CHECKING
 
 from ..clock import Clock, system_clock
 from ..config import Config
@@ -52,6 +51,9 @@ from .components import build_components
 from .disk import DiskGuard
 from .health import Health, assess
 from .systemd import Notifier, SystemdReporter, watchdog_seconds
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger(__name__)
 

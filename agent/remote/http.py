@@ -11,43 +11,33 @@ written once:
   pool, which the uploader sends on directly;
 - ``read_limited``: an answer is read up to a limit, never whole into memory, and within a
   deadline for the whole body (a server dripping a byte a second is cut);
-- ``error_text``: the service's ``error`` field (or the start of the body), on one clean line;
-- ``status_error``: the one status table, naming the branch of the error tree (and so the
-  ``Outcome``) that a status means::
+- ``transport_reason``: a network failure in a few clean words.
 
-      2xx                      None (look at the body)
-      401, 403                 AuthError       pause: the key is wrong or lacks rights
-      3xx                      UrlError        pause: the URL is wrong
-      408, 425, 429, 5xx       TransientError  retry later (``Retry-After`` honoured)
-      other 4xx                PermanentError  never as is
-
-  A 404/405 stays a refusal of its file here; delivery (``core.verdicts``) treats the same
-  status for every file before any was accepted as a wrong URL and pauses instead.
+What an answer says (its JSON, error text, status, ``Retry-After``) is read by
+``remote.statuses``, re-exported here for the Studio client.
 """
 
 from __future__ import annotations
 
-import email.utils
-import json
 import ssl
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from datetime import UTC
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 
-from .. import __version__
-from ..errors import AuthError, PermanentError, RemoteError, TransientError, UrlError
-from ..text import one_line
 from .proxy import proxy_for as proxy_for  # its home before; kept for importers
 from .proxy import proxy_url
-
-USER_AGENT = f"edge-uploader/{__version__}"
-MAX_ERROR_CHARS = 300
-PROGRESS_MIN_INTERVAL_SECONDS = 0.5
+from .statuses import MAX_ERROR_CHARS as MAX_ERROR_CHARS
+from .statuses import clean as clean
+from .statuses import error_text as error_text
+from .statuses import parse_json as parse_json
+from .statuses import parse_retry_after as parse_retry_after
+from .statuses import retry_after as retry_after
+from .statuses import status_error as status_error
+from .throttle import progress_ticker
+from .tls import client_context
+from .wire import USER_AGENT
 
 
 def make_transport(
@@ -73,7 +63,7 @@ def tls_verify(ca_file: Path | None, *, needed: bool = True) -> ssl.SSLContext |
     if not needed:
         return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies, and trusts no one
     if ca_file is not None:
-        return ssl.create_default_context(cafile=str(ca_file))
+        return client_context(ca_file)
     return True
 
 
@@ -126,71 +116,6 @@ def read_limited(
     return b"".join(chunks), False
 
 
-def parse_json(body: bytes) -> Any:
-    """The JSON document in ``body``, or None (not JSON, not UTF-8, empty, nested too deep)."""
-    if not body:
-        return None
-    try:
-        return json.loads(body.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return None
-
-
-def clean(text: str) -> str:
-    """A service's words, safe for a terminal: one printable line, bounded."""
-    return one_line(text, MAX_ERROR_CHARS)
-
-
-def error_text(data: Any, body: bytes, *, file_errors: bool = False) -> str:
-    """What the service says went wrong, as it says it (``clean`` it before showing it):
-    its ``error`` field (and, with ``file_errors``, each ``files[i].error``), or the start
-    of a body that is not JSON."""
-    if isinstance(data, dict):
-        parts = [data["error"]] if isinstance(data.get("error"), str) else []
-        if file_errors:
-            files = data.get("files")
-            for f in files if isinstance(files, list) else []:
-                if isinstance(f, dict) and isinstance(f.get("error"), str):
-                    parts.append(f["error"])
-        return "; ".join(parts)
-    if data is None and body:
-        return body[:MAX_ERROR_CHARS].decode("utf-8", "replace")
-    return ""
-
-
-def status_error(status: int) -> type[RemoteError] | None:
-    """The branch of the error tree a status means (None: 2xx, read the body)."""
-    if 200 <= status < 300:
-        return None
-    if status in (401, 403):
-        return AuthError
-    if 300 <= status < 400:
-        return UrlError
-    if status in (408, 425, 429) or status >= 500:
-        return TransientError
-    return PermanentError
-
-
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:  # an HTTP date is always GMT
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - now)
-
-
-def retry_after(headers: Mapping[str, str], now: float) -> float | None:
-    return parse_retry_after(headers.get("retry-after"), now)
-
-
 def transport_reason(exc: httpx.TransportError) -> str:
     """A network failure in a few clean words (``ConnectError: [Errno 111] ...``)."""
     return clean(f"{type(exc).__name__}: {str(exc) or type(exc).__name__}")
@@ -212,16 +137,7 @@ class _CountingStream(httpx.SyncByteStream):
 
 def _count_body_progress(client: httpx.Client, on_progress: Callable[[], None]) -> None:
     """A request hook, so it works whichever transport or proxy is used."""
-    lock = threading.Lock()
-    last = [0.0]
-
-    def tick() -> None:
-        now = time.monotonic()
-        with lock:
-            if now - last[0] < PROGRESS_MIN_INTERVAL_SECONDS:
-                return
-            last[0] = now
-        on_progress()
+    tick = progress_ticker(on_progress)
 
     def hook(request: httpx.Request) -> None:
         if isinstance(request.stream, httpx.SyncByteStream):

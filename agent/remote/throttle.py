@@ -1,4 +1,5 @@
-"""A bandwidth cap on request bodies, shared by every upload of a client.
+"""What paces request bodies: a bandwidth cap shared by every upload of a client, and the
+progress tick that proves a long upload is not hung.
 
 A backlog after a week offline must not take a site's whole uplink. Each body chunk waits
 for its turn on one schedule for all workers (the generic cell rate algorithm: a "next
@@ -13,9 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
-
-import httpx
+from collections.abc import Callable
 
 BURST_SECONDS = 0.5
 PIECE_BYTES = 16 * 1024
@@ -64,29 +63,21 @@ class Throttle:
         self._closed.set()
 
 
-class _PacedStream(httpx.SyncByteStream):
-    def __init__(self, inner: httpx.SyncByteStream, throttle: Throttle) -> None:
-        self.inner = inner
-        self.throttle = throttle
-
-    def __iter__(self) -> Iterator[bytes]:
-        for chunk in self.inner:
-            for at in range(0, len(chunk), PIECE_BYTES):
-                piece = chunk[at : at + PIECE_BYTES]
-                self.throttle.take(len(piece))
-                yield piece
-
-    def close(self) -> None:
-        self.inner.close()
+PROGRESS_MIN_INTERVAL_SECONDS = 0.5
 
 
-def pace_bodies(client: httpx.Client, throttle: Throttle) -> None:
-    """Every request body the client sends waits for ``throttle`` (a request hook, so it
-    works with any transport, proxy or not)."""
+def progress_ticker(on_progress: Callable[[], None]) -> Callable[[], None]:
+    """``on_progress``, called at most every ``PROGRESS_MIN_INTERVAL_SECONDS`` however
+    often the returned tick is (once per body piece, from any thread)."""
+    lock = threading.Lock()
+    last = [0.0]
 
-    def hook(request: httpx.Request) -> None:
-        if isinstance(request.stream, httpx.SyncByteStream):
-            request.stream = _PacedStream(request.stream, throttle)
+    def tick() -> None:
+        now = time.monotonic()
+        with lock:
+            if now - last[0] < PROGRESS_MIN_INTERVAL_SECONDS:
+                return
+            last[0] = now
+        on_progress()
 
-    hooks = client.event_hooks
-    client.event_hooks = {**hooks, "request": [*hooks["request"], hook]}
+    return tick

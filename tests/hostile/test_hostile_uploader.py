@@ -21,6 +21,8 @@ from edge_uploader.remote.ingestion import (
     Uploader,
     make_client,
 )
+from edge_uploader.remote.tls import client_context
+from edge_uploader.remote.wire import Wire
 from edge_uploader.secrets import Secret
 
 from .server import Hostile, HostileServer, signed_certificate, wrong_host_certificate
@@ -53,12 +55,24 @@ def serve() -> Iterator[Callable[..., HostileServer]]:
         srv.stop()
 
 
-def upload(url: str, sample: Sample, *, ca_file: Path | None = None,
+@pytest.fixture(params=["httpx", "wire"])
+def link(request: pytest.FixtureRequest) -> str:
+    """Every hostile answer meets both ways a request goes: httpx (a proxied link) and
+    the lean ``Wire`` (a direct one)."""
+    return str(request.param)
+
+
+def upload(url: str, sample: Sample, link: str, *, ca_file: Path | None = None,
            limit: float = TIMEOUT + 5) -> tuple[Answer, float]:  # fmt: skip
     """One upload in a thread, so a hang fails the test instead of blocking it."""
-    client = make_client(concurrency=1, timeout=TIMEOUT, connect_timeout=TIMEOUT,
-                         ca_file=ca_file)  # fmt: skip
-    uploader = Uploader(client, url, Secret(KEY))
+    if link == "wire":
+        wire = Wire(url, timeout=TIMEOUT, connect_timeout=TIMEOUT,
+                    tls=lambda: client_context(ca_file))  # fmt: skip
+        uploader = Uploader(None, url, Secret(KEY), wire=wire)
+    else:
+        client = make_client(concurrency=1, timeout=TIMEOUT, connect_timeout=TIMEOUT,
+                             ca_file=ca_file)  # fmt: skip
+        uploader = Uploader(client, url, Secret(KEY))
     got: list[Answer] = []
     start = time.monotonic()
     worker = threading.Thread(target=lambda: got.append(uploader.upload(sample)), daemon=True)
@@ -70,17 +84,17 @@ def upload(url: str, sample: Sample, *, ca_file: Path | None = None,
     return got[0], elapsed
 
 
-def test_the_control_answer_is_delivered(serve: Callable[..., HostileServer],
+def test_the_control_answer_is_delivered(link: str, serve: Callable[..., HostileServer],
                                          sample: Sample) -> None:  # fmt: skip
-    answer, _ = upload(serve("ok").url, sample)
+    answer, _ = upload(serve("ok").url, sample, link)
     assert (answer.outcome, answer.sample_id) == (Outcome.DELIVERED, 7)
 
 
-def test_a_dripping_answer_is_cut_at_the_timeout(serve: Callable[..., HostileServer],
+def test_a_dripping_answer_is_cut_at_the_timeout(link: str, serve: Callable[..., HostileServer],
                                                  sample: Sample) -> None:  # fmt: skip
     """One byte every 0.2 s never trips the per-read timeout; the answer's deadline does."""
     srv = serve("drip", drip_seconds=0.2)
-    answer, elapsed = upload(srv.url, sample)
+    answer, elapsed = upload(srv.url, sample, link)
     assert answer.outcome is Outcome.RETRY and answer.timed_out
     assert answer.reason == f"timed out: the answer did not arrive whole within {TIMEOUT:g} s"
     assert elapsed < TIMEOUT + 1.5
@@ -88,12 +102,12 @@ def test_a_dripping_answer_is_cut_at_the_timeout(serve: Callable[..., HostileSer
 
 
 def test_a_100_mb_answer_is_not_read_and_memory_stays_bounded(
-    serve: Callable[..., HostileServer], sample: Sample
+    link: str, serve: Callable[..., HostileServer], sample: Sample
 ) -> None:
     srv = serve("huge")
     tracemalloc.start()
     try:
-        answer, _ = upload(srv.url, sample)
+        answer, _ = upload(srv.url, sample, link)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -110,11 +124,11 @@ def test_a_100_mb_answer_is_not_read_and_memory_stays_bounded(
     ("retry-after", Outcome.RETRY,
      "HTTP 503: busy (Retry-After 999999 s: waiting 3600 s, the longest the agent waits)"),
 ])  # fmt: skip
-def test_broken_answers_are_not_delivered_and_say_why(
+def test_broken_answers_are_not_delivered_and_say_why(link: str,
     serve: Callable[..., HostileServer], sample: Sample, mode: str, outcome: Outcome,
     reason: str,
 ) -> None:  # fmt: skip
-    answer, elapsed = upload(serve(mode).url, sample)
+    answer, elapsed = upload(serve(mode).url, sample, link)
     assert (answer.outcome, answer.reason) == (outcome, reason)
     assert answer.sample_id is None and answer.bytes_sent == 0
     assert elapsed < TIMEOUT
@@ -127,24 +141,24 @@ def test_retry_after_999999_waits_at_most_the_cap() -> None:
 
 
 @pytest.mark.parametrize("mode", ["sid-string", "sid-huge"])
-def test_a_sample_id_that_is_not_one_is_not_kept(
+def test_a_sample_id_that_is_not_one_is_not_kept(link: str,
     serve: Callable[..., HostileServer], sample: Sample, mode: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:  # fmt: skip
     """The service said it stored the file (so it is delivered), but "4242" or 2^80 is not
     an id the queue can keep or the project can be asked about."""
-    answer, _ = upload(serve(mode).url, sample)
+    answer, _ = upload(serve(mode).url, sample, link)
     assert (answer.outcome, answer.sample_id) == (Outcome.DELIVERED, None)
     assert "is not a sample id" in caplog.text
 
 
 def test_a_redirect_to_another_host_is_not_followed(
-    serve: Callable[..., HostileServer], sample: Sample
+    link: str, serve: Callable[..., HostileServer], sample: Sample
 ) -> None:
     """The API key must not follow a redirect: the other host sees no request."""
     other = serve("ok", host="127.0.0.2")
     srv = serve("redirect", redirect_to=f"{other.url}/api/training/files")
-    answer, _ = upload(srv.url, sample)
+    answer, _ = upload(srv.url, sample, link)
     assert answer.outcome is Outcome.PAUSE
     assert answer.reason == (f"HTTP 307 redirect to '{other.url}/api/training/files':"
                              " check the URL")  # fmt: skip
@@ -153,11 +167,11 @@ def test_a_redirect_to_another_host_is_not_followed(
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
 def test_a_wrong_certificate_is_refused_and_named(
-    serve: Callable[..., HostileServer], sample: Sample, tmp_path: Path
+    link: str, serve: Callable[..., HostileServer], sample: Sample, tmp_path: Path
 ) -> None:
     ca, context = wrong_host_certificate(tmp_path)
     srv = serve("ok", tls=context)
-    answer, elapsed = upload(srv.url, sample, ca_file=ca)
+    answer, elapsed = upload(srv.url, sample, link, ca_file=ca)
     assert answer.outcome is Outcome.RETRY and answer.sample_id is None
     assert "CERTIFICATE_VERIFY_FAILED" in answer.reason
     assert "127.0.0.1" in answer.reason  # the mismatch names the host
@@ -166,9 +180,9 @@ def test_a_wrong_certificate_is_refused_and_named(
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
 def test_a_certificate_signed_by_the_configured_ca_file_is_trusted(
-    serve: Callable[..., HostileServer], sample: Sample, tmp_path: Path
+    link: str, serve: Callable[..., HostileServer], sample: Sample, tmp_path: Path
 ) -> None:
     ca, context = signed_certificate(tmp_path, "127.0.0.1", "IP:127.0.0.1")
     srv = serve("ok", tls=context)
-    answer, _ = upload(srv.url, sample, ca_file=ca)
+    answer, _ = upload(srv.url, sample, link, ca_file=ca)
     assert answer.outcome is Outcome.DELIVERED and srv.state.requests == 1
