@@ -52,11 +52,27 @@ def check_metadata(metadata: object, field: str = "metadata") -> dict[str, str]:
     if len(metadata) > MAX_KEYS:
         raise InputError(field, f"more than {MAX_KEYS} keys")
     out: dict[str, str] = {}
+    chars = 0
     for key, value in metadata.items():
-        check_key(key, field)
-        out[key] = check_value(value, f"{field}.{key}")
-    check_size(out, field)
+        # the checks of check_key and check_value inline (they run for every key of every
+        # file queued); either is called only to say what is wrong
+        if not (type(key) is str and 0 < len(key) <= MAX_KEY_CHARS and key.isprintable()
+                and key == key.strip()):  # fmt: skip
+            check_key(key, field)
+        if not (type(value) is str and len(value) <= MAX_VALUE_CHARS and "\n" not in value
+                and "\r" not in value and "\x00" not in value):  # fmt: skip
+            check_value(value, f"{field}.{key}")
+        out[key] = value
+        chars += len(key) + len(value)
+    if chars * MAX_ESCAPED_CHAR_BYTES + 6 * len(out) + 2 > MAX_METADATA_BYTES:
+        check_size(out, field)  # it might be over: encode it to know
     return out
+
+
+MAX_ESCAPED_CHAR_BYTES = 12
+"""The most one character takes in ``encode_metadata``'s ASCII JSON (a character outside
+the BMP is two ``\\uXXXX`` escapes); with 6 bytes of quotes, colon and comma per pair, an
+object this small cannot be over the limit, and is not encoded just to measure it."""
 
 
 def check_size(metadata: Mapping[str, str], field: str = "metadata") -> None:

@@ -18,11 +18,12 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 from ..config import DEFAULT_PATTERNS, Concurrency, Config, TaggingConfig
 from ..core.files import ignored_name, matches
 from ..core.intake import Item
-from ..core.sidecar import is_sidecar
+from ..core.sidecar import SIDECAR_SUFFIX
 from ..core.tagger import UNSET, Context
 from .infofile import BadEntry, read_info_file
 
@@ -117,14 +118,16 @@ def candidates(request: UploadRequest, config: Config, batch: str | None,
         yield from _from_info_file(request, config, base, batch, report)
         return
     for arg in request.paths:
-        for path, explicit, root in _expand(arg, report):
-            if not _usable(path, explicit, report):
+        for path, explicit, root, no_sidecar in _expand(arg, report):
+            st = _usable(path, explicit, report)
+            if st is False:
                 continue
             context = base
             if request.category_from_folder:
                 context = replace(base, category=folder_category(path, root) or base.category)
             yield Item(path=path, context=context, source=SOURCE,
-                       allow_duplicates=request.allow_duplicates, batch=batch)  # fmt: skip
+                       allow_duplicates=request.allow_duplicates, batch=batch,
+                       stat=st, no_sidecar=no_sidecar)  # fmt: skip
 
 
 FOLDER_CATEGORIES = ("training", "testing", "anomaly")
@@ -156,16 +159,20 @@ def info_labels_of(paths: tuple[str, ...]) -> Path | None:
     return found if folder.is_dir() and found.is_file() else None
 
 
-def _expand(arg: str, report: Report) -> Iterator[tuple[Path, bool, Path]]:
-    """(file, named explicitly, the folder it was found in) for one PATH argument: a file,
-    a folder or a glob."""
+Found = tuple[Path, bool, Path, bool]
+"""A file, whether it was named explicitly, the folder it was found in, and whether that
+folder's listing showed it has no sidecar."""
+
+
+def _expand(arg: str, report: Report) -> Iterator[Found]:
+    """The files of one PATH argument: a file, a folder or a glob."""
     path = Path(os.path.expanduser(arg))
     if path.is_dir():
         yield from _walk(path, report)
         return
     if path.exists() or path.is_symlink():
         real = Path(os.path.realpath(path))
-        yield real, True, real.parent
+        yield real, True, real.parent, False
         return
     if not glob.has_magic(arg):
         report(arg, "no such file or folder")
@@ -178,33 +185,44 @@ def _expand(arg: str, report: Report) -> Iterator[tuple[Path, bool, Path]]:
             yield from _walk(m, report)
         else:
             real = Path(os.path.realpath(m))
-            yield real, False, real.parent
+            yield real, False, real.parent, False
     if not found:
         report(arg, "no file matches this pattern")
 
 
-def _walk(folder: Path, report: Report) -> Iterator[tuple[Path, bool, Path]]:
+def _walk(folder: Path, report: Report) -> Iterator[Found]:
     """Regular files under ``folder``, streamed in directory order.
 
     Unlike ``core.files.walk`` (sorted, for the daemon's scans) nothing is listed ahead: a flat
     folder of 200,000 files costs no more memory than one of 200 (sorting the entries of
     a 50,000-file folder alone costs about 13 MB). Hidden names and symbolic links are
-    skipped, as in the daemon.
+    skipped, as in the daemon. A folder is listed twice: first for the names of its
+    sidecars (few, usually none), so a file without one is not asked for it (an open that
+    fails costs as much as the read of a small file).
     """
     root = os.path.realpath(folder)
+    base = Path(root)
     stack = [root]
     while stack:
         current = stack.pop()
         try:
             with os.scandir(current) as entries:
+                sidecars = {e.name for e in entries if e.name.endswith(SIDECAR_SUFFIX)}
+            with os.scandir(current) as entries:
                 for entry in entries:
-                    if entry.name.startswith("."):
+                    name = entry.name
+                    if name.startswith("."):
                         continue
                     try:
                         if entry.is_dir(follow_symlinks=False):
                             stack.append(entry.path)
                         elif entry.is_file(follow_symlinks=False):
-                            yield Path(entry.path), False, Path(root)
+                            yield (
+                                Path(entry.path),
+                                False,
+                                base,
+                                name + SIDECAR_SUFFIX not in sidecars,
+                            )
                     except OSError:
                         continue
         except OSError as exc:
@@ -220,10 +238,12 @@ def _accepted(name: str) -> bool:
     return (dot > 0 and name[dot:].lower() in _SUFFIXES) or matches(name, DEFAULT_PATTERNS)
 
 
-def _usable(path: Path, explicit: bool, report: Report) -> bool:
-    """Filter names (silently inside folders and globs, with a message when named)."""
+def _usable(path: Path, explicit: bool, report: Report) -> os.stat_result | Literal[False] | None:
+    """Filter names (silently inside folders and globs, with a message when named): False
+    if the file is not sent, else its status (None: it could not be read; intake says why),
+    which intake then uses instead of asking again."""
     name = path.name
-    if is_sidecar(path) or name.lower().endswith(".labels"):
+    if name.endswith(SIDECAR_SUFFIX) or name.lower().endswith(".labels"):
         if explicit:
             report(str(path), "a sidecar or labels file, not a sample")
         return False
@@ -232,7 +252,11 @@ def _usable(path: Path, explicit: bool, report: Report) -> bool:
             kinds = " ".join(p.lstrip("*") for p in DEFAULT_PATTERNS)
             report(str(path), f"not a file type the ingestion service accepts ({kinds})")
         return False
-    return too_large(path, report) is False
+    try:
+        st = os.stat(path, follow_symlinks=False)  # a named path is already resolved
+    except OSError:
+        return None  # intake reports what is wrong with it
+    return False if _over_limit(path, st.st_size, report) else st
 
 
 def too_large(path: Path, report: Report) -> bool:
@@ -241,6 +265,10 @@ def too_large(path: Path, report: Report) -> bool:
         size = os.stat(path).st_size
     except OSError:
         return False  # intake reports what is wrong with it
+    return _over_limit(path, size, report)
+
+
+def _over_limit(path: Path, size: int, report: Report) -> bool:
     if size > MAX_UPLOAD_BYTES:
         report(str(path), f"{size / 1e6:.1f} MB, over the ingestion service's limit of "
                f"{MAX_UPLOAD_BYTES // 1_000_000} MB per file")  # fmt: skip

@@ -95,14 +95,16 @@ def _listing(folder: Path) -> tuple[list[str], list[str]]:
     return files, folders
 
 
-def stat_sample(path: Path) -> os.stat_result | str:
-    """The file's status if it can be a sample (regular, non-empty, readable), else why not."""
-    try:
-        st = os.stat(path, follow_symlinks=False)
-    except FileNotFoundError:
-        return VANISHED
-    except OSError as exc:
-        return f"cannot stat: {exc.strerror or exc}"
+def stat_sample(path: Path, st: os.stat_result | None = None) -> os.stat_result | str:
+    """The file's status if it can be a sample (regular, non-empty, readable), else why not.
+    ``st``: its status (not following a link) as the caller just read it."""
+    if st is None:
+        try:
+            st = os.stat(path, follow_symlinks=False)
+        except FileNotFoundError:
+            return VANISHED
+        except OSError as exc:
+            return f"cannot stat: {exc.strerror or exc}"
     if not stat.S_ISREG(st.st_mode):
         return "not a regular file"
     if st.st_size == 0:

@@ -60,6 +60,10 @@ class Item:
     extra: dict[str, object] | None = None
     batch: str | None = None
     on_queued: OnQueued | None = field(default=None, compare=False)
+    stat: os.stat_result | None = field(default=None, compare=False)
+    """The file's status as the source just read it (a folder walk): not asked again."""
+    no_sidecar: bool = False
+    """The source listed the file's folder and saw no sidecar for it: none is opened."""
 
 
 def new_file(item: Item, config: Config, st: os.stat_result) -> NewFile:
@@ -73,8 +77,9 @@ def new_file(item: Item, config: Config, st: os.stat_result) -> NewFile:
     tagged = item.tagged or Tagged(None, config.ingestion.category, {})
     if item.tagged is None:
         try:
-            tagged = tag(path, config, mtime=st.st_mtime, watch=watch,
-                         sidecar=read_sidecar(path), context=item.context)  # fmt: skip
+            sidecar = None if item.no_sidecar else read_sidecar(path)
+            tagged = tag(path, config, mtime=st.st_mtime, watch=watch, sidecar=sidecar,
+                         context=item.context)  # fmt: skip
         except InputError as exc:
             state, error = State.HELD, str(exc)
     category = tagged.category if tagged.category != SPLIT_BY_GROUP else "training"
@@ -207,7 +212,7 @@ class Intake(Loop):
             self._skip(item, "hidden or temporary name", quiet=True)
             return None
         self.stats.emit(Event.SEEN, path=str(path))
-        st = stat_sample(path)
+        st = stat_sample(path, item.stat)
         if isinstance(st, str):
             self._skip(item, st, quiet=st == VANISHED)
             return None

@@ -28,6 +28,8 @@ multipart with one part named ``data`` carrying the file under its own name; hea
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -236,7 +238,7 @@ class Uploader:
         contents: Sequence[tuple[IO[bytes] | bytes, int]],
     ) -> list[Answer]:  # fmt: skip
         n = len(samples)
-        boundary = os.urandom(16).hex()
+        boundary = new_boundary()
         headers = [*WIRE_HEADERS, *build_headers(samples[0], self.api_key).items(),
                    ("Content-Type", f"multipart/form-data; boundary={boundary}")]  # fmt: skip
         try:
@@ -254,6 +256,18 @@ class Uploader:
             why = f"the service's answer was over {MAX_RESPONSE_BYTES // 1024} KiB: not read"
             return [Answer(Outcome.RETRY, why, status=200)] * n
         return classify_many(reply.status, reply.headers, reply.body, self.clock(), n)
+
+
+_BOUNDARY_KEY = os.urandom(32)
+_boundaries = itertools.count()
+
+
+def new_boundary() -> str:
+    """128 unpredictable bits, as httpx draws a boundary, without a system call per request
+    (``os.urandom`` is one, and a moment the workers hand the interpreter lock over): a
+    keyed hash of a counter, the key drawn once."""
+    counter = next(_boundaries).to_bytes(8, "big")
+    return hashlib.blake2b(counter, key=_BOUNDARY_KEY, digest_size=16).hexdigest()
 
 
 WIRE_HEADERS = (("User-Agent", USER_AGENT), ("Accept", "*/*"),

@@ -124,8 +124,15 @@ class Queue:
         now = self._clock()
         out: list[Recorded] = []
         with self.db.writing() as db:
+            # an older version can only be superseded if some row is held (rare): else the
+            # per-file update is skipped, half the statements of a batch
+            held = (
+                any(f.state is State.HELD for f in files)
+                or db.execute("SELECT 1 FROM files WHERE state=? LIMIT 1", (State.HELD,)).fetchone()
+                is not None
+            )
             for f in files:
-                row_id = self._insert(db, f, now)
+                row_id = self._insert(db, f, now, supersede=held)
                 if row_id is not None:
                     out.append(Recorded(row_id, True, f.state))
                     continue
@@ -148,7 +155,9 @@ class Queue:
         return [r.row_id for r in self.record(files) if r.new]
 
     @staticmethod
-    def _insert(db: sqlite3.Connection, f: NewFile, now: float) -> int | None:
+    def _insert(
+        db: sqlite3.Connection, f: NewFile, now: float, *, supersede: bool = True
+    ) -> int | None:
         cur = db.execute(_INSERT, (
             db_path(f.path), f.size, f.mtime_ns, int(f.state), f.source, f.label, f.category,
             json.dumps(f.metadata, ensure_ascii=False), f.upload_name,
@@ -158,6 +167,8 @@ class Queue:
         if not cur.rowcount:
             return None
         row_id = int(cur.lastrowid or 0)
+        if not supersede:
+            return row_id
         db.execute("UPDATE files SET state=?, last_error=? WHERE path=? AND state=? AND id<?",
                    (State.GONE, "superseded by a newer version of the file", db_path(f.path),
                     State.HELD, row_id))  # fmt: skip

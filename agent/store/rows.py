@@ -11,7 +11,6 @@ import os
 import sqlite3
 from dataclasses import dataclass
 from enum import IntEnum
-from pathlib import Path
 from typing import Any
 
 from ..text import safe_name, shown
@@ -109,7 +108,7 @@ class Row:
     @property
     def file_name(self) -> str:
         """The name sent to the service: valid UTF-8, no control characters."""
-        return safe_name(self.upload_name or Path(self.path).name)
+        return safe_name(self.upload_name or self.path.rpartition("/")[2])
 
 
 ROW_COLUMNS = (

@@ -557,6 +557,15 @@ def test_a_newer_version_supersedes_a_held_row(q: Queue) -> None:
     assert state_of(q, newer) is State.PENDING
 
 
+def test_a_held_row_is_superseded_by_a_newer_version_in_the_same_batch(q: Queue) -> None:
+    """A batch with no held row skips the superseding update: one that holds one keeps it."""
+    held, newer = q.enqueue_many([nf(1, state=State.HELD, last_error="bad sidecar"),
+                                  nf(1, size=999)])  # fmt: skip
+    assert state_of(q, held) is State.GONE and state_of(q, newer) is State.PENDING
+    (other,) = q.enqueue_many([nf(2)])
+    assert state_of(q, other) is State.PENDING
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to own files as another user")
 def test_root_keeps_the_service_owner_of_the_queue_files(tmp_path: Path) -> None:
     path = tmp_path / "queue.db"

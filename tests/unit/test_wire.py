@@ -191,7 +191,7 @@ def test_an_idle_connection_the_server_closed_is_not_used(
     serve: Callable[..., RawServer], wav: Path
 ) -> None:
     """A keep-alive answer, then the server hangs up while the connection is idle: the
-    next upload opens a new connection instead of failing on the dead one."""
+    next upload goes on a new connection instead of failing on the dead one."""
     srv = serve((answer(), True))
     up = wire_uploader(srv.url)
     assert up.upload(sample(wav)).outcome is Outcome.DELIVERED
@@ -199,6 +199,22 @@ def test_an_idle_connection_the_server_closed_is_not_used(
     second = up.upload(sample(wav))
     assert second.outcome is Outcome.DELIVERED, second.reason
     assert srv.script.connections == 2
+
+
+def test_a_reused_connection_without_an_answer_is_tried_again_once(
+    serve: Callable[..., RawServer], wav: Path
+) -> None:
+    """The server read the request and hung up without a word: sent once more on a new
+    connection (a stale keep-alive connection looks the same), and no more than that."""
+    srv = serve(answer(), (b"", True))
+    up = wire_uploader(srv.url)
+    assert up.upload(sample(wav)).outcome is Outcome.DELIVERED
+    got = up.upload(sample(wav))
+    assert (got.outcome, got.reason) == (
+        Outcome.RETRY,
+        "network error: RemoteProtocolError: Server disconnected without sending a response.",
+    )
+    assert (len(srv.script.seen), srv.script.connections) == (3, 2)
 
 
 @pytest.mark.parametrize(("reply", "sample_id"), [
@@ -243,7 +259,7 @@ def test_an_answer_over_the_limit_is_cut_and_its_connection_dropped(
     (b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 101 + b"\r\n", "network error: RemoteProtocolError:"
                                                         " the answer has more than 100 headers"),
     (b"HTTP/1.1 200 OK\r\nX: " + b"y" * 70_000 + b"\r\n\r\n", "network error:"
-     " RemoteProtocolError: a line of the answer is over 65536 bytes"),
+     " RemoteProtocolError: the answer's headers are over 65536 bytes"),
 ])  # fmt: skip
 def test_a_broken_answer_is_retried_and_named(
     serve: Callable[..., RawServer], wav: Path, reply: bytes | tuple[bytes, bool], reason: str
