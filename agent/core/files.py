@@ -62,20 +62,30 @@ def walk(root: Path, recursive: bool) -> Iterator[Path]:
     """Regular files under ``root`` in name order (no symlinked folders), skipping hidden
     folders. Only the names of one folder are held at a time (about 60 bytes a file, not
     the 300 of a directory entry): 20,000 files dropped into one folder cost a megabyte."""
+    for folder, files, _ in walk_folders(root, recursive):
+        for name in files:
+            yield folder / name
+
+
+def walk_folders(root: Path, recursive: bool) -> Iterator[tuple[Path, list[str], list[str]]]:
+    """``walk`` a folder at a time: each folder, the sorted names of its regular files, and
+    the names of what is neither a file nor a folder there (links, FIFOs, devices), so a
+    caller sees which files have a sidecar without asking the file system for each."""
     stack = [root]
     while stack:
         folder = stack.pop()
-        files, folders = _listing(folder)
-        for name in files:
-            yield folder / name
+        files, folders, others = _listing(folder)
+        yield folder, files, others
         if recursive:
             stack.extend(folder / name for name in folders)
 
 
-def _listing(folder: Path) -> tuple[list[str], list[str]]:
-    """The sorted names of the regular files and of the folders (not links) in ``folder``."""
+def _listing(folder: Path) -> tuple[list[str], list[str], list[str]]:
+    """The sorted names of the regular files and of the folders (not links) in ``folder``,
+    and the names of the rest."""
     files: list[str] = []
     folders: list[str] = []
+    others: list[str] = []
     try:
         with os.scandir(folder) as entries:
             for entry in entries:
@@ -86,13 +96,16 @@ def _listing(folder: Path) -> tuple[list[str], list[str]]:
                         folders.append(entry.name)
                     elif entry.is_file(follow_symlinks=False):
                         files.append(entry.name)
+                    else:
+                        others.append(entry.name)
                 except OSError:
+                    others.append(entry.name)
                     continue
     except OSError as exc:
         log.warning("cannot list %s: %s", folder, exc.strerror or exc)
     files.sort()
     folders.sort(reverse=True)  # popped from the stack in name order
-    return files, folders
+    return files, folders, others
 
 
 def stat_sample(path: Path, st: os.stat_result | None = None) -> os.stat_result | str:

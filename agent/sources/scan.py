@@ -13,12 +13,15 @@ or the other (a known file is never queued twice).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from ..config import WatchConfig
-from ..core.files import ignored_name, matches, walk
+from ..core.files import ignored_name, matches, walk_folders
 from ..core.intake import BATCH, Item
+from ..core.sidecar import SIDECAR_SUFFIX
 from ..loop import Loop
 from ..store.queue import Queue
 
@@ -72,29 +75,39 @@ class Scanner(Loop):
         """Hand every unknown, settled file to intake; how many were handed.
 
         Files are handed ``BATCH`` at a time: handed one by one as the walk finds them,
-        intake would wake for each and record a backlog one file per transaction."""
+        intake would wake for each and record a backlog one file per transaction. Which
+        files the queue knows is asked once per folder, not once per file; the status read
+        here and what the folder's listing says of sidecars go with each file to intake."""
         handed = 0
         found: list[Item] = []
         self._recent = False
         now = time.time()
         for w in self.watches:
-            for path in walk(w.path, w.recursive):
+            for folder, names, others in walk_folders(w.path, w.recursive):
                 if self.stopping:
                     return handed
-                if ignored_name(path.name) or not matches(path.name, w.patterns):
-                    continue
-                try:
-                    st = path.stat()
-                except OSError:
-                    continue
-                if self.queue.known(str(path), st.st_size, st.st_mtime_ns):
-                    continue
-                if now - st.st_mtime < w.settle_seconds:
-                    self._recent = True
-                    continue
-                found.append(Item(path=path, watch=w))
-                if len(found) >= BATCH:
-                    handed += self._hand(found)
+                # a sidecar of any kind (a FIFO, a link) holds its file: intake says why
+                sidecars = {n for n in (*names, *others) if n.endswith(SIDECAR_SUFFIX)}
+                seen: list[tuple[Path, os.stat_result, bool]] = []
+                for name in names:
+                    if ignored_name(name) or not matches(name, w.patterns):
+                        continue
+                    path = folder / name
+                    try:
+                        st = os.stat(path, follow_symlinks=False)
+                    except OSError:
+                        continue
+                    seen.append((path, st, name + SIDECAR_SUFFIX not in sidecars))
+                known = self.queue.known_versions([(str(p), st) for p, st, _ in seen])
+                for path, st, alone in seen:
+                    if (str(path), st.st_size, st.st_mtime_ns) in known:
+                        continue
+                    if now - st.st_mtime < w.settle_seconds:
+                        self._recent = True
+                        continue
+                    found.append(Item(path=path, watch=w, stat=st, no_sidecar=alone))
+                    if len(found) >= BATCH:
+                        handed += self._hand(found)
         return handed + self._hand(found)
 
     def _hand(self, found: list[Item]) -> int:

@@ -18,6 +18,7 @@ its schema is ``store.schema``'s; the project-side tables are ``store.ledger``'s
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -25,7 +26,18 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-from .rows import ROW_COLUMNS, NewFile, Recorded, Result, Row, State, db_path, db_text, to_row
+from .rows import (
+    ROW_COLUMNS,
+    NewFile,
+    Recorded,
+    Result,
+    Row,
+    State,
+    db_path,
+    db_text,
+    path_from_db,
+    to_row,
+)
 from .schema import SCHEMA_VERSION, migrate
 from .sqlite import Database
 
@@ -46,6 +58,8 @@ _SETTLE = (
 )
 _ADOPT = "UPDATE files SET batch=? WHERE path=? AND size=? AND mtime_ns=? AND batch IS NOT ?"
 _PAGE = 500
+KNOWN_CHUNK = 500
+"""Paths asked about in one query (SQLite takes at least 999 parameters)."""
 
 
 def _scope(batch: str | None) -> tuple[str, tuple[Any, ...]]:
@@ -112,6 +126,28 @@ class Queue:
             cur = db.execute("SELECT 1 FROM files WHERE path=? AND size=? AND mtime_ns=?",
                              (db_path(path), size, mtime_ns))  # fmt: skip
             return cur.fetchone() is not None
+
+    def known_versions(
+        self, files: Sequence[tuple[str, os.stat_result]]
+    ) -> set[tuple[str, int, int]]:
+        """Which of these files the queue has a row for, as ``(path, size, mtime_ns)``, in
+        one query per ``KNOWN_CHUNK`` paths (a scan asks this of every file it finds)."""
+        if not files:
+            return set()
+        wanted = {(path, st.st_size, st.st_mtime_ns) for path, st in files}
+        out: set[tuple[str, int, int]] = set()
+        paths = sorted({path for path, _ in files})
+        with self.db.reading() as db:
+            for at in range(0, len(paths), KNOWN_CHUNK):
+                chunk = paths[at : at + KNOWN_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                cur = db.execute(f"SELECT path, size, mtime_ns FROM files WHERE path IN ({marks})",
+                                 [db_path(p) for p in chunk])  # fmt: skip
+                for path, size, mtime_ns in cur:
+                    version = (path_from_db(path), size, mtime_ns)
+                    if version in wanted:
+                        out.add(version)
+        return out
 
     def record(self, files: Sequence[NewFile]) -> list[Recorded]:
         """Record a batch of tagged files in one transaction; one result per file.

@@ -360,6 +360,23 @@ def test_a_held_file_is_released_by_a_rerun_once_its_sidecar_is_fixed(
     assert len(got) == 2
 
 
+def test_a_sidecar_that_is_not_a_file_holds_its_file_in_a_walked_folder(
+    tmp_path: Path,
+    env: dict[str, str],
+    server: LocalIngestionServer,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A folder's listing tells which files have a sidecar: a FIFO or a link at a sidecar's
+    name counts as one (and is refused), it is not taken for "no sidecar"."""
+    data = tmp_path / "d"
+    (good, fifo, link) = make_files(data, 3)
+    os.mkfifo(fifo.with_name(fifo.name + ".meta.json"))
+    link.with_name(link.name + ".meta.json").symlink_to("/dev/zero")
+    assert main(["upload", "--no-progress", str(data)]) == 1
+    assert "held (bad sidecar or metadata): 2" in capsys.readouterr().out
+    assert set(_by_name(index(server.data_dir))) == {good.name}
+
+
 def test_paths_globs_and_refused_names(
     tmp_path: Path,
     env: dict[str, str],

@@ -166,6 +166,23 @@ def test_the_request_is_the_one_httpx_sends(serve: Callable[..., RawServer], wav
     assert b'filename="a %22big%22 one\\\\.wav"' in parts[2][0]
 
 
+def test_a_link_without_tls_makes_no_certificate_context(
+    serve: Callable[..., RawServer], wav: Path
+) -> None:
+    """Reading a certificate store costs tens of milliseconds of a start-up: only the
+    first TLS connection asks for the context."""
+    asked: list[int] = []
+
+    def context() -> Any:
+        asked.append(1)
+        raise AssertionError("an http:// link asked for a TLS context")
+
+    url = serve(answer()).url
+    up = Uploader(None, url, Secret(KEY), wire=Wire(url, timeout=2, connect_timeout=2,
+                                                     tls=context))  # fmt: skip
+    assert up.upload(sample(wav)).outcome is Outcome.DELIVERED and asked == []
+
+
 def test_a_connection_is_kept_and_reused(serve: Callable[..., RawServer], wav: Path) -> None:
     srv = serve(answer())
     up = wire_uploader(srv.url)
