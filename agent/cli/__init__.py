@@ -13,27 +13,57 @@ arguments: they come from files or the environment.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
+from types import ModuleType
 
 from .. import __version__
 from ..daemon.logs import setup_logging
 from ..errors import EX_CONFIG, EX_DATAERR, AgentError, ConfigError, QueueDamaged, QueueError
 from ..secrets import redact
-from . import audit, capture, check_config, fleet, project, queue_care, queue_repair, run, upload
 from .parser import CommandParser, exit_statuses, walk
 
 Handler = Callable[[argparse.Namespace], int]
-COMMANDS = (run, upload, queue_care, queue_repair, check_config, capture, project, audit, fleet)
+COMMAND_MODULES = ("run", "upload", "queue_care", "queue_repair", "check_config", "capture",
+                   "project", "audit", "fleet")  # fmt: skip
 """The modules that add subcommands, in the order ``--help`` lists them."""
+MODULE_OF = {
+    "run": "run", "status": "run", "local-ingestion": "run", "upload": "upload",
+    "dead": "queue_care", "retry-now": "queue_care", "queue": "queue_repair",
+    "check-config": "check_config", "capture": "capture", "metadata": "project",
+    "sync": "project", "project": "audit", "fleet": "fleet",
+}  # fmt: skip
+"""Which module adds each command: a command line that names one loads that module alone
+(the daemon and ``upload`` start about 15 ms sooner than with all nine)."""
+
+
+def _command_word(argv: Sequence[str]) -> str | None:
+    """The COMMAND of a command line (options before it skipped), if it names one."""
+    words = iter(argv)
+    for word in words:
+        if word == "--log-level":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def _modules(argv: Sequence[str] | None) -> list[ModuleType]:
+    word = _command_word(sys.argv[1:] if argv is None else argv)
+    names = [MODULE_OF[word]] if word in MODULE_OF else COMMAND_MODULES
+    return [importlib.import_module(f"{__name__}.{name}") for name in names]
+
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 EX_PIPE = 141
 """128 + SIGPIPE: what a shell reports for a command whose reader went away."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = ()) -> argparse.ArgumentParser:
+    """The parser for ``argv``'s command (every command for ``()``, ``--help`` or a word
+    that is not one; ``None``: ``sys.argv``)."""
     parser = CommandParser(
         prog="edge-uploader",
         description="Turn every captured file into a tagged Edge Impulse sample; lose none."
@@ -49,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="info", choices=LOG_LEVELS,
                         help="how much to log (default info); also after COMMAND")  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in COMMANDS:
+    for module in _modules(argv):
         module.register(sub)
     for child in walk(parser):
         # after the subcommand too (absent, the first one stands); local-ingestion hands
@@ -75,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(argv: Sequence[str] | None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
     func: Handler = args.func

@@ -8,6 +8,7 @@ or temporary name is never queued whichever way it arrives.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import logging
 import os
 import stat
@@ -40,7 +41,19 @@ def ignored_name(name: str) -> bool:
 
 def matches(name: str, patterns: Sequence[str]) -> bool:
     low = name.lower()
-    return any(fnmatch.fnmatchcase(low, p) for p in patterns)
+    suffixes, others = _split_patterns(tuple(patterns))
+    dot = low.rfind(".")
+    if dot > 0 and low[dot:] in suffixes:
+        return True
+    return any(fnmatch.fnmatchcase(low, p) for p in others)
+
+
+@functools.lru_cache(maxsize=64)
+def _split_patterns(patterns: tuple[str, ...]) -> tuple[frozenset[str], tuple[str, ...]]:
+    """``*.ext`` patterns as a set of suffixes (one lookup per name, not a match per
+    pattern: a scan asks this of every file), and the rest as they are."""
+    simple = {p[1:] for p in patterns if p.startswith("*.") and not any(c in p[1:] for c in "*?[")}
+    return frozenset(simple), tuple(p for p in patterns if p[1:] not in simple)
 
 
 def wanted(path: Path, watch: WatchConfig) -> bool:

@@ -223,8 +223,9 @@ class Intake(Loop):
             log.warning("held %s: %s", f.path, f.last_error)
             self.stats.emit(Event.HELD, path=f.path, row_id=r.row_id, reason=f.last_error)
         elif r.new:
-            log.info("queued %s category=%s label=%s", f.path, f.category,
-                     "(from file name)" if f.label is None else repr(f.label))  # fmt: skip
+            if log.isEnabledFor(logging.INFO):  # its arguments cost a backlog per file
+                log.info("queued %s category=%s label=%s", f.path, f.category,
+                         "(from file name)" if f.label is None else repr(f.label))  # fmt: skip
             self.stats.emit(Event.QUEUED, path=f.path, row_id=r.row_id)
         elif r.released:
             log.info("released %s: it can be sent now", f.path)

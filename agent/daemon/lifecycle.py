@@ -41,8 +41,8 @@ from ..core.intake import Intake
 from ..core.runtime import Component, Runtime
 from ..errors import AgentError, ConfigError, QueueError
 from ..events import Stats
-from ..remote.http import proxy_for
 from ..remote.ingestion import build_uploader
+from ..remote.proxy import proxy_for
 from ..sources.scan import Scanner
 from ..sources.watcher import Watcher
 from ..store.queue import Queue

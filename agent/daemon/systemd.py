@@ -153,7 +153,10 @@ class SystemdReporter(Loop):
         super().start()
 
     def poke(self) -> None:
-        """Something changed (an upload, a queued file): refresh ``STATUS=`` soon."""
+        """Something changed (an upload, a queued file): refresh ``STATUS=`` soon. A change
+        already waiting to be sent wakes nothing (every file queued and sent pokes)."""
+        if self._changed:
+            return
         self._changed = True
         self.wake()
 

@@ -4,8 +4,9 @@ pay for an HTTP client they do not use."""
 
 from __future__ import annotations
 
+import os
 import urllib.parse
-import urllib.request
+from collections.abc import Mapping
 
 from ..text import one_line
 
@@ -19,11 +20,35 @@ def proxy_url(url: str) -> str | None:
     connection pool only, never for a message (``proxy_for`` is the one to show). None:
     direct."""
     parts = urllib.parse.urlsplit(url)
-    proxies = urllib.request.getproxies_environment()
+    proxies = proxies_from_environment(os.environ)
     proxy = proxies.get(parts.scheme) or proxies.get("all")
     if not proxy or _bypassed(parts.hostname or "", proxies.get("no", "")):
         return None
     return proxy if "://" in proxy else f"http://{proxy}"
+
+
+def proxies_from_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """``urllib.request.getproxies_environment`` (which httpx reads) without importing
+    ``urllib.request`` (a tenth of a start-up): ``<scheme>_proxy`` variables in any case,
+    a lower-case one winning over its upper-case twin (an empty lower-case one removes
+    it), and ``HTTP_PROXY`` ignored under CGI (``REQUEST_METHOD`` set, CVE-2016-1000110)."""
+    proxies: dict[str, str] = {}
+    lower: list[tuple[str, str]] = []
+    for name, value in environ.items():
+        if len(name) > 5 and name[-6] == "_" and name[-5:].lower() == "proxy":
+            scheme = name[:-6].lower()
+            if value:
+                proxies[scheme] = value
+            if name[-6:] == "_proxy":
+                lower.append((scheme, value))
+    if "REQUEST_METHOD" in environ:
+        proxies.pop("http", None)
+    for scheme, value in lower:
+        if value:
+            proxies[scheme] = value
+        else:
+            proxies.pop(scheme, None)
+    return proxies
 
 
 def proxy_for(url: str) -> str | None:

@@ -17,7 +17,6 @@ status for every file before any was accepted as a wrong URL and pauses instead.
 
 from __future__ import annotations
 
-import email.utils
 import json
 from collections.abc import Mapping
 from datetime import UTC
@@ -82,6 +81,8 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     if value.isdigit():
         return float(value)
     try:
+        import email.utils  # an HTTP date is rare: the module costs a start-up 4 ms
+
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
         return None

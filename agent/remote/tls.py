@@ -4,8 +4,11 @@ trust exactly the same certificates."""
 from __future__ import annotations
 
 import os
-import ssl
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import ssl
 
 
 def client_context(ca_file: Path | None) -> ssl.SSLContext:
@@ -13,6 +16,8 @@ def client_context(ca_file: Path | None) -> ssl.SSLContext:
     (``SSL_CERT_FILE`` or ``SSL_CERT_DIR`` if set, else certifi's bundle, else the system
     store). Host names are checked; reading a store costs tens of milliseconds, so it is
     made when the first TLS connection needs it."""
+    import ssl
+
     if ca_file is not None:
         return ssl.create_default_context(cafile=str(ca_file))
     if os.environ.get("SSL_CERT_FILE"):

@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import select
 import socket
-import ssl
 import struct
 import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Sequence
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from .. import __version__
 from .framing import AnswerTooSlow as AnswerTooSlow
@@ -42,6 +41,9 @@ from .framing import SourceError as SourceError
 from .framing import WireError as WireError
 from .framing import WriteError as WriteError
 from .framing import WriteTimeout as WriteTimeout
+
+if TYPE_CHECKING:
+    import ssl
 
 USER_AGENT = f"edge-uploader/{__version__}"
 CHUNK_BYTES = 64 * 1024
@@ -123,7 +125,7 @@ class Wire:
         except TimeoutError as exc:
             sock.close()
             raise ConnectTimeout(str(exc) or "timed out") from None
-        except (OSError, ssl.SSLError, ValueError) as exc:
+        except (OSError, ValueError) as exc:  # an ssl.SSLError is an OSError
             sock.close()
             raise ConnectError(str(exc)) from None
         if self.https:
@@ -139,7 +141,12 @@ class Wire:
     def _context_for_tls(self) -> ssl.SSLContext:
         with self._lock:
             if self._context is None:
-                self._context = self._tls() if self._tls else ssl.create_default_context()
+                if self._tls is None:
+                    import ssl  # only a TLS link pays for the module (a few ms of a start)
+
+                    self._context = ssl.create_default_context()
+                else:
+                    self._context = self._tls()
             return self._context
 
     def close(self) -> None:

@@ -39,7 +39,9 @@ def test_the_running_daemon_never_imports_the_local_server(
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(30) == 0
     modules = _imported(err.read_text())
-    assert {"edge_uploader.daemon.lifecycle", "edge_uploader.core.delivery", "httpx"} <= modules
+    assert {"edge_uploader.daemon.lifecycle", "edge_uploader.core.delivery",
+            "edge_uploader.remote.wire"} <= modules  # fmt: skip
+    assert "httpx" not in modules  # a direct link uploads on its own client
     assert not [m for m in modules if m.startswith("edge_uploader.localserver")]
 
 

@@ -317,3 +317,20 @@ def test_help_in_a_real_process(tmp_path: Path) -> None:
     p = run(["dead", "retry", "--help"], tmp_path)
     assert p.returncode == 0
     assert EXIT_STATUS_TITLE in p.stdout
+
+
+def test_each_command_is_found_in_the_module_that_adds_it() -> None:
+    """A command line loads only its command's module: the table that says which must be
+    what the modules register, every command in it."""
+    import importlib
+
+    seen: dict[str, str] = {}
+    for name in cli.COMMAND_MODULES:
+        sub = argparse.ArgumentParser().add_subparsers()
+        importlib.import_module(f"edge_uploader.cli.{name}").register(sub)
+        seen.update(dict.fromkeys(sub.choices, name))
+    assert seen == cli.MODULE_OF
+    for word in ("run", "status", "upload", "queue", "project", "fleet"):
+        parser = cli.build_parser(["--log-level", "warning", word, "--help"])
+        top = {p.prog.split()[1] for p in _commands(parser) if p is not parser}
+        assert top == {w for w, m in seen.items() if m == seen[word]}
