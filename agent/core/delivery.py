@@ -424,7 +424,8 @@ class Delivery(Loop):
             self._unsettled = []
 
     def _verdict(self, d: Done, now: float) -> Result | None:
-        verdict = self.state.verdict(d.row, d.answer, now, self.concurrency.at_floor, d.request)
+        verdict = self.state.verdict(d.row, d.answer, now, self.concurrency.at_floor, d.request,
+                                     rtt=self.concurrency.rtt)  # fmt: skip
         if verdict.alone:
             self._alone.add(d.row.id)
         if self.state.newly_paused:

@@ -49,6 +49,12 @@ QUICK_RETRIES = 2
 the one after. At a 5 % error rate one file in 400 fails twice in a row, and a doubled
 second wait was the tail of a whole bulk upload; a file that keeps failing still backs
 off, and a service that fails every request opens the breaker after ``OUTAGE_AFTER``."""
+QUICK_ROUND_TRIPS = 8
+QUICK_MIN_SECONDS = 0.01
+"""On a link whose round trip is known, a quick retry waits within ``QUICK_ROUND_TRIPS``
+of it (at least ``QUICK_MIN_SECONDS``, at most ``retry_base_seconds``): a sporadic 500 on
+a link that answers in 2 ms costs its file 16 ms, not up to a quarter second, which at
+5 % errors was the tail of a whole backlog's drain."""
 URL_STATUSES = (404, 405)
 WRONG_URL = "wrong URL"
 """How the reason of a pause for the URL begins (in the log, ``status`` and ``upload``)."""
@@ -132,10 +138,10 @@ class ServiceState:
 
     def verdict(
         self, row: Row, answer: Answer, now: float, at_floor: bool = True,
-        request: int | None = None,
+        request: int | None = None, rtt: float | None = None,
     ) -> Verdict:  # fmt: skip
         """``request`` names the request the answer came in: its files' answers count as
-        one failure (None: every answer counts)."""
+        one failure (None: every answer counts); ``rtt``: the link's round trip, if known."""
         a = answer
         self.newly_paused, self.resumed = None, False
         if a.outcome in (Outcome.DELIVERED, Outcome.DUPLICATE):
@@ -153,7 +159,7 @@ class ServiceState:
             return self._refused(row, a, now)
         if a.alone:
             return Verdict(None, alone=True)
-        return Verdict(self._retry(row, a, now, at_floor, request))
+        return Verdict(self._retry(row, a, now, at_floor, request, rtt))
 
     def _working(self) -> None:
         if self._failures >= OUTAGE_AFTER:
@@ -180,12 +186,15 @@ class ServiceState:
         return Verdict(Result(row.id, State.DEAD, a.reason, 0.0, a.sha256))
 
     def _retry(
-        self, row: Row, a: Answer, now: float, at_floor: bool, request: int | None
-    ) -> Result:
+        self, row: Row, a: Answer, now: float, at_floor: bool, request: int | None,
+        rtt: float | None = None,
+    ) -> Result:  # fmt: skip
         cfg = self.config
         step = max(0, row.attempts + 1 - QUICK_RETRIES)
-        delay = retry_delay(step, cfg.retry_base_seconds, cfg.retry_max_seconds,
-                            a.retry_after, self.rng)  # fmt: skip
+        base = cfg.retry_base_seconds
+        if step == 0 and rtt is not None:
+            base = min(base, max(QUICK_MIN_SECONDS, QUICK_ROUND_TRIPS * rtt))
+        delay = retry_delay(step, base, cfg.retry_max_seconds, a.retry_after, self.rng)
         if failure(a, at_floor) and (request is None or request != self._failed_request):
             self._failed_request = request
             self._failures += 1

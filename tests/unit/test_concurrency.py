@@ -181,3 +181,21 @@ def test_answers_without_timing_do_not_move_the_round_trip(clock: FakeClock) -> 
         clock.advance(0.06)
         c.finished(None)
     assert c.rtt == pytest.approx(before)
+
+
+def test_a_sporadic_503_does_not_drive_the_limit_down(clock: FakeClock) -> None:
+    """One answer in 40 is a 503 from a service with room to spare (a 5 % error rate,
+    half of it 503): the limit keeps requests in flight instead of falling to one, as a
+    cut on every pushback made it. Pushback that is not alone still cuts."""
+    c = Concurrency(None, 32, clock=clock)
+    answers = 0
+
+    def sporadic(n: int) -> tuple[float, int]:
+        nonlocal answers
+        answers += n
+        return 0.05, 1 if answers % 40 < n else 0
+
+    limits, _, _ = drive(c, clock, sporadic, rounds=200)
+    assert min(limits[20:]) >= INITIAL_LIMIT // 2
+    limits, _, _ = drive(c, clock, lambda n: (0.05, max(1, n // 4)), rounds=30)  # a quarter
+    assert limits[-1] < INITIAL_LIMIT // 2

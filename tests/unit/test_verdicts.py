@@ -174,3 +174,19 @@ def test_a_batch_refused_as_a_whole_sends_its_files_alone() -> None:
     v = s.verdict(row(1), Answer(Outcome.RETRY, "HTTP 400: bad", status=400, alone=True), T0)
     assert v.result is None and v.alone
     assert not s.outage
+
+
+def test_on_a_fast_link_the_quick_retries_wait_a_few_round_trips() -> None:
+    """Base 1 s, a 2 ms link: a sporadic error costs its file 16 ms at most (jitter fixed
+    at half), then the backoff doubles from the base as before; an unknown round trip
+    keeps the base, and a slow link never waits longer than the base."""
+    s = state()
+    waits = []
+    for attempts in range(QUICK_RETRIES + 2):
+        v = s.verdict(row(1, attempts), BOOM, T0, rtt=0.002)
+        s.verdict(row(2), OK, T0)
+        assert v.result is not None
+        waits.append(round(v.result.next_attempt_at - T0, 6))
+    assert waits == [0.008] * QUICK_RETRIES + [1.0, 2.0]
+    v = s.verdict(row(3), BOOM, T0, rtt=5.0)
+    assert v.result is not None and v.result.next_attempt_at - T0 == 0.5
