@@ -229,13 +229,8 @@ def _walk(folder: Path, report: Report) -> Iterator[Found]:
             report(current, f"cannot list the folder: {exc.strerror or exc}")
 
 
-_SUFFIXES = frozenset(p[1:] for p in DEFAULT_PATTERNS)
-"""``DEFAULT_PATTERNS`` are all ``*.ext``: a set lookup instead of eleven glob matches."""
-
-
 def _accepted(name: str) -> bool:
-    dot = name.rfind(".")
-    return (dot > 0 and name[dot:].lower() in _SUFFIXES) or matches(name, DEFAULT_PATTERNS)
+    return matches(name, DEFAULT_PATTERNS)  # ``*.ext`` patterns: one set lookup there
 
 
 def _usable(path: Path, explicit: bool, report: Report) -> os.stat_result | Literal[False] | None:

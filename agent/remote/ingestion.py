@@ -43,7 +43,7 @@ from ..errors import Outcome
 from ..metadata import encode_metadata
 from ..secrets import Secret
 from .outcomes import MAX_RESPONSE_BYTES as MAX_RESPONSE_BYTES
-from .outcomes import Answer, classify_many
+from .outcomes import Answer, classify_many, network_error, timed_out
 from .outcomes import classify as classify
 from .proxy import proxy_for, proxy_url
 from .samples import SMALL_BODY_BYTES as SMALL_BODY_BYTES
@@ -249,13 +249,10 @@ class Uploader:
             return [_unreadable(exc.error)] * n
         except WireError as exc:
             if exc.timeout:
-                why = str(exc) if isinstance(exc, WireTooSlow) else exc.name
-                return [Answer(Outcome.RETRY, f"timed out: {why}", timed_out=True)] * n
-            return [Answer(Outcome.RETRY, f"network error: {clean(f'{exc.name}: {exc}')}")] * n
-        if reply.cut and reply.status == 200:
-            why = f"the service's answer was over {MAX_RESPONSE_BYTES // 1024} KiB: not read"
-            return [Answer(Outcome.RETRY, why, status=200)] * n
-        return classify_many(reply.status, reply.headers, reply.body, self.clock(), n)
+                return timed_out(str(exc) if isinstance(exc, WireTooSlow) else exc.name, n)
+            return network_error(clean(f"{exc.name}: {exc}"), n)
+        return classify_many(reply.status, reply.headers, reply.body, self.clock(), n,
+                             cut=reply.cut)  # fmt: skip
 
 
 _BOUNDARY_KEY = os.urandom(32)

@@ -60,10 +60,15 @@ def classify(status: int, headers: Mapping[str, str], body: bytes, now: float) -
 
 
 def classify_many(
-    status: int, headers: Mapping[str, str], body: bytes, now: float, n: int
-) -> list[Answer]:
+    status: int, headers: Mapping[str, str], body: bytes, now: float, n: int, *,
+    cut: bool = False,
+) -> list[Answer]:  # fmt: skip
     """``classify`` for a request of ``n`` files: one answer per file, in order. A refusal of
-    the whole request (which file it is about is unknown) sends each file again alone."""
+    the whole request (which file it is about is unknown) sends each file again alone.
+    ``cut``: the body was longer than ``MAX_RESPONSE_BYTES`` (a 200 so long is not trusted)."""
+    if cut and status == 200:
+        why = f"the service's answer was over {MAX_RESPONSE_BYTES // 1024} KiB: not read"
+        return [Answer(Outcome.RETRY, why, status=200)] * n
     if n == 1:
         return [classify(status, headers, body, now)]
     data: Any = parse_json(body)
@@ -77,6 +82,16 @@ def classify_many(
     if one.outcome in (Outcome.DEAD, Outcome.DUPLICATE):
         return [replace(one, outcome=Outcome.RETRY, alone=True)] * n
     return [one] * n
+
+
+def timed_out(why: str, n: int) -> list[Answer]:
+    """The answers of a request of ``n`` files that timed out (either HTTP path)."""
+    return [Answer(Outcome.RETRY, f"timed out: {why}", timed_out=True)] * n
+
+
+def network_error(reason: str, n: int) -> list[Answer]:
+    """The answers of a request of ``n`` files the network failed (either HTTP path)."""
+    return [Answer(Outcome.RETRY, f"network error: {reason}")] * n
 
 
 def _one_file(entry: Any, status: int) -> Answer:

@@ -9,9 +9,8 @@ from typing import IO, Any
 
 import httpx
 
-from ..errors import Outcome
 from .http import AnswerTooSlow, read_limited, transport_reason
-from .outcomes import MAX_RESPONSE_BYTES, Answer, classify_many
+from .outcomes import MAX_RESPONSE_BYTES, Answer, classify_many, network_error, timed_out
 from .samples import Sample, _unreadable, content_type
 from .throttle import PIECE_BYTES, Throttle
 
@@ -50,17 +49,13 @@ class HttpxLink:
             finally:
                 response.close()
         except httpx.TimeoutException as exc:
-            why = str(exc) if isinstance(exc, AnswerTooSlow) else type(exc).__name__
-            return [Answer(Outcome.RETRY, f"timed out: {why}", timed_out=True)] * n
+            return timed_out(str(exc) if isinstance(exc, AnswerTooSlow) else type(exc).__name__, n)
         except httpx.TransportError as exc:
             via = f" (through the proxy {self.proxy})" if self.proxy else ""
-            return [Answer(Outcome.RETRY, f"network error: {transport_reason(exc)}{via}")] * n
+            return network_error(f"{transport_reason(exc)}{via}", n)
         except OSError as exc:
             return [_unreadable(exc)] * n
-        if cut and response.status_code == 200:
-            why = f"the service's answer was over {MAX_RESPONSE_BYTES // 1024} KiB: not read"
-            return [Answer(Outcome.RETRY, why, status=200)] * n
-        return classify_many(response.status_code, response.headers, body, now(), n)
+        return classify_many(response.status_code, response.headers, body, now(), n, cut=cut)
 
     def _request(
         self, endpoint: str, headers: dict[str, str], files: list[tuple[str, tuple[str, Any, str]]]

@@ -23,7 +23,7 @@ from ..core.files import ignored_name, matches, walk_folders
 from ..core.intake import BATCH, Item
 from ..core.sidecar import SIDECAR_SUFFIX
 from ..loop import Loop
-from ..store.queue import Queue
+from ..store.queue import KNOWN_CHUNK, Queue
 
 log = logging.getLogger(__name__)
 
@@ -88,27 +88,41 @@ class Scanner(Loop):
                     return handed
                 # a sidecar of any kind (a FIFO, a link) holds its file: intake says why
                 sidecars = {n for n in (*names, *others) if n.endswith(SIDECAR_SUFFIX)}
-                seen: list[tuple[Path, os.stat_result, bool]] = []
-                for name in names:
-                    if ignored_name(name) or not matches(name, w.patterns):
-                        continue
-                    path = folder / name
-                    try:
-                        st = os.stat(path, follow_symlinks=False)
-                    except OSError:
-                        continue
-                    seen.append((path, st, name + SIDECAR_SUFFIX not in sidecars))
-                known = self.queue.known_versions([(str(p), st) for p, st, _ in seen])
-                for path, st, alone in seen:
-                    if (str(path), st.st_size, st.st_mtime_ns) in known:
-                        continue
-                    if now - st.st_mtime < w.settle_seconds:
-                        self._recent = True
-                        continue
-                    found.append(Item(path=path, watch=w, stat=st, no_sidecar=alone))
-                    if len(found) >= BATCH:
-                        handed += self._hand(found)
+                for at in range(0, len(names), KNOWN_CHUNK):  # a bounded chunk of statuses
+                    seen = self._settled_candidates(w, folder, names[at : at + KNOWN_CHUNK],
+                                                    sidecars, now)  # fmt: skip
+                    for path, st, alone in seen:
+                        found.append(Item(path=path, watch=w, stat=st, no_sidecar=alone))
+                        if len(found) >= BATCH:
+                            handed += self._hand(found)
         return handed + self._hand(found)
+
+    def _settled_candidates(
+        self, w: WatchConfig, folder: Path, names: Sequence[str], sidecars: set[str], now: float
+    ) -> list[tuple[Path, os.stat_result, bool]]:
+        """Of these names in ``folder``: the files of ``w`` the queue does not know and that
+        have settled, each with its status and whether it has no sidecar (one not yet
+        settled asks for an early rescan)."""
+        seen: list[tuple[Path, os.stat_result, bool]] = []
+        for name in names:
+            if ignored_name(name) or not matches(name, w.patterns):
+                continue
+            path = folder / name
+            try:
+                st = os.stat(path, follow_symlinks=False)
+            except OSError:
+                continue
+            seen.append((path, st, name + SIDECAR_SUFFIX not in sidecars))
+        known = self.queue.known_versions([(str(p), st) for p, st, _ in seen])
+        out = []
+        for path, st, alone in seen:
+            if (str(path), st.st_size, st.st_mtime_ns) in known:
+                continue
+            if now - st.st_mtime < w.settle_seconds:
+                self._recent = True
+                continue
+            out.append((path, st, alone))
+        return out
 
     def _hand(self, found: list[Item]) -> int:
         for item in found:

@@ -63,3 +63,32 @@ def test_a_missed_file_brings_a_rescan_soon(tmp_path: Path,
     finally:
         scanner.stop()
         queue.close()
+
+
+def test_a_scan_of_a_large_folder_hands_each_unknown_file_once(tmp_path: Path) -> None:
+    """A folder is asked about in chunks (its statuses are not all held at once): across
+    the chunk boundaries, every file the queue does not know is handed once, and the ones
+    it knows are not handed."""
+    from edge_uploader.store.queue import KNOWN_CHUNK, NewFile
+
+    root = tmp_path / "in"
+    root.mkdir()
+    old = time.time() - 60
+    n = 2 * KNOWN_CHUNK + 7
+    for i in range(n):
+        p = root / f"f{i:05d}.csv"
+        p.write_text("t,v\n")
+        os.utime(p, (old, old))
+    config = make_config({"device": {"id": "pi"}, "watch": [{"path": str(root)}]})
+    queue = Queue(tmp_path / "q.db")
+    try:
+        known = [root / f"f{i:05d}.csv" for i in range(0, n, 3)]
+        queue.enqueue_many([NewFile(str(p), p.stat().st_size, p.stat().st_mtime_ns, "w", None,
+                                    "training", {}) for p in known])  # fmt: skip
+        handed: list[Path] = []
+        scanner = Scanner(config.watches, queue, lambda item: handed.append(item.path),
+                          interval=600)  # fmt: skip
+        assert scanner.scan() == n - len(known)
+        assert sorted(handed) == sorted(set(root.iterdir()) - set(known))
+    finally:
+        queue.close()
